@@ -1,0 +1,60 @@
+"""The Python API for runs: load, plan and run an orchestration as a Prefect flow run."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import UUID
+
+from prefect.states import State
+
+from toka_agents.compiling import RunOptions, compile_flow
+from toka_agents.config import load
+from toka_agents.executor import TaskOutcome
+from toka_agents.planning import OptionalMode, Plan, plan
+from toka_agents.reporting import RunSummary
+
+@dataclass
+class RunResult:
+    """How a run ended: its Prefect state, flow run, workspace, and every task's outcome."""
+
+    state: State
+    flow_run_id: UUID | None
+    workspace: Path | None
+    outcomes: list[TaskOutcome]
+
+    @property
+    def ok(self) -> bool:
+        return self.state.is_completed()
+
+
+def run(
+    *paths: str | Path,
+    conditions: Collection[str] = (),
+    dry_run: bool = False,
+    max_concurrent_agents: int | None = None,
+    optional_dependencies: OptionalMode | None = None,
+    workspace_root: Path | None = None,
+) -> RunResult:
+    """Load, plan and run an orchestration as a Prefect flow run; raise `ConfigError` on bad config."""
+    planned = plan(
+        load(*paths),
+        conditions=conditions,
+        optional_dependencies=optional_dependencies,
+        max_concurrent_agents=max_concurrent_agents,
+    )
+    return run_plan(planned, RunOptions(workspace_root=workspace_root, dry_run=dry_run))
+
+
+def run_plan(planned: Plan, options: RunOptions | None = None) -> RunResult:
+    state = compile_flow(planned, options)(return_state=True)
+    summary = state.result(raise_on_failure=False) if state.data is not None else None
+    if not isinstance(summary, RunSummary):
+        summary = RunSummary(workspace=None, outcomes=[])
+    return RunResult(
+        state=state,
+        flow_run_id=state.state_details.flow_run_id,
+        workspace=Path(summary.workspace) if summary.workspace else None,
+        outcomes=summary.outcomes,
+    )

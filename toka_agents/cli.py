@@ -1,0 +1,229 @@
+"""The `toka` command: validate, plan and orchestrate configs, print the schema, build the sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import cyclopts
+from cyclopts import Parameter
+from rich.console import Console
+from rich.table import Table
+
+from toka_agents import __version__
+from toka_agents.errors import ConfigError, ConfigIssue, TokaError
+
+app = cyclopts.App(
+    name="toka",
+    help="Run teams of agents on Prefect: orchestration configs become Prefect flows, "
+    "agent code runs in Docker sandboxes.",
+    version=__version__,
+)
+sandbox_app = cyclopts.App(name="sandbox", help="The Docker sandbox image.")
+app.command(sandbox_app)
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ConfigPath = Annotated[Path, Parameter(help="Config files (.yaml, .yml, .toml) or directories of them.")]
+Conditions = Annotated[
+    tuple[str, ...],
+    Parameter(help="Conditional task groups to include.", consume_multiple=True, negative=""),
+]
+OptionalDependencies = Annotated[
+    Literal["ignore", "order"] | None,
+    Parameter(help="`order`: optional dependencies order agents when both are loaded."),
+]
+
+
+def _print_issues(issues: list[ConfigIssue]) -> None:
+    for issue in issues:
+        err.print(str(issue), markup=False)
+
+
+def _print_warnings(warnings: list[ConfigIssue | str]) -> None:
+    for warning in warnings:
+        err.print(f"warning: {warning}", markup=False)
+
+
+@app.command
+def validate(*paths: ConfigPath, conditions: Conditions = ()) -> int:
+    """Check configs: print every problem as `FILE: key.path: message`; exit 1 if there are any."""
+    from toka_agents.planning import validate as check
+
+    checked = check(paths, conditions=conditions)
+    _print_warnings(checked.warnings)
+    if not checked.ok:
+        _print_issues(checked.issues)
+        err.print(f"{len(checked.issues)} problem(s) found", markup=False)
+        return 1
+    assert checked.plan is not None
+    plan = checked.plan
+    out.print(
+        f"ok: {plan.name}: {len(plan.agents)} agents, {len(plan.tasks)} tasks, {len(plan.waves)} waves",
+        markup=False,
+    )
+    return 0
+
+
+@app.command
+def plan(
+    *paths: ConfigPath,
+    json_: Annotated[bool, Parameter(name="--json", negative="", help="Print the plan as JSON.")] = False,
+    conditions: Conditions = (),
+    optional_dependencies: OptionalDependencies = None,
+) -> int:
+    """Show the plan: agents in waves, their tasks and settings, the dependency edges."""
+    from toka_agents.planning import validate as check
+
+    checked = check(paths, conditions=conditions, optional_dependencies=optional_dependencies)
+    _print_warnings(checked.warnings)
+    if checked.plan is None:
+        _print_issues(checked.issues)
+        return 1
+    if json_:
+        print(json.dumps(checked.plan.to_json(), indent=2))
+        return 0
+    planned = checked.plan
+    out.print(f"[bold]{planned.name}[/]: {planned.description}")
+    table = Table("wave", "agent", "priority", "workstream", "requires", "tasks")
+    wave_of = {name: i for i, wave in enumerate(planned.waves, 1) for name in wave}
+    for agent in planned.agents:
+        table.add_row(
+            str(wave_of[agent.name]),
+            agent.name,
+            agent.priority,
+            agent.workstream,
+            ", ".join(agent.requires) or "-",
+            "\n".join(f"{task.name} ({task.kind})" for task in agent.tasks) or "-",
+        )
+    out.print(table)
+    return 0
+
+
+@app.command
+def orchestrate(
+    *paths: ConfigPath,
+    conditions: Conditions = (),
+    dry_run: Annotated[bool, Parameter(negative="", help="Walk the DAG without running any code.")] = False,
+    max_concurrent_agents: Annotated[int | None, Parameter(help="Overrides the config's bound.")] = None,
+    optional_dependencies: OptionalDependencies = None,
+    workspace_dir: Annotated[
+        Path | None, Parameter(help="Where run workspaces go (default $TOKA_HOME/runs, ~/.toka/runs).")
+    ] = None,
+) -> int:
+    """Run an orchestration as a Prefect flow run: on the server in PREFECT_API_URL, or on
+    Prefect's embedded server when none is set. Exits 1 when the run does not complete."""
+    from toka_agents.api import run_plan
+    from toka_agents.compiling import RunOptions
+    from toka_agents.planning import validate as check
+
+    checked = check(
+        paths,
+        conditions=conditions,
+        optional_dependencies=optional_dependencies,
+        max_concurrent_agents=max_concurrent_agents,
+    )
+    _print_warnings(checked.warnings)
+    if checked.plan is None:
+        _print_issues(checked.issues)
+        return 1
+    result = run_plan(checked.plan, RunOptions(workspace_root=workspace_dir, dry_run=dry_run))
+    _print_run(result)
+    return 0 if result.ok else 1
+
+
+def _print_run(result: object) -> None:
+    from toka_agents.api import RunResult
+    from toka_agents.config.limits import format_bytes
+
+    assert isinstance(result, RunResult)
+    table = Table("status", "duration", "peak memory", "cpu time", "message")
+    table.add_column("task", no_wrap=True)
+    table.columns.insert(0, table.columns.pop())
+    colors = {"completed": "green", "dry-run": "green", "failed": "red", "skipped": "yellow"}
+    for outcome in result.outcomes:
+        table.add_row(
+            outcome.task_id,
+            f"[{colors.get(outcome.status, 'yellow')}]{outcome.status}[/]",
+            "-" if outcome.duration is None else f"{outcome.duration:.2f}s",
+            format_bytes(outcome.peak_memory),
+            "-" if outcome.cpu_seconds is None else f"{outcome.cpu_seconds:.3f}s",
+            "" if outcome.status == "completed" else outcome.message,
+        )
+    out.print(table)
+    out.print(f"Run: {result.state.name}: {result.state.message}", markup=False)
+    if result.workspace is not None:
+        out.print(f"Workspace (what the agents wrote): {result.workspace}", markup=False)
+        for entry in sorted(result.workspace.iterdir()):
+            out.print(f"  {entry.name}{'/' if entry.is_dir() else ''}", markup=False)
+    if result.flow_run_id is not None:
+        out.print(f"Flow run: {result.flow_run_id}", markup=False)
+        out.print(_where_to_look(str(result.flow_run_id)), markup=False)
+
+
+def _where_to_look(flow_run_id: str) -> str:
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    if PREFECT_API_URL.value():
+        ui = PREFECT_UI_URL.value() or PREFECT_API_URL.value().removesuffix("/api")
+        return f"In the Prefect UI: {ui}/runs/flow-run/{flow_run_id}"
+    return (
+        "Recorded by Prefect's embedded server; to browse it, run `prefect server start` and open "
+        f"http://127.0.0.1:4200/runs/flow-run/{flow_run_id}"
+    )
+
+
+@app.command
+def schema() -> int:
+    """Print the JSON Schema of the native config format, for editors."""
+    from toka_agents.config.models import OrchestrationFile
+
+    print(json.dumps(OrchestrationFile.model_json_schema(mode="validation"), indent=2))
+    return 0
+
+
+@sandbox_app.command
+def build(
+    *,
+    force: Annotated[bool, Parameter(negative="", help="Rebuild even when the image is current.")] = False,
+) -> int:
+    """Build the sandbox image: from a registry when one answers, otherwise offline from Debian."""
+    from toka_agents.sandbox import build_image, connect
+
+    build_image(connect(), force=force, log=lambda line: out.print(line, markup=False))
+    return 0
+
+
+@sandbox_app.command
+def check() -> int:
+    """Say whether the Docker engine answers and the sandbox image is current."""
+    from toka_agents.config.models import DEFAULT_IMAGE
+    from toka_agents.sandbox import connect, image_status
+
+    client = connect()
+    version = client.version().get("Version", "?")
+    out.print(f"Docker engine {version}: image {DEFAULT_IMAGE} is {image_status(client)}", markup=False)
+    return 0 if image_status(client) == "current" else 1
+
+
+def main() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    try:
+        app()
+    except ConfigError as exc:
+        _print_issues(exc.issues)
+        sys.exit(1)
+    except TokaError as exc:
+        err.print(f"error: {exc}", markup=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted", markup=False)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,354 @@
+"""Plan -> Prefect flow: the only place that builds Prefect objects from a Plan.
+
+Every agent task becomes a task run named `<agent>/<task>`, tagged with its agent,
+workstream and priority. A scheduler in the flow body starts agents as their required
+agents complete, at most `max_concurrent_agents` at a time, highest priority first. An
+agent's tasks run in order; each task run waits for the previous one, and an agent's first
+task run waits for the last task run of every agent it requires, so the Prefect UI's graph
+shows the DAG. Agents downstream of a failure get task runs that say which upstream failed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import heapq
+import queue
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from prefect import Flow, Task, flow, get_client, get_run_logger, tags
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.futures import PrefectFuture
+from prefect.states import State
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import allow_failure, quote
+
+from toka_agents import executor, reporting
+from toka_agents.config.models import PRIORITY_RANK
+from toka_agents.errors import SandboxError
+from toka_agents.executor import ExecutionContext, TaskOutcome
+from toka_agents.planning import OptionalMode, Plan, PlannedAgent, PlannedTask, validate
+from toka_agents.sandbox import Sandbox, connect, create_workspace
+
+RUN_LABEL = "org.toka-agents.run"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a compiled flow runs, beyond what the plan says."""
+
+    workspace_root: Path | None = None
+    dry_run: bool = False
+    cancel_poll_seconds: float = 2.0
+
+
+def _run_agent_task(
+    label: str, planned: PlannedTask, context: ExecutionContext, skip_reason: str | None
+) -> State[TaskOutcome]:
+    if skip_reason is not None:
+        outcome = executor.skipped(planned, skip_reason)
+    else:
+        outcome = executor.run_task(planned, context, reporting.output_logger(get_run_logger()))
+    return reporting.task_state(outcome)
+
+
+agent_task: Task[..., State[TaskOutcome]] = Task(
+    _run_agent_task,
+    name="agent-task",
+    task_run_name="{label}",
+    cache_policy=NO_CACHE,
+    description="One task of one agent: code in a Docker sandbox, or an LLM task.",
+)
+
+
+@functools.cache
+def _with_retries(retries: int) -> Task[..., State[TaskOutcome]]:
+    return agent_task.with_options(retries=retries)
+
+
+def compile_flow(plan: Plan, options: RunOptions | None = None) -> Flow[[], reporting.RunSummary]:
+    """A Prefect flow named after the orchestration that runs the plan when called."""
+    chosen = options or RunOptions()
+
+    def run_plan() -> State[reporting.RunSummary]:
+        return execute_plan(plan, chosen)
+
+    return Flow(
+        run_plan,
+        name=plan.name,
+        description=plan.description or None,
+        validate_parameters=False,
+    )
+
+
+@flow(name="toka-orchestrate", validate_parameters=True)
+def orchestrate(
+    paths: list[str],
+    conditions: list[str] | None = None,
+    dry_run: bool = False,
+    max_concurrent_agents: int | None = None,
+    optional_dependencies: OptionalMode | None = None,
+) -> reporting.RunSummary:
+    """Load, plan and run the orchestration in `paths` (config files or directories).
+
+    The flow that deployments run: its parameters are the form the Prefect UI shows.
+    """
+    checked = validate(
+        paths,
+        conditions=conditions or (),
+        optional_dependencies=optional_dependencies,
+        max_concurrent_agents=max_concurrent_agents,
+    )
+    if checked.plan is None:
+        return reporting.config_failed_state(checked.issues)  # type: ignore[return-value]
+    return execute_plan(checked.plan, RunOptions(dry_run=dry_run))  # type: ignore[return-value]
+
+
+def execute_plan(plan: Plan, options: RunOptions) -> State[reporting.RunSummary]:
+    """Run a plan inside the current flow run; return the flow run's final state."""
+    flow_run = FlowRunContext.get().flow_run  # type: ignore[union-attr]
+    assert flow_run is not None, "execute_plan runs inside a flow run"
+    logger = get_run_logger()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    workspace = create_workspace(options.workspace_root, f"{plan.name}-{stamp}-{flow_run.id.hex[:8]}")
+    logger.info("Workspace: %s", workspace)
+    report = reporting.RunReport(plan, workspace)
+    labels = {RUN_LABEL: str(flow_run.id)}
+
+    sandbox = None
+    needs_sandbox = not options.dry_run and any(task.kind == "code" for task in plan.tasks)
+    if needs_sandbox:
+        try:
+            sandbox = Sandbox(connect(pool_size=2 * plan.max_concurrent_agents + 2), labels)
+        except SandboxError as exc:
+            logger.error("%s", exc)
+    context = ExecutionContext(
+        sandbox=sandbox,
+        workspace=workspace,
+        run_id=str(flow_run.id),
+        dry_run=options.dry_run,
+        labels=labels,
+    )
+    watcher = CancellationWatcher(flow_run.id, options.cancel_poll_seconds, sandbox)
+    watcher.start()
+    try:
+        outcomes = Scheduler(plan, context, report, watcher).run()
+    finally:
+        watcher.stop()
+        if sandbox is not None:
+            sandbox.cancel()  # stops anything still running when we leave early
+            sandbox.remove_leftovers()
+    report.finish(outcomes)
+    return reporting.run_state(plan, outcomes, workspace, cancelled=watcher.cancelled.is_set())
+
+
+class CancellationWatcher:
+    """Watches the flow run's state; when someone cancels it (the UI, the API), kills the
+    run's containers so its tasks end at once and no new ones start.
+
+    Runs started by a Prefect worker are also cancelled by signal; this covers runs started
+    in-process, such as `toka orchestrate`, which no worker supervises.
+    """
+
+    def __init__(self, flow_run_id: UUID, interval: float, sandbox: Sandbox | None) -> None:
+        self.flow_run_id = flow_run_id
+        self.interval = interval
+        self.sandbox = sandbox
+        self.cancelled = threading.Event()
+        self._stop = threading.Event()
+        context = contextvars.copy_context()  # the thread must see this run's Prefect settings
+        self._thread = threading.Thread(target=context.run, args=(self._watch,), daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _watch(self) -> None:
+        with get_client(sync_client=True) as client:
+            while not self._stop.wait(self.interval):
+                try:
+                    state = client.read_flow_run(self.flow_run_id).state
+                except Exception:  # a flaky API read must not end the run; try again
+                    continue
+                if state is not None and (state.is_cancelling() or state.is_cancelled()):
+                    self.cancelled.set()
+                    if self.sandbox is not None:
+                        self.sandbox.cancel()
+                    return
+
+
+class Scheduler:
+    """Starts agents as their requirements complete, within the concurrency bound."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        context: ExecutionContext,
+        report: reporting.RunReport,
+        watcher: CancellationWatcher,
+    ) -> None:
+        self.plan = plan
+        self.context = context
+        self.report = report
+        self.watcher = watcher
+        self.agents = {agent.name: agent for agent in plan.agents}
+        self.position = {agent.name: i for i, agent in enumerate(plan.agents)}
+        self.waiting: dict[str, set[str]] = {agent.name: set() for agent in plan.agents}
+        self.dependents: dict[str, list[str]] = {agent.name: [] for agent in plan.agents}
+        for before, later in plan.ordering_edges:
+            self.waiting[later].add(before)
+            self.dependents[before].append(later)
+        self.status: dict[str, str] = {}  # agent -> completed | failed | skipped | cancelled
+        self.cause: dict[str, str] = {}  # agent -> the failure that stopped it, for downstream messages
+        self.last_future: dict[str, PrefectFuture[Any]] = {}
+        self.outcomes: dict[str, TaskOutcome] = {}
+        self.finished: queue.Queue[tuple[PlannedTask, PrefectFuture[Any]]] = queue.Queue()
+        self.pending = 0
+        self.running: set[str] = set()
+        self.ready: list[tuple[int, int, str]] = []
+
+    def run(self) -> list[TaskOutcome]:
+        workers = self.plan.max_concurrent_agents + 1
+        with ThreadPoolTaskRunner(max_workers=workers) as self.runner:
+            try:
+                for name, before in self.waiting.items():
+                    if not before:
+                        self._make_ready(name)
+                while True:
+                    self._start_ready_agents()
+                    if self.pending == 0:
+                        break
+                    try:
+                        planned, future = self.finished.get(timeout=0.5)
+                    except queue.Empty:
+                        continue
+                    self.pending -= 1
+                    self._on_task_done(planned, future)
+            except BaseException:
+                # Interrupted (Ctrl-C, SIGTERM, a bug): kill the containers first, or leaving
+                # the task runner would wait for every running task to reach its timeout.
+                if self.context.sandbox is not None:
+                    self.context.sandbox.cancel()
+                raise
+        order = {task.id: i for i, task in enumerate(self.plan.tasks)}
+        return sorted(self.outcomes.values(), key=lambda o: order[o.task_id])
+
+    def _make_ready(self, name: str) -> None:
+        agent = self.agents[name]
+        if self.watcher.cancelled.is_set():
+            self._cancel_rest(agent, 0)
+            return
+        failed = [n for n in agent.requires if self.status.get(n) != "completed"]
+        if failed:
+            upstream = failed[0]
+            word = {"failed": "failed", "skipped": "did not run", "cancelled": "was cancelled"}
+            reason = f"not run: required agent {upstream!r} {word[self.status[upstream]]}: {self.cause[upstream]}"
+            self._skip_agent(agent, reason, cause=self.cause[upstream])
+            return
+        heapq.heappush(self.ready, (PRIORITY_RANK[agent.priority], self.position[name], name))
+
+    def _start_ready_agents(self) -> None:
+        while self.ready and len(self.running) < self.plan.max_concurrent_agents:
+            _, _, name = heapq.heappop(self.ready)
+            agent = self.agents[name]
+            if self.watcher.cancelled.is_set():
+                self._cancel_rest(agent, 0)
+                continue
+            if not agent.tasks:
+                self._finish_agent(agent, "completed", "no tasks to run", cause="")
+                continue
+            self.running.add(name)
+            upstream = [self.last_future[n] for n in self.waiting_for(agent) if n in self.last_future]
+            self._submit(agent, agent.tasks[0], upstream, skip_reason=None)
+
+    def waiting_for(self, agent: PlannedAgent) -> list[str]:
+        return [before for before, later in self.plan.ordering_edges if later == agent.name]
+
+    def _submit(
+        self,
+        agent: PlannedAgent,
+        planned: PlannedTask,
+        upstream: list[PrefectFuture[Any]],
+        skip_reason: str | None,
+    ) -> PrefectFuture[Any]:
+        task = agent_task if planned.retries == 0 or skip_reason else _with_retries(planned.retries)
+        with tags(f"agent:{agent.name}", f"workstream:{agent.workstream}", f"priority:{agent.priority}"):
+            future = self.runner.submit(
+                task,
+                parameters={
+                    "label": planned.id,
+                    "planned": quote(planned),
+                    "context": quote(self.context),
+                    "skip_reason": skip_reason,
+                },
+                wait_for=[allow_failure(f) for f in upstream],
+            )
+        self.pending += 1
+        self.last_future[agent.name] = future
+        future.add_done_callback(lambda done: self.finished.put((planned, done)))
+        return future
+
+    def _on_task_done(self, planned: PlannedTask, future: PrefectFuture[Any]) -> None:
+        future.wait()
+        state = future.state
+        outcome = state.result(raise_on_failure=False) if state.is_final() else None
+        if not isinstance(outcome, TaskOutcome):
+            # Prefect itself failed the task run (a crash, not our code's verdict).
+            message = state.message or f"task run ended in state {state.name}"
+            outcome = TaskOutcome(
+                task_id=planned.id, agent=planned.agent, task=planned.name, status="failed", message=message
+            )
+        self.outcomes[planned.id] = outcome
+        self.report.task_finished(outcome)
+        agent = self.agents[planned.agent]
+        if agent.name not in self.running:
+            return  # a skipped task of an agent that is already settled
+        if outcome.ok and planned.index + 1 < len(agent.tasks):
+            if self.watcher.cancelled.is_set():
+                self._cancel_rest(agent, planned.index + 1)
+                return
+            self._submit(agent, agent.tasks[planned.index + 1], [future], skip_reason=None)
+            return
+        self.running.discard(agent.name)
+        if outcome.ok:
+            self._finish_agent(agent, "completed", f"{len(agent.tasks)} tasks done", cause="")
+            return
+        cause = f"{planned.id}: {outcome.message}"
+        if outcome.status == "cancelled" or self.watcher.cancelled.is_set():
+            self._cancel_rest(agent, planned.index + 1)
+            return
+        for later in agent.tasks[planned.index + 1 :]:
+            reason = f"not run: earlier task {planned.id} failed: {outcome.message}"
+            self._submit(agent, later, [self.last_future[agent.name]], reason)
+        self._finish_agent(agent, "failed", f"failed at {cause}", cause=cause)
+
+    def _cancel_rest(self, agent: PlannedAgent, start: int) -> None:
+        """After a cancel, tasks that did not start get no task runs, only a line in the summary."""
+        self.running.discard(agent.name)
+        for later in agent.tasks[start:]:
+            self.outcomes[later.id] = executor.cancelled(later, "not run: the run was cancelled")
+        self._finish_agent(agent, "cancelled", "the run was cancelled", cause="the run was cancelled")
+
+    def _skip_agent(self, agent: PlannedAgent, reason: str, cause: str) -> None:
+        upstream = [self.last_future[n] for n in self.waiting_for(agent) if n in self.last_future]
+        for planned in agent.tasks:
+            upstream = [self._submit(agent, planned, upstream, skip_reason=reason)]
+        self._finish_agent(agent, "skipped", reason, cause=cause)
+
+    def _finish_agent(self, agent: PlannedAgent, status: str, message: str, *, cause: str) -> None:
+        self.status[agent.name] = status
+        self.cause[agent.name] = cause
+        self.report.agent_finished(agent, status, message)
+        for later in self.dependents[agent.name]:
+            self.waiting[later].discard(agent.name)
+            if not self.waiting[later]:
+                self._make_ready(later)

@@ -1,0 +1,119 @@
+"""The resource limits grammar: memory sizes, CPU shares and durations.
+
+Each parser takes what a config file holds (a string or a number) and returns one plain
+number: bytes, cores, or seconds. A value it cannot read raises `ValueError` whose
+message shows the value and the accepted forms; the config layer adds file and key path.
+"""
+
+from __future__ import annotations
+
+import re
+
+_MEMORY_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1024**3,
+    "gib": 1024**3,
+    "t": 1024**4,
+    "tb": 1024**4,
+    "tib": 1024**4,
+}
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+_TIME_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_TIME = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+
+_CPU_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+_CPU_CORES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*cores?\s*$", re.IGNORECASE)
+_CPU_NUMBER = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$")
+
+
+def parse_memory(value: object) -> int:
+    """`512MB`, `1gb`, `64 KiB`, `1048576` -> bytes (1024-based)."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid memory {value!r}: use a size like 512MB or 1GB")
+    if isinstance(value, int):
+        number, unit = float(value), ""
+    else:
+        match = _MEMORY.match(str(value))
+        if not match or match.group(2).lower() not in _MEMORY_UNITS:
+            raise ValueError(
+                f"invalid memory {value!r}: use a number with B, KB, MB, GB or TB, like 512MB"
+            )
+        number, unit = float(match.group(1)), match.group(2).lower()
+    size = int(number * _MEMORY_UNITS[unit])
+    if size <= 0:
+        raise ValueError(f"invalid memory {value!r}: must be more than 0")
+    return size
+
+
+def parse_cpu(value: object) -> float:
+    """CPU share in cores.
+
+    `75%` is 0.75 of a core; a fraction `0.5` is half a core; a bare number above 1 is a
+    percentage (`75` is 0.75); `"2 cores"` is two cores.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"invalid cpu {value!r}: use 50%, 0.5 or '2 cores'")
+    text = str(value)
+    if match := _CPU_PERCENT.match(text):
+        cores = float(match.group(1)) / 100
+    elif match := _CPU_CORES.match(text):
+        cores = float(match.group(1))
+    elif match := _CPU_NUMBER.match(text):
+        number = float(match.group(1))
+        cores = number if number <= 1 else number / 100
+    else:
+        raise ValueError(
+            f"invalid cpu {value!r}: use a percentage (75%), a fraction (0.5) or cores ('2 cores')"
+        )
+    if cores <= 0:
+        raise ValueError(f"invalid cpu {value!r}: must be more than 0")
+    return cores
+
+
+def parse_duration(value: object) -> float:
+    """`30s`, `5m`, `2h`, `1d`, `250ms` or bare seconds (`1800`) -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}: use 30s, 5m, 2h or seconds")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _TIME.match(str(value))
+        if not match:
+            raise ValueError(
+                f"invalid duration {value!r}: use a number with ms, s, m, h or d, like 30s or 2h"
+            )
+        seconds = float(match.group(1)) * _TIME_UNITS[(match.group(2) or "").lower()]
+    if seconds <= 0:
+        raise ValueError(f"invalid duration {value!r}: must be more than 0")
+    return seconds
+
+
+def format_bytes(size: int | None) -> str:
+    """1048576 -> `1MB`, 1536 -> `1.5KB`: the inverse of `parse_memory` for messages."""
+    if size is None:
+        return "-"
+    for unit, factor in (("TB", 1024**4), ("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if size >= factor:
+            return f"{size / factor:.4g}{unit}"
+    return f"{size}B"
+
+
+def format_seconds(seconds: float | None) -> str:
+    """5.0 -> `5s`, 0.25 -> `250ms`, 7200 -> `2h`."""
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    for unit, factor in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= factor and seconds % factor == 0:
+            return f"{seconds / factor:.0f}{unit}"
+    return f"{seconds:.3g}s"

@@ -1,0 +1,272 @@
+"""Pydantic models of an orchestration: the native config format and what every dialect loads into.
+
+These models are the contract of the native YAML/TOML format (`toka schema` prints their
+JSON Schema). They know nothing of Prefect or Docker: limits are plain numbers (bytes,
+cores, seconds) parsed by `config.limits`, capabilities are plain names.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainSerializer,
+    PrivateAttr,
+    Tag,
+    model_validator,
+)
+
+from toka_agents.config.limits import (
+    format_bytes,
+    format_seconds,
+    parse_cpu,
+    parse_duration,
+    parse_memory,
+)
+
+Priority = Literal["critical", "high", "medium", "low"]
+PRIORITY_RANK: dict[str, int] = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+Name = Annotated[
+    str,
+    Field(
+        pattern=_NAME_PATTERN,
+        max_length=100,
+        description="Letters, digits, '-', '_' and '.', starting with a letter or digit.",
+    ),
+]
+
+# Docker refuses memory limits below 6MB.
+_MIN_MEMORY = 6 * 1024**2
+
+
+def _at_least_docker_minimum(size: int) -> int:
+    if size < _MIN_MEMORY:
+        raise ValueError(f"memory {format_bytes(size)} is below 6MB, the smallest limit Docker accepts")
+    return size
+
+
+MemorySize = Annotated[
+    int,
+    BeforeValidator(parse_memory),
+    AfterValidator(_at_least_docker_minimum),
+    PlainSerializer(format_bytes, return_type=str, when_used="json"),
+    Field(json_schema_extra={"type": "string", "examples": ["256MB", "1GB"]}),
+]
+CpuShare = Annotated[
+    float,
+    BeforeValidator(parse_cpu),
+    Field(json_schema_extra={"type": "string", "examples": ["50%", "0.5", "2 cores"]}),
+]
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_seconds, return_type=str, when_used="json"),
+    Field(json_schema_extra={"type": "string", "examples": ["30s", "5m", "2h", "1800"]}),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+DEFAULT_IMAGE = "toka-sandbox:1"
+"""The sandbox image built from `sandboxes/python` by `toka sandbox build`."""
+
+
+class Limits(_Model):
+    """Resource limits of a sandbox container. Unset fields inherit from the level above."""
+
+    memory: MemorySize | None = Field(None, description="Memory limit: 512MB, 1GB (1024-based).")
+    cpu: CpuShare | None = Field(None, description="CPU share: 50%, 0.5 or '2 cores'.")
+    timeout: Duration | None = Field(None, description="Wall-clock limit per task: 30s, 5m, 2h.")
+    pids: int | None = Field(None, gt=0, description="Most processes and threads at once.")
+
+    def over(self, base: Limits) -> Limits:
+        """These limits, with every unset field taken from `base`."""
+        mine = {name: value for name in type(self).model_fields if (value := getattr(self, name)) is not None}
+        return base.model_copy(update=mine)
+
+
+DEFAULT_LIMITS = Limits(memory="512MB", cpu="1 core", timeout="10m", pids=256)
+"""What a task gets when no level of the config sets a limit."""
+
+
+class CodeSource(_Model):
+    """Code to run in the sandbox: inline `source` or a `file` relative to the config file."""
+
+    language: Literal["python", "shell"]
+    source: str | None = None
+    file: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exactly_one_origin(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (data.get("source") is None) == (data.get("file") is None):
+            raise ValueError("give exactly one of `source` (inline code) or `file` (a path)")
+        return data
+
+
+class CodeTask(_Model):
+    """A task that runs code in the agent's sandbox."""
+
+    kind: Literal["code"] = "code"
+    name: Name
+    description: str = ""
+    code: CodeSource
+    limits: Limits = Limits()
+    condition: str | None = Field(
+        None, description="Run this task only when the run names this condition."
+    )
+
+
+class LlmTask(_Model):
+    """A task an LLM agent loop carries out from an instruction."""
+
+    kind: Literal["llm"] = "llm"
+    name: Name
+    instruction: str = Field(min_length=1)
+    description: str = ""
+    priority: Priority | None = None
+    estimated_duration: Duration | None = None
+    tools: list[str] = []
+    limits: Limits = Limits()
+    condition: str | None = Field(
+        None, description="Run this task only when the run names this condition."
+    )
+
+
+def _task_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        if "kind" in value:
+            return {"code": "code-task", "llm": "llm-task"}.get(value["kind"])
+        if "code" in value:
+            return "code-task"
+        if "instruction" in value:
+            return "llm-task"
+        return None
+    return {"code": "code-task", "llm": "llm-task"}.get(getattr(value, "kind", None))
+
+
+AgentTask = Annotated[
+    Annotated[CodeTask, Tag("code-task")] | Annotated[LlmTask, Tag("llm-task")],
+    Discriminator(
+        _task_kind,
+        custom_error_type="task_kind",
+        custom_error_message="a task needs `code` (a code task) or `instruction` (an LLM task)",
+    ),
+]
+# Pydantic puts union tags into error locations; the loader drops them.
+TASK_TAGS = frozenset({"code-task", "llm-task"})
+
+
+class LlmSettings(_Model):
+    """Which model LLM tasks use and how to reach it."""
+
+    provider: str = Field(description="openai (also Ollama, vLLM), or anthropic.")
+    model: str
+    base_url: str | None = None
+    api_key_env: str | None = Field(None, description="Environment variable holding the key.")
+    timeout: Duration | None = None
+    options: dict[str, Any] = {}
+
+
+class Origin(_Model):
+    """Where an agent was written: file, key path of the agent, key path of its `requires`."""
+
+    file: str
+    path: str = ""
+    requires_key: str = "requires"
+
+    def key(self, *parts: str | int) -> str:
+        return ".".join(str(p) for p in (self.path, *parts) if p != "")
+
+
+class Agent(_Model):
+    """One agent: who it is, what it may touch and use, and its ordered tasks."""
+
+    name: Name
+    description: str = ""
+    priority: Priority = "medium"
+    workstream: str | None = Field(None, description="Group of agents; defaults to the agent name.")
+    requires: list[Name] = Field([], description="Agents that must complete successfully first.")
+    optional_requires: list[Name] = Field(
+        [], description="Agents whose results are useful if there; they order nothing by default."
+    )
+    capabilities: list[str] = []
+    limits: Limits = Limits()
+    image: str | None = None
+    sandbox: bool = True
+    env: dict[str, str] = {}
+    retries: int = Field(0, ge=0)
+    llm: LlmSettings | None = None
+    tasks: list[AgentTask] = Field(min_length=1)
+    extra: dict[str, Any] = Field(
+        {}, description="Keys of the source spec that toka-agents keeps but does not act on."
+    )
+
+    _origin: Origin = PrivateAttr(default=Origin(file="<memory>"))
+
+    @property
+    def origin(self) -> Origin:
+        return self._origin
+
+    def located(self, origin: Origin) -> Agent:
+        self._origin = origin
+        return self
+
+    @model_validator(mode="after")
+    def _unique_task_names(self) -> Agent:
+        seen: set[str] = set()
+        for task in self.tasks:
+            if task.name in seen:
+                raise ValueError(f"two tasks are named {task.name!r}")
+            seen.add(task.name)
+        return self
+
+
+class Defaults(_Model):
+    """What every agent inherits unless it says otherwise."""
+
+    limits: Limits = Limits()
+    capabilities: list[str] = []
+    image: str | None = None
+    env: dict[str, str] = {}
+    retries: int = Field(0, ge=0)
+
+
+class Settings(_Model):
+    """Orchestration-wide settings, which several files may contribute to."""
+
+    name: Name | None = None
+    description: str = ""
+    max_concurrent_agents: int = Field(4, ge=1)
+    defaults: Defaults = Defaults()
+    llm: LlmSettings | None = None
+    optional_dependencies: Literal["ignore", "order"] = Field(
+        "ignore", description="`order`: optional dependencies order agents when both are loaded."
+    )
+    allow_unsandboxed: bool = False
+    extra: dict[str, Any] = {}
+
+
+class OrchestrationFile(Settings):
+    """The native config format: settings plus agents, in one YAML or TOML file."""
+
+    name: Name
+    agents: list[Agent] = Field(min_length=1)
+
+
+class Orchestration(Settings):
+    """Everything loaded from one or more files: what the planner reads."""
+
+    name: Name
+    agents: list[Agent]
+    sources: list[str] = []

@@ -1,0 +1,132 @@
+"""Runs one agent task: a code task goes to the sandbox; the result becomes a `TaskOutcome`.
+
+The executor never talks to Docker or HTTP itself, and knows nothing of Prefect: it is
+handed a `Sandbox`, and returns plain data that reporting turns into Prefect states.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from toka_agents.errors import SandboxError
+from toka_agents.planning import PlannedTask
+from toka_agents.sandbox import Sandbox, SandboxCancelled, SandboxResult, SandboxSpec
+from toka_agents.sandbox.containers import OutputCallback
+
+Status = Literal["completed", "failed", "skipped", "cancelled", "dry-run"]
+
+
+class TaskOutcome(BaseModel):
+    """What one agent task did: the Prefect task's return value."""
+
+    task_id: str
+    agent: str
+    task: str
+    status: Status
+    message: str = ""
+    exit_code: int | None = None
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    output_truncated: bool = False
+    duration: float | None = None
+    peak_memory: int | None = None
+    cpu_seconds: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("completed", "dry-run")
+
+
+@dataclass
+class ExecutionContext:
+    """What every task of one run shares."""
+
+    sandbox: Sandbox | None
+    workspace: Path | None
+    run_id: str = ""
+    dry_run: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def run_task(task: PlannedTask, context: ExecutionContext, on_output: OutputCallback | None = None) -> TaskOutcome:
+    """Run one task and say how it went. Never raises for a task's own failure."""
+    if context.dry_run:
+        return _outcome(task, "dry-run", f"dry run: would run {_what(task)}")
+    if task.kind != "code" or task.code is None:
+        return _outcome(task, "failed", f"{task.id} is an LLM task, and no LLM agent loop is configured")
+    if context.sandbox is None:
+        return _outcome(task, "failed", "no sandbox: the Docker engine was not reached")
+    try:
+        result = context.sandbox.run(sandbox_spec(task, context), on_output)
+    except SandboxCancelled:
+        return _outcome(task, "cancelled", "cancelled before it started")
+    except SandboxError as exc:
+        return _outcome(task, "failed", f"sandbox error: {exc}")
+    return outcome_from_result(task, result)
+
+
+def sandbox_spec(task: PlannedTask, context: ExecutionContext) -> SandboxSpec:
+    """The container a code task runs in: its limits, network, workspace access and code."""
+    assert task.code is not None and task.code.source is not None
+    return SandboxSpec(
+        image=task.image,
+        language=task.code.language,
+        source=task.code.source,
+        memory=task.limits.memory,
+        cpus=task.limits.cpu,
+        pids=task.limits.pids,
+        timeout=task.limits.timeout,
+        network=task.network,
+        workspace=context.workspace,
+        workspace_writable=task.workspace_writable,
+        env={
+            **task.env,
+            "TOKA_AGENT": task.agent,
+            "TOKA_TASK": task.name,
+            "TOKA_RUN_ID": context.run_id,
+            "TOKA_WORKSPACE": "/workspace",
+        },
+        labels={**context.labels, "org.toka-agents.task": task.id},
+        name=f"toka-{task.agent}-{task.name}"[:60],
+    )
+
+
+def outcome_from_result(task: PlannedTask, result: SandboxResult) -> TaskOutcome:
+    failure = result.failure
+    status: Status = "completed" if failure is None else ("cancelled" if result.cancelled else "failed")
+    return TaskOutcome(
+        task_id=task.id,
+        agent=task.agent,
+        task=task.name,
+        status=status,
+        message=failure or f"exit code 0 in {result.duration:.2f}s",
+        exit_code=result.exit_code,
+        stdout_tail=result.stdout_tail[-2000:],
+        stderr_tail=result.stderr_tail[-2000:],
+        output_truncated=result.stdout_truncated or result.stderr_truncated,
+        duration=result.duration,
+        peak_memory=result.peak_memory,
+        cpu_seconds=result.cpu_seconds,
+    )
+
+
+def skipped(task: PlannedTask, reason: str) -> TaskOutcome:
+    return _outcome(task, "skipped", reason)
+
+
+def cancelled(task: PlannedTask, reason: str) -> TaskOutcome:
+    return _outcome(task, "cancelled", reason)
+
+
+def _outcome(task: PlannedTask, status: Status, message: str) -> TaskOutcome:
+    return TaskOutcome(task_id=task.id, agent=task.agent, task=task.name, status=status, message=message)
+
+
+def _what(task: PlannedTask) -> str:
+    if task.code is not None:
+        return f"{task.code.language} code in {task.image}"
+    return "an LLM task"

@@ -1,0 +1,461 @@
+"""Orchestration -> Plan: the dependency graph, its waves, and every task's effective settings.
+
+Pure data in, pure data out. The planner checks the graph (unknown agents, cycles named in
+full), orders agents in waves (topological layers, priority order inside a layer), and fixes
+what each task runs with: limits, capabilities, network, workspace access, image, retries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from toka_agents.config import capabilities
+from toka_agents.config.loader import load_paths
+from toka_agents.config.limits import format_bytes, format_seconds
+from toka_agents.config.models import (
+    DEFAULT_IMAGE,
+    DEFAULT_LIMITS,
+    PRIORITY_RANK,
+    Agent,
+    CodeSource,
+    CodeTask,
+    LlmSettings,
+    Orchestration,
+    Priority,
+)
+from toka_agents.errors import ConfigError, ConfigIssue
+
+
+OptionalMode = Literal["ignore", "order"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class TaskLimits(_Frozen):
+    """Limits with every field fixed: bytes, cores, seconds, processes."""
+
+    memory: int
+    cpu: float
+    timeout: float
+    pids: int
+
+
+class PlannedTask(_Frozen):
+    """One agent task with everything it runs with."""
+
+    id: str
+    agent: str
+    name: str
+    index: int
+    kind: Literal["code", "llm"]
+    description: str = ""
+    code: CodeSource | None = None
+    instruction: str | None = None
+    limits: TaskLimits
+    image: str
+    capabilities: tuple[str, ...] = ()
+    network: bool = False
+    workspace_writable: bool = False
+    env: dict[str, str] = {}
+    retries: int = 0
+    condition: str | None = None
+
+
+class PlannedAgent(_Frozen):
+    name: str
+    description: str = ""
+    priority: Priority
+    workstream: str
+    requires: tuple[str, ...] = ()
+    optional_requires: tuple[str, ...] = ()
+    sandbox: bool = True
+    llm: LlmSettings | None = None
+    tasks: tuple[PlannedTask, ...]
+    source: str = ""
+    extra: dict[str, Any] = {}
+
+
+class Plan(_Frozen):
+    """The whole run: agents in wave order, the edges between them, and the waves."""
+
+    name: str
+    description: str = ""
+    max_concurrent_agents: int
+    agents: tuple[PlannedAgent, ...]
+    edges: tuple[tuple[str, str], ...]
+    optional_edges: tuple[tuple[str, str], ...] = ()
+    ordering_edges: tuple[tuple[str, str], ...] = ()
+    """The edges that order agents: required ones, plus optional ones in `order` mode."""
+    waves: tuple[tuple[str, ...], ...]
+    conditions: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def tasks(self) -> list[PlannedTask]:
+        return [task for agent in self.agents for task in agent.tasks]
+
+    def agent(self, name: str) -> PlannedAgent:
+        for agent in self.agents:
+            if agent.name == name:
+                return agent
+        raise KeyError(name)
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as `toka plan --json` prints it."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "max_concurrent_agents": self.max_concurrent_agents,
+            "agents": [
+                {
+                    "name": agent.name,
+                    "priority": agent.priority,
+                    "workstream": agent.workstream,
+                    "requires": list(agent.requires),
+                    "optional_requires": list(agent.optional_requires),
+                    "tasks": [_task_json(task) for task in agent.tasks],
+                }
+                for agent in self.agents
+            ],
+            "edges": [list(edge) for edge in self.edges],
+            "optional_edges": [list(edge) for edge in self.optional_edges],
+            "waves": [list(wave) for wave in self.waves],
+            "conditions": list(self.conditions),
+            "warnings": list(self.warnings),
+        }
+
+
+def _task_json(task: PlannedTask) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "name": task.name,
+        "kind": task.kind,
+        "limits": {
+            "memory": format_bytes(task.limits.memory),
+            "cpu": task.limits.cpu,
+            "timeout": format_seconds(task.limits.timeout),
+            "pids": task.limits.pids,
+        },
+        "image": task.image,
+        "network": task.network,
+        "workspace": "read-write" if task.workspace_writable else "read-only",
+        "condition": task.condition,
+    }
+
+
+def plan(
+    orchestration: Orchestration,
+    *,
+    conditions: Collection[str] = (),
+    optional_dependencies: OptionalMode | None = None,
+    max_concurrent_agents: int | None = None,
+) -> Plan:
+    """Resolve the graph and fix every task's settings. Raises `ConfigError` on graph problems."""
+    issues = graph_issues(orchestration.agents)
+    if issues:
+        raise ConfigError(issues)
+    mode = optional_dependencies or orchestration.optional_dependencies
+    agents = {agent.name: agent for agent in orchestration.agents}
+    order = {agent.name: i for i, agent in enumerate(orchestration.agents)}
+
+    edges = [(needed, agent.name) for agent in orchestration.agents for needed in agent.requires]
+    optional_edges = [
+        (wanted, agent.name)
+        for agent in orchestration.agents
+        for wanted in agent.optional_requires
+        if wanted in agents and wanted != agent.name
+    ]
+    warnings: list[str] = []
+    ordering = list(edges)
+    if mode == "order":
+        ordering += _acyclic_subset(optional_edges, edges, warnings)
+
+    waves = _waves(agents, ordering, order)
+    planned = [
+        _plan_agent(agents[name], orchestration, set(conditions))
+        for wave in waves
+        for name in wave
+    ]
+    return Plan(
+        name=orchestration.name,
+        description=orchestration.description,
+        max_concurrent_agents=max_concurrent_agents or orchestration.max_concurrent_agents,
+        agents=tuple(planned),
+        edges=tuple(sorted(edges, key=lambda e: (order[e[1]], order[e[0]]))),
+        optional_edges=tuple(optional_edges),
+        ordering_edges=tuple(ordering),
+        waves=tuple(tuple(wave) for wave in waves),
+        conditions=tuple(sorted(conditions)),
+        warnings=tuple(warnings),
+    )
+
+
+@dataclass
+class Validation:
+    """Every problem found in one pass, the warnings, and the plan when there were no problems."""
+
+    issues: list[ConfigIssue]
+    warnings: list[ConfigIssue | str] = field(default_factory=list)
+    plan: Plan | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.issues
+
+
+def validate(
+    paths: Sequence[str | Path],
+    *,
+    conditions: Collection[str] = (),
+    optional_dependencies: OptionalMode | None = None,
+    max_concurrent_agents: int | None = None,
+) -> Validation:
+    """Load and plan, reporting every problem across all files and agents at once."""
+    loaded = load_paths(paths)
+    issues = list(loaded.issues)
+    warnings: list[ConfigIssue | str] = list(loaded.warnings)
+    if loaded.orchestration is None:
+        return Validation(issues, warnings)
+    issues += graph_issues(loaded.orchestration.agents, also_known=loaded.broken_agents)
+    if issues:
+        return Validation(issues, warnings)
+    planned = plan(
+        loaded.orchestration,
+        conditions=conditions,
+        optional_dependencies=optional_dependencies,
+        max_concurrent_agents=max_concurrent_agents,
+    )
+    warnings += planned.warnings
+    return Validation([], warnings, planned)
+
+
+def graph_issues(agents: Sequence[Agent], also_known: Collection[str] = ()) -> list[ConfigIssue]:
+    """Unknown required agents and cycles, each located at the `requires` that causes it.
+
+    `also_known` names agents that exist but failed validation: requiring them is not an error.
+    """
+    names = {agent.name for agent in agents}
+    issues: list[ConfigIssue] = []
+    for agent in agents:
+        for i, needed in enumerate(agent.requires):
+            if needed not in names and needed not in also_known:
+                known = ", ".join(sorted(names)) or "none"
+                issues.append(
+                    ConfigIssue(
+                        agent.origin.file,
+                        agent.origin.key(agent.origin.requires_key, i),
+                        f"agent {agent.name!r} requires {needed!r}, which is not defined "
+                        f"(defined agents: {known})",
+                    )
+                )
+    by_name = {agent.name: agent for agent in agents}
+    graph = {agent.name: [n for n in agent.requires if n in names] for agent in agents}
+    for cycle in find_cycles(graph):
+        first = by_name[cycle[0]]
+        shown = " -> ".join([*cycle, cycle[0]])
+        issues.append(
+            ConfigIssue(
+                first.origin.file,
+                first.origin.key(first.origin.requires_key),
+                f"dependency cycle: {shown} (each agent requires the next)",
+            )
+        )
+    return issues
+
+
+def find_cycles(graph: dict[str, list[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component that has one, in walking order.
+
+    Iterative Tarjan, so that 10,000-agent chains do not hit the recursion limit.
+    """
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    components: list[list[str]] = []
+    counter = 0
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(graph[root]))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            advanced = False
+            for child in children:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(graph[child])))
+                    advanced = True
+                    break
+                if child in on_stack:
+                    low[node] = min(low[node], index[child])
+            if advanced:
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1 or node in graph[node]:
+                    components.append(component)
+    position = {name: i for i, name in enumerate(graph)}
+    return [_walk_cycle(graph, set(c), min(c, key=position.__getitem__)) for c in components]
+
+
+def _walk_cycle(graph: dict[str, list[str]], members: set[str], start: str) -> list[str]:
+    """A path inside one strongly connected component from `start` back to `start`."""
+    parents: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        following = []
+        for node in frontier:
+            for child in graph[node]:
+                if child == start:
+                    path = [node]
+                    while path[-1] != start:
+                        path.append(parents[path[-1]])
+                    return path[::-1]
+                if child in members and child not in parents:
+                    parents[child] = node
+                    following.append(child)
+        frontier = following
+    return [start]
+
+
+def _acyclic_subset(
+    optional: Iterable[tuple[str, str]], required: Iterable[tuple[str, str]], warnings: list[str]
+) -> list[tuple[str, str]]:
+    """Optional edges that can order agents without closing a cycle; the others are warned about."""
+    after: dict[str, set[str]] = {}
+    for before, later in required:
+        after.setdefault(before, set()).add(later)
+    kept = []
+    for before, later in optional:
+        path = _path(after, later, before)
+        if path is not None:
+            loop = " -> ".join([before, *path])
+            warnings.append(
+                f"optional dependency of {later!r} on {before!r} does not order them: "
+                f"it would close the cycle {loop}"
+            )
+            continue
+        after.setdefault(before, set()).add(later)
+        kept.append((before, later))
+    return kept
+
+
+def _path(after: dict[str, set[str]], start: str, goal: str) -> list[str] | None:
+    """A path start -> ... -> goal along `after`, or None."""
+    parents: dict[str, str | None] = {start: None}
+    frontier = [start]
+    while frontier:
+        following = []
+        for node in frontier:
+            if node == goal:
+                path: list[str] = []
+                step: str | None = node
+                while step is not None:
+                    path.append(step)
+                    step = parents[step]
+                return path[::-1]
+            for child in sorted(after.get(node, ())):
+                if child not in parents:
+                    parents[child] = node
+                    following.append(child)
+        frontier = following
+    return None
+
+
+def _waves(
+    agents: dict[str, Agent], edges: Iterable[tuple[str, str]], order: dict[str, int]
+) -> list[list[str]]:
+    waiting = {name: 0 for name in agents}
+    dependents: dict[str, list[str]] = {name: [] for name in agents}
+    for before, later in set(edges):
+        waiting[later] += 1
+        dependents[before].append(later)
+
+    def rank(name: str) -> tuple[int, int]:
+        return PRIORITY_RANK[agents[name].priority], order[name]
+
+    wave = sorted((name for name, count in waiting.items() if count == 0), key=rank)
+    waves = []
+    while wave:
+        waves.append(wave)
+        following = []
+        for name in wave:
+            for later in dependents[name]:
+                waiting[later] -= 1
+                if waiting[later] == 0:
+                    following.append(later)
+        wave = sorted(following, key=rank)
+    return waves
+
+
+def _plan_agent(agent: Agent, orchestration: Orchestration, conditions: set[str]) -> PlannedAgent:
+    defaults = orchestration.defaults
+    agent_limits = agent.limits.over(defaults.limits.over(DEFAULT_LIMITS))
+    granted = tuple(dict.fromkeys([*defaults.capabilities, *agent.capabilities]))
+    image = agent.image or defaults.image or DEFAULT_IMAGE
+    env = {**defaults.env, **agent.env}
+    retries = agent.retries if "retries" in agent.model_fields_set else defaults.retries
+    tasks = []
+    for task in agent.tasks:
+        if task.condition is not None and task.condition not in conditions:
+            continue
+        limits = task.limits.over(agent_limits)
+        tasks.append(
+            PlannedTask(
+                id=f"{agent.name}/{task.name}",
+                agent=agent.name,
+                name=task.name,
+                index=len(tasks),
+                kind=task.kind,
+                description=task.description,
+                code=task.code if isinstance(task, CodeTask) else None,
+                instruction=None if isinstance(task, CodeTask) else task.instruction,
+                limits=TaskLimits(
+                    memory=limits.memory, cpu=limits.cpu, timeout=limits.timeout, pids=limits.pids
+                ),
+                image=image,
+                capabilities=granted,
+                network=capabilities.grants_network(granted),
+                workspace_writable=capabilities.grants_workspace_write(granted),
+                env=env,
+                retries=retries,
+                condition=task.condition,
+            )
+        )
+    return PlannedAgent(
+        name=agent.name,
+        description=agent.description,
+        priority=agent.priority,
+        workstream=agent.workstream or agent.name,
+        requires=tuple(agent.requires),
+        optional_requires=tuple(agent.optional_requires),
+        sandbox=agent.sandbox,
+        llm=agent.llm or orchestration.llm,
+        tasks=tuple(tasks),
+        source=agent.origin.file,
+        extra=agent.extra,
+    )

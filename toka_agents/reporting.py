@@ -1,0 +1,182 @@
+"""Reporting: the only writer of Prefect states' messages, artifacts, events and task output logs.
+
+It turns `TaskOutcome`s into task run states, keeps one progress artifact per agent moving
+from 0 to 100%, emits an event per finished agent, and ends a run with a table artifact of
+every task and the flow run's final state.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.events import emit_event
+from prefect.states import Cancelled, Completed, Failed, State
+
+from toka_agents.config.limits import format_bytes
+from toka_agents.executor import TaskOutcome
+from toka_agents.planning import Plan, PlannedAgent
+from toka_agents.sandbox.containers import OutputCallback
+
+
+def task_state(outcome: TaskOutcome) -> State[TaskOutcome]:
+    """The final state of an agent task's Prefect task run."""
+    if outcome.status == "completed":
+        return Completed(message=outcome.message, data=outcome)
+    if outcome.status == "dry-run":
+        return Completed(name="DryRun", message=outcome.message, data=outcome)
+    if outcome.status == "skipped":
+        return Cancelled(name="Skipped", message=outcome.message, data=outcome)
+    if outcome.status == "cancelled":
+        return Cancelled(message=outcome.message, data=outcome)
+    return Failed(message=outcome.message, data=outcome)
+
+
+def output_logger(logger: logging.Logger | logging.LoggerAdapter[Any]) -> OutputCallback:
+    """Log what a task prints, line by line, as it prints it."""
+    partial = {"stdout": b"", "stderr": b""}
+
+    def on_output(stream: str, data: bytes) -> None:
+        *lines, partial[stream] = (partial[stream] + data).split(b"\n")
+        for line in lines:
+            text = line.decode("utf-8", "replace").rstrip()
+            logger.info(text if stream == "stdout" else f"[stderr] {text}")
+
+    return on_output
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+class RunReport:
+    """Progress artifacts and events of one run, updated as its tasks finish."""
+
+    def __init__(self, plan: Plan, workspace: Path | None) -> None:
+        self.plan = plan
+        self.workspace = workspace
+        self._progress: dict[str, UUID] = {}
+        self._done: dict[str, int] = {agent.name: 0 for agent in plan.agents}
+        for agent in plan.agents:
+            self._progress[agent.name] = create_progress_artifact(
+                progress=0.0 if agent.tasks else 100.0,
+                description=_progress_text(agent, 0),
+            )
+
+    def task_finished(self, outcome: TaskOutcome) -> None:
+        if not outcome.ok:
+            return
+        agent = self.plan.agent(outcome.agent)
+        self._done[agent.name] += 1
+        done = self._done[agent.name]
+        update_progress_artifact(
+            self._progress[agent.name],
+            progress=100.0 * done / max(len(agent.tasks), 1),
+            description=_progress_text(agent, done),
+        )
+
+    def agent_finished(self, agent: PlannedAgent, status: str, message: str) -> None:
+        emit_event(
+            event=f"toka.agent.{status}",
+            resource={
+                "prefect.resource.id": f"toka.agent.{self.plan.name}.{agent.name}",
+                "prefect.resource.name": agent.name,
+                "toka.workstream": agent.workstream,
+                "toka.priority": agent.priority,
+            },
+            payload={"message": message, "tasks": len(agent.tasks)},
+        )
+
+    def finish(self, outcomes: Iterable[TaskOutcome]) -> None:
+        """The run's table artifact: every task with status, duration, peak memory, cpu time."""
+        rows = [
+            {
+                "task": outcome.task_id,
+                "agent": outcome.agent,
+                "status": outcome.status,
+                "duration": "-" if outcome.duration is None else f"{outcome.duration:.2f}s",
+                "peak memory": format_bytes(outcome.peak_memory),
+                "cpu time": "-" if outcome.cpu_seconds is None else f"{outcome.cpu_seconds:.3f}s",
+                "message": outcome.message,
+            }
+            for outcome in outcomes
+        ]
+        where = f" Workspace: {self.workspace}" if self.workspace else ""
+        create_table_artifact(
+            table=rows,
+            key=artifact_key(self.plan.name, "summary"),
+            description=f"Every task of {self.plan.name}.{where}",
+        )
+        notes = agent_notes(self.plan)
+        if notes:
+            create_markdown_artifact(
+                markdown=notes,
+                key=artifact_key(self.plan.name, "agents"),
+                description=f"What the agents of {self.plan.name} carry beyond their tasks",
+            )
+
+
+def agent_notes(plan: Plan) -> str:
+    """Markdown of the keys each agent's spec holds that toka-agents keeps but does not act on."""
+    sections = []
+    for agent in plan.agents:
+        if not agent.extra:
+            continue
+        lines = [f"## {agent.name}", ""]
+        lines += [f"- **{key}**: {_short(value)}" for key, value in agent.extra.items()]
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections)
+
+
+def _short(value: object, limit: int = 300) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _progress_text(agent: PlannedAgent, done: int) -> str:
+    return f"{agent.name} ({agent.workstream}, {agent.priority}): {done}/{len(agent.tasks)} tasks done"
+
+
+class RunSummary(BaseModel):
+    """What a flow run returns: where its workspace is and how every task ended."""
+
+    workspace: str | None
+    outcomes: list[TaskOutcome]
+
+
+def run_state(
+    plan: Plan, outcomes: list[TaskOutcome], workspace: Path | None, *, cancelled: bool
+) -> State[RunSummary]:
+    """The flow run's final state, with a message that names what failed."""
+    summary = RunSummary(workspace=str(workspace) if workspace else None, outcomes=outcomes)
+    failed = [o for o in outcomes if o.status == "failed"]
+    skipped = [o for o in outcomes if o.status == "skipped"]
+    done = [o for o in outcomes if o.ok]
+    counts = f"{len(done)} of {len(plan.tasks)} tasks done"
+    if cancelled:
+        return Cancelled(message=f"cancelled: {counts}", data=summary)
+    if failed:
+        first = "; ".join(f"{o.task_id}: {o.message}" for o in failed[:3])
+        more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+        skipped_agents = sorted({o.agent for o in skipped})
+        tail = f"; skipped agents: {', '.join(skipped_agents)}" if skipped_agents else ""
+        return Failed(message=f"{len(failed)} task(s) failed: {first}{more}{tail}", data=summary)
+    return Completed(message=f"{len(plan.agents)} agents, {counts}", data=summary)
+
+
+def config_failed_state(issues: Iterable[object]) -> State[None]:
+    """The state of a flow run whose config did not load: every problem, one per line."""
+    lines = [str(issue) for issue in issues]
+    return Failed(message=f"{len(lines)} config problem(s):\n" + "\n".join(lines))

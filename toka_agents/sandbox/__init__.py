@@ -1,0 +1,21 @@
+"""Sandbox: runs code in Docker containers under the limits the plan fixed, measures what it
+used, and removes every container it made. It knows nothing of Prefect.
+"""
+
+from toka_agents.sandbox.containers import Sandbox, SandboxCancelled, remove_labeled
+from toka_agents.sandbox.engine import connect
+from toka_agents.sandbox.images import build_image, image_status
+from toka_agents.sandbox.spec import SandboxResult, SandboxSpec
+from toka_agents.sandbox.workspace import create_workspace
+
+__all__ = [
+    "Sandbox",
+    "SandboxCancelled",
+    "SandboxResult",
+    "SandboxSpec",
+    "build_image",
+    "connect",
+    "create_workspace",
+    "image_status",
+    "remove_labeled",
+]

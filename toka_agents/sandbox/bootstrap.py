@@ -1,0 +1,109 @@
+"""The supervisor that runs as PID 1 inside every sandbox container (`python3 -c <this file>`).
+
+It reads one JSON header line and then the code from stdin, runs the code as a child
+process, passes its stdout and stderr through up to a byte cap (counting what it cuts),
+and finally writes one result line to stderr: `<marker> {json}` with the exit status,
+the cgroup's peak memory, the child's CPU time, the byte counts, and whether the kernel
+killed anything for memory. The host strips that line. It uses only the standard library
+and must run on any Python 3.8+ in any image; it is never imported by toka-agents itself.
+"""
+
+import json
+import os
+import resource
+import selectors
+import subprocess
+import sys
+
+TAIL = 4096
+
+
+def read_first(paths):
+    for path in paths:
+        try:
+            with open(path) as handle:
+                return handle.read()
+        except OSError:
+            continue
+    return None
+
+
+def peak_memory():
+    text = read_first(
+        [
+            "/sys/fs/cgroup/memory/memory.max_usage_in_bytes",  # cgroup v1
+            "/sys/fs/cgroup/memory.peak",  # cgroup v2, Linux 5.19+
+        ]
+    )
+    return int(text) if text and text.strip().isdigit() else None
+
+
+def oom_kills():
+    text = read_first(["/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events"])
+    for line in (text or "").splitlines():
+        key, _, value = line.partition(" ")
+        if key == "oom_kill" and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def main():
+    stdin = sys.stdin.buffer
+    header = json.loads(stdin.readline())
+    code = stdin.read()
+    cap = int(header["output_limit"])
+
+    os.makedirs("/tmp/toka", exist_ok=True)
+    if header["language"] == "python":
+        path, argv = "/tmp/toka/task.py", [sys.executable, "/tmp/toka/task.py"]
+    else:
+        path, argv = "/tmp/toka/task.sh", ["/bin/sh", "/tmp/toka/task.sh"]
+    with open(path, "wb") as handle:
+        handle.write(code)
+
+    cwd = header.get("cwd") or "/tmp"
+    child = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd
+    )
+    sinks = {child.stdout.fileno(): sys.stdout.buffer, child.stderr.fileno(): sys.stderr.buffer}
+    names = {child.stdout.fileno(): "stdout", child.stderr.fileno(): "stderr"}
+    total = {"stdout": 0, "stderr": 0}
+    tails = {"stdout": b"", "stderr": b""}
+    selector = selectors.DefaultSelector()
+    for fd in sinks:
+        selector.register(fd, selectors.EVENT_READ)
+    while selector.get_map():
+        for key, _ in selector.select():
+            data = os.read(key.fd, 65536)
+            if not data:
+                selector.unregister(key.fd)
+                continue
+            name = names[key.fd]
+            room = cap - total[name]
+            if room > 0:
+                sinks[key.fd].write(data[:room])
+                sinks[key.fd].flush()
+            total[name] += len(data)
+            tails[name] = (tails[name] + data)[-TAIL:]
+    status = child.wait()
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+
+    result = {
+        "exit_code": status if status >= 0 else 128 - status,
+        "signal": -status if status < 0 else None,
+        "peak_memory": peak_memory() or usage.ru_maxrss * 1024,
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 6),
+        "stdout_bytes": total["stdout"],
+        "stderr_bytes": total["stderr"],
+        "stdout_tail": tails["stdout"].decode("utf-8", "replace"),
+        "stderr_tail": tails["stderr"].decode("utf-8", "replace"),
+        "oom_kills": oom_kills(),
+    }
+    line = "\n" + header["marker"] + " " + json.dumps(result) + "\n"
+    sys.stderr.buffer.write(line.encode())
+    sys.stderr.buffer.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""Runs code in a fresh container per call and removes it whatever happens.
+
+The container's settings come from a `SandboxSpec` and nowhere else: no network unless
+asked, memory/cpu/pids limits, a read-only root file system with a tmpfs /tmp, an
+unprivileged user with every Linux capability dropped and no-new-privileges. The code goes
+in over the attach socket's stdin to the supervisor in `bootstrap.py`; its output comes back
+on the same socket as it is printed; a timer kills the container at the wall-clock limit.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+import docker
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.types import LogConfig, Mount
+from docker.utils.socket import frames_iter
+from requests.exceptions import RequestException
+
+from toka_agents.errors import SandboxError
+from toka_agents.sandbox.spec import SandboxResult, SandboxSpec
+
+OutputCallback = Callable[[str, bytes], None]
+"""Called with ("stdout" | "stderr", bytes) as the code prints."""
+
+LABEL_MANAGED = "org.toka-agents.managed"
+BOOTSTRAP = resources.files("toka_agents.sandbox").joinpath("bootstrap.py").read_text()
+_STREAMS = {1: "stdout", 2: "stderr"}
+_CLEANUP_ERRORS = (DockerException, RequestException, OSError)
+
+
+class SandboxCancelled(SandboxError):
+    """The sandbox was cancelled: it starts no more containers."""
+
+
+class Sandbox:
+    """Runs `SandboxSpec`s on one engine, tracking live containers so `cancel()` can stop them all."""
+
+    def __init__(self, client: docker.DockerClient, labels: dict[str, str] | None = None) -> None:
+        self.client = client
+        self.labels = {LABEL_MANAGED: "1", **(labels or {})}
+        self._live: set[str] = set()
+        self._lock = threading.Lock()
+        self._cancelled = threading.Event()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def run(self, spec: SandboxSpec, on_output: OutputCallback | None = None) -> SandboxResult:
+        """Run `spec` in a new container; return how it ended. Raises `SandboxError` when the
+        engine refuses to run it at all (no image, engine gone)."""
+        if self.cancelled:
+            raise SandboxCancelled("the run was cancelled")
+        container_id = self._create(spec)
+        try:
+            with self._lock:
+                self._live.add(container_id)
+            if self.cancelled:  # cancel() ran while we were creating
+                raise SandboxCancelled("the run was cancelled")
+            return self._attach_and_run(container_id, spec, on_output)
+        finally:
+            with self._lock:
+                self._live.discard(container_id)
+            remove(self.client, container_id)
+
+    def cancel(self) -> None:
+        """Kill every container this sandbox is running; later `run` calls are refused."""
+        self._cancelled.set()
+        with self._lock:
+            live = list(self._live)
+        for container_id in live:
+            _kill(self.client, container_id)
+
+    def remove_leftovers(self) -> int:
+        """Remove every container carrying this sandbox's labels; return how many there were."""
+        return remove_labeled(self.client, self.labels)
+
+    def _create(self, spec: SandboxSpec) -> str:
+        labels = {**self.labels, **spec.labels}
+        name = f"{spec.name}-{secrets.token_hex(4)}" if spec.name else None
+        try:
+            created = self.client.api.create_container(
+                spec.image,
+                command=["python3", "-c", BOOTSTRAP],
+                user=spec.user,
+                stdin_open=True,  # with detach=False the SDK also sets StdinOnce
+                environment=spec.env,
+                labels=labels,
+                name=name,
+                working_dir="/workspace" if spec.workspace else "/tmp",
+                network_disabled=not spec.network,
+                host_config=self.client.api.create_host_config(**host_settings(spec)),
+            )
+        except ImageNotFound as exc:
+            raise SandboxError(
+                f"sandbox image {spec.image!r} is not on the Docker engine: build it with "
+                "`toka sandbox build` (scripts/setup does), or set `image:` to one you have"
+            ) from exc
+        except (DockerException, RequestException, OSError) as exc:
+            raise SandboxError(f"the Docker engine refused to create the container: {exc}") from exc
+        return created["Id"]
+
+    def _attach_and_run(
+        self, container_id: str, spec: SandboxSpec, on_output: OutputCallback | None
+    ) -> SandboxResult:
+        api = self.client.api
+        marker = f"TOKA-RESULT-{secrets.token_hex(8)}"
+        header = {
+            "language": spec.language,
+            "output_limit": spec.output_limit,
+            "marker": marker,
+            "cwd": "/workspace" if spec.workspace else "/tmp",
+        }
+        payload = json.dumps(header).encode() + b"\n" + spec.source.encode()
+        marker_line = b"\n" + marker.encode()
+        out = {"stdout": bytearray(), "stderr": bytearray()}
+        timed_out = threading.Event()
+
+        def on_deadline() -> None:
+            timed_out.set()
+            _kill(self.client, container_id)
+
+        try:
+            stream = api.attach_socket(
+                container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+            )
+            api.start(container_id)
+        except (DockerException, RequestException, OSError) as exc:
+            raise SandboxError(f"the Docker engine could not start the container: {exc}") from exc
+        started = time.monotonic()
+        timer = threading.Timer(spec.timeout, on_deadline)
+        timer.daemon = True
+        timer.start()
+        try:
+            _send(stream, payload)
+            reported = False
+            for number, chunk in frames_iter(stream, tty=False):
+                name = _STREAMS.get(number)
+                if name is None:
+                    continue
+                out[name] += chunk
+                if name == "stderr":
+                    if reported:
+                        continue
+                    if (at := chunk.find(marker_line)) >= 0:
+                        reported, chunk = True, chunk[:at]
+                if on_output is not None and chunk:
+                    on_output(name, chunk)
+            status = api.wait(container_id, timeout=max(spec.timeout, 30))
+            duration = time.monotonic() - started
+        finally:
+            timer.cancel()
+            stream.close()
+        state = api.inspect_container(container_id)["State"]
+        report, stderr = _split_report(bytes(out["stderr"]), marker)
+        return _result(
+            spec,
+            container_id,
+            report=report,
+            stdout=bytes(out["stdout"]),
+            stderr=stderr,
+            status=status.get("StatusCode"),
+            oom_killed=bool(state.get("OOMKilled")),
+            timed_out=timed_out.is_set(),
+            cancelled=self.cancelled and not timed_out.is_set(),
+            duration=min(duration, spec.timeout) if timed_out.is_set() else duration,
+        )
+
+
+def host_settings(spec: SandboxSpec) -> dict[str, Any]:
+    """The Docker host config of a spec: where every limit and permission reaches the container."""
+    mounts = []
+    if spec.workspace is not None:
+        mounts.append(
+            Mount(
+                target="/workspace",
+                source=str(spec.workspace),
+                type="bind",
+                read_only=not spec.workspace_writable,
+            )
+        )
+    return {
+        "network_mode": "bridge" if spec.network else "none",
+        "mem_limit": spec.memory,
+        "memswap_limit": spec.memory,  # no swap: the memory limit is the limit
+        "nano_cpus": int(spec.cpus * 1e9),
+        "pids_limit": spec.pids,
+        "read_only": True,
+        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={spec.tmp_size},mode=1777"},
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "mounts": mounts,
+        # Output is read from the attach socket; keeping a log file too would only use disk.
+        "log_config": LogConfig(type=LogConfig.types.NONE),
+    }
+
+
+def _send(stream: Any, payload: bytes) -> None:
+    raw = getattr(stream, "_sock", stream)
+    raw.settimeout(None)  # quiet code may print nothing for long; the timer enforces the limit
+    try:
+        raw.sendall(payload)
+        raw.shutdown(socket.SHUT_WR)  # closes the container's stdin (StdinOnce)
+    except OSError:
+        pass  # the container is already gone (killed, or no python3 in the image): its result says why
+
+
+def _split_report(stderr: bytes, marker: str) -> tuple[dict[str, Any] | None, bytes]:
+    at = stderr.rfind(b"\n" + marker.encode())
+    if at < 0:
+        return None, stderr
+    line = stderr[at + len(marker) + 1 :].strip()
+    try:
+        return json.loads(line), stderr[:at]
+    except ValueError:
+        return None, stderr[:at]
+
+
+def _result(
+    spec: SandboxSpec,
+    container_id: str,
+    *,
+    report: dict[str, Any] | None,
+    stdout: bytes,
+    stderr: bytes,
+    status: int | None,
+    oom_killed: bool,
+    timed_out: bool,
+    cancelled: bool,
+    duration: float,
+) -> SandboxResult:
+    text_out = stdout[: spec.output_limit].decode("utf-8", "replace")
+    text_err = stderr[: spec.output_limit].decode("utf-8", "replace")
+    common = {
+        "stdout": text_out,
+        "stderr": text_err,
+        "output_limit": spec.output_limit,
+        "duration": duration,
+        "timed_out": timed_out,
+        "cancelled": cancelled,
+        "timeout": spec.timeout,
+        "memory_limit": spec.memory,
+        "container_id": container_id,
+    }
+    if report is None:
+        error = None
+        if not (timed_out or cancelled or oom_killed):
+            last = text_err.strip().splitlines()[-1:] or ["no output"]
+            error = f"the sandbox supervisor did not report (container exit code {status}): {last[0][:300]}"
+        return SandboxResult(
+            exit_code=status,
+            stdout_bytes=len(stdout),
+            stderr_bytes=len(stderr),
+            stdout_tail=text_out[-4096:],
+            stderr_tail=text_err[-4096:],
+            oom_killed=oom_killed,
+            error=error,
+            **common,
+        )
+    return SandboxResult(
+        exit_code=report["exit_code"],
+        stdout_bytes=report["stdout_bytes"],
+        stderr_bytes=report["stderr_bytes"],
+        stdout_tail=report["stdout_tail"],
+        stderr_tail=report["stderr_tail"],
+        peak_memory=report["peak_memory"],
+        cpu_seconds=report["cpu_seconds"],
+        oom_killed=oom_killed or bool(report.get("oom_kills")),
+        **common,
+    )
+
+
+def _kill(client: docker.DockerClient, container_id: str) -> None:
+    try:
+        client.api.kill(container_id)
+    except _CLEANUP_ERRORS:
+        pass  # already stopped or gone; removal follows either way
+
+
+def remove(client: docker.DockerClient, container_id: str, attempts: int = 5) -> None:
+    """Force-remove a container; gone already is fine. Raises `SandboxError` if it stays."""
+    last: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            client.api.remove_container(container_id, force=True, v=True)
+            return
+        except NotFound:
+            return
+        except APIError as exc:
+            if exc.status_code == 409 and "in progress" in str(exc):
+                return
+            last = exc
+        except _CLEANUP_ERRORS as exc:
+            last = exc
+        time.sleep(0.2 * (attempt + 1))
+    raise SandboxError(f"could not remove container {container_id[:12]}: {last}")
+
+
+def remove_labeled(client: docker.DockerClient, labels: dict[str, str]) -> int:
+    """Remove every container that carries all of `labels`; return how many there were."""
+    found = list_labeled(client, labels)
+    for container_id in found:
+        remove(client, container_id)
+    return len(found)
+
+
+def list_labeled(client: docker.DockerClient, labels: dict[str, str]) -> list[str]:
+    filters = {"label": [f"{key}={value}" for key, value in labels.items()]}
+    return [c["Id"] for c in client.api.containers(all=True, filters=filters)]

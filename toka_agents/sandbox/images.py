@@ -1,0 +1,81 @@
+"""The sandbox image: built from `sandboxes/python` with a registry, or offline without one.
+
+The image carries a label with a digest of its definition, so a second build finds the
+image current and does nothing, and a changed definition rebuilds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import docker
+from docker.errors import BuildError, DockerException, ImageNotFound
+from requests.exceptions import RequestException
+
+from toka_agents.config.models import DEFAULT_IMAGE
+from toka_agents.errors import SandboxError
+
+DEFINITION = Path(__file__).resolve().parents[2] / "sandboxes" / "python"
+LABEL_DIGEST = "org.toka-agents.definition"
+
+ImageStatus = Literal["current", "stale", "missing"]
+
+
+def definition_digest(directory: Path = DEFINITION) -> str:
+    """A digest of every file of an image definition, names and contents."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(directory).as_posix().encode() + b"\0")
+        digest.update(file.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def image_status(client: docker.DockerClient, name: str = DEFAULT_IMAGE, directory: Path = DEFINITION) -> ImageStatus:
+    try:
+        image = client.images.get(name)
+    except ImageNotFound:
+        return "missing"
+    labels = image.labels or {}
+    return "current" if labels.get(LABEL_DIGEST) == definition_digest(directory) else "stale"
+
+
+def build_image(
+    client: docker.DockerClient,
+    name: str = DEFAULT_IMAGE,
+    directory: Path = DEFINITION,
+    *,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+) -> str:
+    """Make sure `name` is built from `directory`; return what was done."""
+    if not (directory / "Dockerfile").is_file():
+        raise SandboxError(f"no sandbox image definition at {directory} (expected a Dockerfile)")
+    status = image_status(client, name, directory)
+    if status == "current" and not force:
+        log(f"sandbox image {name} is current")
+        return "current"
+    digest = definition_digest(directory)
+    log(f"building sandbox image {name} ({'missing' if status == 'missing' else 'out of date'})")
+    try:
+        client.images.build(path=str(directory), tag=name, labels={LABEL_DIGEST: digest}, rm=True)
+        log(f"built {name} from {directory / 'Dockerfile'}")
+        return "built"
+    except (BuildError, DockerException, RequestException) as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        log(f"registry build failed ({reason[:160]}); building offline instead")
+    script = directory / "build-offline.sh"
+    run = subprocess.run(
+        ["bash", str(script), name, f"{LABEL_DIGEST}={digest}"],
+        capture_output=True,
+        text=True,
+    )
+    if run.returncode != 0:
+        raise SandboxError(f"offline build of {name} failed: {(run.stderr or run.stdout).strip()[-800:]}")
+    if image_status(client, name, directory) != "current":
+        raise SandboxError(f"offline build of {name} finished but the image lacks its {LABEL_DIGEST} label")
+    log(run.stdout.strip())
+    return "built offline"
