@@ -3,9 +3,9 @@
 Every agent task becomes a task run named `<agent>/<task>`, tagged with its agent,
 workstream and priority. A scheduler in the flow body starts agents as their required
 agents complete, at most `max_concurrent_agents` at a time, highest priority first. An
-agent's tasks run in order; each task run waits for the previous one, and an agent's first
-task run waits for the last task run of every agent it requires, so the Prefect UI's graph
-shows the DAG. Agents downstream of a failure get task runs that say which upstream failed.
+agent's tasks run in order; each task run has the previous one as its upstream, and an
+agent's first task run has the last task run of every agent it requires, so the Prefect
+UI's graph shows the DAG. Agents downstream of a failure get task runs that say which upstream failed.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from uuid import UUID
 
 from prefect import Flow, Task, flow, get_client, get_run_logger, tags
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRunResult
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.utilities.annotations import allow_failure, quote
+from prefect.utilities.annotations import quote
 
 from toka_agents import executor, reporting
 from toka_agents.config.models import PRIORITY_RANK
@@ -49,7 +50,11 @@ class RunOptions:
 
 
 def _run_agent_task(
-    label: str, planned: PlannedTask, context: ExecutionContext, skip_reason: str | None
+    label: str,
+    planned: PlannedTask,
+    context: ExecutionContext,
+    skip_reason: str | None,
+    upstream: tuple[str, ...] = (),
 ) -> State[TaskOutcome]:
     if skip_reason is not None:
         outcome = executor.skipped(planned, skip_reason)
@@ -121,17 +126,19 @@ def execute_plan(plan: Plan, options: RunOptions) -> State[reporting.RunSummary]
     report = reporting.RunReport(plan, workspace)
     labels = {RUN_LABEL: str(flow_run.id)}
 
-    sandbox = None
+    sandbox, sandbox_error = None, None
     needs_sandbox = not options.dry_run and any(task.kind == "code" for task in plan.tasks)
     if needs_sandbox:
         try:
             sandbox = Sandbox(connect(pool_size=2 * plan.max_concurrent_agents + 2), labels)
         except SandboxError as exc:
+            sandbox_error = str(exc)
             logger.error("%s", exc)
     context = ExecutionContext(
         sandbox=sandbox,
         workspace=workspace,
         run_id=str(flow_run.id),
+        sandbox_error=sandbox_error,
         dry_run=options.dry_run,
         labels=labels,
     )
@@ -210,6 +217,7 @@ class Scheduler:
         self.status: dict[str, str] = {}  # agent -> completed | failed | skipped | cancelled
         self.cause: dict[str, str] = {}  # agent -> the failure that stopped it, for downstream messages
         self.last_future: dict[str, PrefectFuture[Any]] = {}
+        self.task_label: dict[UUID, str] = {}
         self.outcomes: dict[str, TaskOutcome] = {}
         self.finished: queue.Queue[tuple[PlannedTask, PrefectFuture[Any]]] = queue.Queue()
         self.pending = 0
@@ -281,6 +289,8 @@ class Scheduler:
         skip_reason: str | None,
     ) -> PrefectFuture[Any]:
         task = agent_task if planned.retries == 0 or skip_reason else _with_retries(planned.retries)
+        # The scheduler submits a task only once its upstream task runs are final, so Prefect
+        # need not wait for them; recording them as inputs makes them upstream relations.
         with tags(f"agent:{agent.name}", f"workstream:{agent.workstream}", f"priority:{agent.priority}"):
             future = self.runner.submit(
                 task,
@@ -289,11 +299,13 @@ class Scheduler:
                     "planned": quote(planned),
                     "context": quote(self.context),
                     "skip_reason": skip_reason,
+                    "upstream": tuple(self.task_label[f.task_run_id] for f in upstream),
                 },
-                wait_for=[allow_failure(f) for f in upstream],
+                dependencies={"upstream": {TaskRunResult(id=f.task_run_id) for f in upstream}},
             )
         self.pending += 1
         self.last_future[agent.name] = future
+        self.task_label[future.task_run_id] = planned.id
         future.add_done_callback(lambda done: self.finished.put((planned, done)))
         return future
 

@@ -17,6 +17,9 @@ from toka_agents.planning import PlannedTask
 from toka_agents.sandbox import Sandbox, SandboxCancelled, SandboxResult, SandboxSpec
 from toka_agents.sandbox.containers import OutputCallback
 
+NETWORK = "bridge"
+"""The Docker network that agents holding a network capability join."""
+
 Status = Literal["completed", "failed", "skipped", "cancelled", "dry-run"]
 
 
@@ -48,6 +51,7 @@ class ExecutionContext:
     sandbox: Sandbox | None
     workspace: Path | None
     run_id: str = ""
+    sandbox_error: str | None = None
     dry_run: bool = False
     labels: dict[str, str] = field(default_factory=dict)
 
@@ -59,7 +63,7 @@ def run_task(task: PlannedTask, context: ExecutionContext, on_output: OutputCall
     if task.kind != "code" or task.code is None:
         return _outcome(task, "failed", f"{task.id} is an LLM task, and no LLM agent loop is configured")
     if context.sandbox is None:
-        return _outcome(task, "failed", "no sandbox: the Docker engine was not reached")
+        return _outcome(task, "failed", f"sandbox error: {context.sandbox_error or 'no sandbox'}")
     try:
         result = context.sandbox.run(sandbox_spec(task, context), on_output)
     except SandboxCancelled:
@@ -80,7 +84,7 @@ def sandbox_spec(task: PlannedTask, context: ExecutionContext) -> SandboxSpec:
         cpus=task.limits.cpu,
         pids=task.limits.pids,
         timeout=task.limits.timeout,
-        network=task.network,
+        network=NETWORK if task.network else None,
         workspace=context.workspace,
         workspace_writable=task.workspace_writable,
         env={

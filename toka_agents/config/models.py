@@ -258,9 +258,12 @@ class Settings(_Model):
 
 
 class OrchestrationFile(Settings):
-    """The native config format: settings plus agents, in one YAML or TOML file."""
+    """The native config format: settings plus agents, in one YAML or TOML file.
 
-    name: Name
+    `name` defaults to the file's name. Several files may be loaded together: their agents
+    join, and settings a later file sets override an earlier file's, key by key.
+    """
+
     agents: list[Agent] = Field(min_length=1)
 
 

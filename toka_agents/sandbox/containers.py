@@ -96,7 +96,7 @@ class Sandbox:
                 labels=labels,
                 name=name,
                 working_dir="/workspace" if spec.workspace else "/tmp",
-                network_disabled=not spec.network,
+                network_disabled=spec.network is None,
                 host_config=self.client.api.create_host_config(**host_settings(spec)),
             )
         except ImageNotFound as exc:
@@ -188,7 +188,7 @@ def host_settings(spec: SandboxSpec) -> dict[str, Any]:
             )
         )
     return {
-        "network_mode": "bridge" if spec.network else "none",
+        "network_mode": spec.network or "none",
         "mem_limit": spec.memory,
         "memswap_limit": spec.memory,  # no swap: the memory limit is the limit
         "nano_cpus": int(spec.cpus * 1e9),

@@ -25,7 +25,7 @@ class SandboxSpec(BaseModel):
     cpus: float = Field(gt=0)
     pids: int = Field(gt=0)
     timeout: float = Field(gt=0)
-    network: bool = False
+    network: str | None = Field(None, description="Docker network to join; None: no network at all.")
     workspace: Path | None = None
     workspace_writable: bool = False
     env: dict[str, str] = {}

@@ -1,0 +1,377 @@
+"""Orchestrations as Prefect flow runs, on a real Prefect server and the real Docker engine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import Cancelling
+
+from conftest import EXAMPLES, TOKA, REPO, run_toka, toka_containers, write_config
+from toka_agents import orchestrate, run
+
+pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
+
+
+def task_runs(flow_run_id: UUID) -> dict[str, TaskRun]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {task_run.name: task_run for task_run in runs}
+
+
+def artifacts(flow_run_id: UUID):
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
+def config(tmp_path: Path, body: str) -> Path:
+    return write_config(tmp_path, textwrap.dedent(body))
+
+
+def test_quickstart_end_to_end(workspace_root):
+    result = run(EXAMPLES / "quickstart.yaml", workspace_root=workspace_root)
+    assert result.ok, result.state.message
+    assert result.state.message == "5 agents, 6 of 6 tasks done"
+
+    # Data went from agent to agent through the workspace.
+    report = (result.workspace / "report.md").read_text()
+    assert report.startswith("# Sensor report")
+    assert "| north | 1440 |" in report and "## Outliers" in report
+    assert (result.workspace / "readings.csv").read_text().count("\n") == 3 * 1440 + 1
+
+    # Each task's result is its Prefect task's return value.
+    assert [o.task_id for o in result.outcomes] == [
+        "generate/make-data",
+        "describe/summarize",
+        "outliers/find-outliers",
+        "outliers/top-readings",
+        "report/write-report",
+        "review/check-report",
+    ]
+    for outcome in result.outcomes:
+        assert outcome.status == "completed" and outcome.exit_code == 0
+        assert outcome.duration and outcome.duration > 0
+        assert outcome.peak_memory and outcome.peak_memory > 1024**2
+        assert outcome.cpu_seconds is not None
+    assert "workspace is read-only for this agent" in result.outcomes[-1].stdout_tail
+
+    runs = task_runs(result.flow_run_id)
+    assert set(runs) == {o.task_id for o in result.outcomes}
+    summarize = runs["describe/summarize"]
+    assert summarize.state.is_completed()
+    assert set(summarize.tags) >= {"agent:describe", "workstream:analysis", "priority:high"}
+    # Dependencies are real Prefect upstream relations: the UI graph draws them.
+    def upstream(name: str) -> set[UUID]:
+        return {ref.id for ref in runs[name].task_inputs["upstream"]}
+
+    assert upstream("describe/summarize") == {runs["generate/make-data"].id}
+    assert upstream("outliers/top-readings") == {runs["outliers/find-outliers"].id}
+    assert upstream("report/write-report") == {runs["describe/summarize"].id, runs["outliers/top-readings"].id}
+    assert upstream("generate/make-data") == set()
+
+    found = artifacts(result.flow_run_id)
+    progress = [a for a in found if a.type == "progress"]
+    assert len(progress) == 5 and all(a.data == 100.0 for a in progress)
+    assert {a.description.split(" ")[0] for a in progress} == {"generate", "describe", "outliers", "report", "review"}
+    [table] = [a for a in found if a.type == "table"]
+    assert table.key == "quickstart-summary"
+    rows = table.data if isinstance(table.data, list) else __import__("json").loads(table.data)
+    assert [row["task"] for row in rows] == [o.task_id for o in result.outcomes]
+    assert {"status", "duration", "peak memory", "cpu time"} <= set(rows[0])
+
+
+FAILING = """
+name: failing
+agents:
+  - name: breaks
+    priority: high
+    tasks:
+      - name: first
+        code: {language: shell, source: "echo fine"}
+      - name: second
+        code: {language: shell, source: "echo 'disk on fire' >&2; exit 3"}
+      - name: third
+        code: {language: shell, source: "echo never"}
+  - name: downstream
+    requires: [breaks]
+    tasks: [{name: use, code: {language: shell, source: "echo never"}}]
+  - name: further
+    requires: [downstream]
+    tasks: [{name: use, code: {language: shell, source: "echo never"}}]
+  - name: independent
+    tasks: [{name: work, code: {language: shell, source: "echo independent"}}]
+  - name: slow
+    limits: {timeout: 1s}
+    tasks: [{name: sleep, code: {language: python, source: "import time; time.sleep(30)"}}]
+  - name: greedy
+    limits: {memory: 64MB}
+    tasks: [{name: eat, code: {language: python, source: "x = bytearray(300 * 1024 * 1024)"}}]
+"""
+
+
+def test_failures_become_failed_states_with_reasons(tmp_path, workspace_root):
+    result = run(config(tmp_path, FAILING), workspace_root=workspace_root)
+    assert result.state.is_failed()
+    status = {o.task_id: (o.status, o.message) for o in result.outcomes}
+    assert status["breaks/first"][0] == "completed"
+    assert status["breaks/second"] == ("failed", "exit code 3: disk on fire")
+    assert status["breaks/third"] == ("skipped", "not run: earlier task breaks/second failed: exit code 3: disk on fire")
+    assert status["downstream/use"] == (
+        "skipped",
+        "not run: required agent 'breaks' failed: breaks/second: exit code 3: disk on fire",
+    )
+    assert status["further/use"] == (
+        "skipped",
+        "not run: required agent 'downstream' did not run: breaks/second: exit code 3: disk on fire",
+    )
+    assert status["independent/work"][0] == "completed"
+    assert status["slow/sleep"] == ("failed", "timed out after 1s")
+    assert status["greedy/eat"] == ("failed", "killed: memory limit 64MB exceeded")
+
+    runs = task_runs(result.flow_run_id)
+    second = runs["breaks/second"].state
+    assert second.is_failed() and second.message == "exit code 3: disk on fire"
+    assert runs["slow/sleep"].state.message == "timed out after 1s"
+    assert runs["greedy/eat"].state.message == "killed: memory limit 64MB exceeded"
+    skipped = runs["downstream/use"].state
+    assert skipped.is_cancelled() and skipped.name == "Skipped"
+    assert "required agent 'breaks' failed" in skipped.message
+    assert {ref.id for ref in runs["downstream/use"].task_inputs["upstream"]} == {runs["breaks/third"].id}
+
+    assert result.state.message.startswith("3 task(s) failed: breaks/second: exit code 3: disk on fire")
+    assert "skipped agents: breaks, downstream, further" in result.state.message
+    progress = {a.description.split(" ")[0]: a.data for a in artifacts(result.flow_run_id) if a.type == "progress"}
+    assert progress["breaks"] == pytest.approx(100 / 3)
+    assert progress["downstream"] == 0 and progress["independent"] == 100
+
+
+def test_config_limits_reach_the_container(tmp_path, workspace_root):
+    path = config(
+        tmp_path,
+        """
+        name: limits
+        defaults: {limits: {memory: 96MB, cpu: 25%, pids: 40}}
+        agents:
+          - name: probe
+            tasks:
+              - name: read-cgroup
+                code:
+                  language: shell
+                  source: |
+                    cat /sys/fs/cgroup/memory/memory.limit_in_bytes
+                    cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us
+                    cat /sys/fs/cgroup/pids/pids.max
+        """,
+    )
+    result = run(path, workspace_root=workspace_root)
+    assert result.ok, result.state.message
+    memory, quota, period, pids = result.outcomes[0].stdout_tail.split()
+    assert int(memory) == 96 * 1024**2
+    assert int(quota) / int(period) == pytest.approx(0.25)
+    assert pids == "40"
+
+
+def agents_running(tmp_path: Path, script: str, names: list[str], bound: int) -> Path:
+    """A config of independent agents that all run `script` (a Python file)."""
+    (tmp_path / "script.py").write_text(textwrap.dedent(script))
+    agents = "".join(
+        f"""
+  - name: {name}
+    capabilities: [filesystem-write]
+    tasks: [{{name: run, code: {{language: python, file: script.py}}}}]"""
+        for name in names
+    )
+    return write_config(tmp_path, f"name: together\nmax_concurrent_agents: {bound}\nagents:{agents}\n")
+
+
+def test_independent_agents_run_concurrently(tmp_path, workspace_root):
+    # Each agent waits for the other's marker: both complete only if they overlap.
+    rendezvous = """
+    import os, sys, time
+    me = os.environ["TOKA_AGENT"]
+    other = {"left": "right", "right": "left"}[me]
+    open(me, "w").close()
+    for _ in range(300):
+        if os.path.exists(other):
+            print("met", other)
+            sys.exit(0)
+        time.sleep(0.1)
+    sys.exit("never met " + other)
+    """
+    result = run(agents_running(tmp_path, rendezvous, ["left", "right"], 2), workspace_root=workspace_root)
+    assert result.ok, result.state.message
+    assert [o.stdout_tail for o in result.outcomes] == ["met right\n", "met left\n"]
+
+
+def test_concurrency_is_bounded_by_max_concurrent_agents(tmp_path, workspace_root):
+    # Every agent notes the most agents it saw running at once, itself included.
+    count = """
+    import os, time
+    os.makedirs("running", exist_ok=True)
+    me = os.environ["TOKA_AGENT"]
+    open(f"running/{me}", "w").close()
+    most = 0
+    for _ in range(8):
+        most = max(most, len(os.listdir("running")))
+        time.sleep(0.1)
+    os.remove(f"running/{me}")
+    print(most)
+    """
+    names = [f"a{i}" for i in range(5)]
+    result = run(agents_running(tmp_path, count, names, 2), workspace_root=workspace_root)
+    assert result.ok, result.state.message
+    seen = [int(o.stdout_tail) for o in result.outcomes]
+    assert max(seen) == 2, seen
+
+
+def test_an_agent_starts_only_after_its_requirements_completed(tmp_path, workspace_root):
+    path = config(
+        tmp_path,
+        """
+        name: order
+        defaults: {capabilities: [filesystem-write]}
+        agents:
+          - name: late
+            priority: critical
+            requires: [early]
+            tasks: [{name: check, code: {language: shell, source: "cat early.txt"}}]
+          - name: early
+            priority: low
+            tasks:
+              - {name: one, code: {language: shell, source: "sleep 1; echo one > early.txt"}}
+              - {name: two, code: {language: shell, source: "echo two >> early.txt"}}
+        """,
+    )
+    result = run(path, workspace_root=workspace_root)
+    assert result.ok, result.state.message
+    assert result.outcomes[-1].task_id == "late/check"
+    assert result.outcomes[-1].stdout_tail == "one\ntwo\n"
+
+
+def test_unreachable_docker_engine_fails_every_task_with_the_reason(tmp_path, workspace_root, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/absent.sock")
+    result = run(EXAMPLES / "quickstart.yaml", workspace_root=workspace_root)
+    assert result.state.is_failed()
+    first = result.outcomes[0]
+    assert first.status == "failed"
+    assert first.message.startswith("sandbox error: cannot reach the Docker engine at unix://")
+
+
+def test_cancelling_the_flow_run_removes_its_containers(tmp_path, workspace_root, docker_client):
+    path = config(
+        tmp_path,
+        """
+        name: cancel-me
+        agents:
+          - name: long
+            tasks: [{name: wait, code: {language: shell, source: "echo started; sleep 120"}}]
+          - name: after
+            requires: [long]
+            tasks: [{name: never, code: {language: shell, source: "true"}}]
+        """,
+    )
+    holder = {}
+    thread = threading.Thread(target=lambda: holder.setdefault("result", run(path, workspace_root=workspace_root)))
+    thread.start()
+    with get_client(sync_client=True) as client:
+        for _ in range(300):
+            containers = toka_containers(docker_client)
+            if containers:
+                break
+            time.sleep(0.1)
+        assert containers, "the task never started a container"
+        run_id = docker_client.api.inspect_container(containers[0])["Config"]["Labels"]["org.toka-agents.run"]
+        client.set_flow_run_state(UUID(run_id), Cancelling(), force=True)
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    result = holder["result"]
+    assert result.state.is_cancelled()
+    status = {o.task_id: o.status for o in result.outcomes}
+    assert status == {"long/wait": "cancelled", "after/never": "cancelled"}
+    assert not toka_containers(docker_client)
+
+
+def test_sigterm_removes_containers(tmp_path, docker_client, prefect_api):
+    path = config(
+        tmp_path,
+        """
+        name: terminate-me
+        agents:
+          - name: long
+            tasks: [{name: wait, code: {language: shell, source: "sleep 120"}}]
+        """,
+    )
+    process = subprocess.Popen(
+        [TOKA, "orchestrate", str(path), "--workspace-dir", str(tmp_path / "runs")],
+        env={**os.environ, "PREFECT_API_URL": prefect_api},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        for _ in range(600):
+            if toka_containers(docker_client):
+                break
+            time.sleep(0.1)
+        assert toka_containers(docker_client), "no container started"
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode != 0
+    assert not toka_containers(docker_client), output
+
+
+def test_cli_orchestrate_prints_where_the_results_are(tmp_path, prefect_api):
+    result = run_toka(
+        "orchestrate",
+        str(EXAMPLES / "quickstart.yaml"),
+        "--workspace-dir",
+        str(tmp_path / "runs"),
+        env={"PREFECT_API_URL": prefect_api},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Run: Completed: 5 agents, 6 of 6 tasks done" in result.stdout
+    workspace_line = next(line for line in result.stdout.splitlines() if line.startswith("Workspace"))
+    workspace = Path(workspace_line.split(": ", 1)[1])
+    assert (workspace / "report.md").is_file() and workspace.is_relative_to(tmp_path)
+    assert f"In the Prefect UI: {prefect_api.removesuffix('/api')}/runs/flow-run/" in result.stdout
+
+
+def test_cli_orchestrate_exits_1_when_the_run_fails(tmp_path, prefect_api):
+    result = run_toka(
+        "orchestrate", str(config(tmp_path, FAILING)), "--workspace-dir", str(tmp_path / "runs"),
+        env={"PREFECT_API_URL": prefect_api},
+    )
+    assert result.returncode == 1
+    assert "Run: Failed: 3 task(s) failed: breaks/second: exit code 3: disk on fire" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_deployment_flow_fails_with_the_config_problems(tmp_path):
+    bad = config(tmp_path, "name: x\nagents:\n  - name: a\n    requires: [ghost]\n    tasks: [{name: t, code: {language: shell, source: 'true'}}]\n")
+    state = orchestrate(paths=[str(bad)], return_state=True)
+    assert state.is_failed()
+    assert state.message == (
+        f"1 config problem(s):\n{bad}: agents.0.requires.0: agent 'a' requires 'ghost', which is not "
+        "defined (defined agents: a)"
+    )
+
+
+def test_deployment_flow_runs_the_quickstart():
+    state = orchestrate(paths=[str(EXAMPLES / "quickstart.yaml")], return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert [o.status for o in summary.outcomes] == ["completed"] * 6

@@ -1,0 +1,255 @@
+"""The Docker sandbox, on the real engine: isolation, limits, output capture, cleanup."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import toka_containers
+from toka_agents.errors import SandboxError
+from toka_agents.sandbox import Sandbox, SandboxSpec, connect, create_workspace
+
+MB = 1024**2
+pytestmark = pytest.mark.usefixtures("no_leftover_containers")
+
+
+@pytest.fixture
+def sandbox(docker_client):
+    return Sandbox(docker_client, {"org.toka-agents.test": secrets.token_hex(4)})
+
+
+@pytest.fixture
+def spec(sandbox_image, tmp_path):
+    workspace = create_workspace(tmp_path, "sandbox-test")
+
+    def make(source: str, language: str = "python", **settings) -> SandboxSpec:
+        base = dict(
+            image=sandbox_image,
+            language=language,
+            source=source,
+            memory=64 * MB,
+            cpus=0.5,
+            pids=64,
+            timeout=20,
+            workspace=workspace,
+            workspace_writable=True,
+        )
+        return SandboxSpec(**{**base, **settings})
+
+    return make
+
+
+def test_python_and_shell_run_with_output_and_usage(sandbox, spec):
+    result = sandbox.run(spec("import sys\nprint('to out')\nprint('to err', file=sys.stderr)"))
+    assert result.ok and result.exit_code == 0
+    assert result.stdout == "to out\n" and result.stderr == "to err\n"
+    assert result.peak_memory is not None and 1 * MB < result.peak_memory <= 64 * MB
+    assert result.cpu_seconds is not None and result.cpu_seconds > 0
+    shell = sandbox.run(spec("echo $((6 * 7))", language="shell"))
+    assert shell.ok and shell.stdout == "42\n"
+
+
+def test_failure_message_is_the_exit_code_and_last_stderr_line(sandbox, spec):
+    result = sandbox.run(spec("echo first >&2\necho 'last words' >&2\nexit 3", language="shell"))
+    assert result.exit_code == 3
+    assert result.failure == "exit code 3: last words"
+
+
+def test_python_exception_shows_its_last_line(sandbox, spec):
+    result = sandbox.run(spec("raise ValueError('bad input')"))
+    assert result.exit_code == 1
+    assert result.failure == "exit code 1: ValueError: bad input"
+
+
+def test_timeout_kills_the_container(sandbox, spec, docker_client):
+    result = sandbox.run(spec("import time\nprint('started', flush=True)\ntime.sleep(60)", timeout=1))
+    assert result.timed_out
+    assert result.failure == "timed out after 1s"
+    assert result.stdout == "started\n"
+
+
+def test_memory_limit_kills(sandbox, spec):
+    result = sandbox.run(spec("x = bytearray(200 * 1024 * 1024)\nprint('survived')", memory=64 * MB))
+    assert result.oom_killed
+    assert result.failure == "killed: memory limit 64MB exceeded"
+    assert "survived" not in result.stdout
+
+
+def test_pids_limit(sandbox, spec):
+    source = """
+import subprocess
+procs = []
+try:
+    for _ in range(40):
+        procs.append(subprocess.Popen(["sleep", "5"]))
+except OSError as exc:
+    print("refused after", len(procs), type(exc).__name__)
+    raise SystemExit(7)
+"""
+    result = sandbox.run(spec(source, pids=16))
+    assert result.exit_code == 7, result.stderr
+    assert "refused after" in result.stdout
+
+
+def test_runs_as_non_root_with_no_capabilities(sandbox, spec):
+    result = sandbox.run(spec("id -u; id -g; grep -E '^(CapEff|CapPrm|NoNewPrivs)' /proc/self/status", language="shell"))
+    lines = result.stdout.split("\n")
+    assert lines[0] == "10001" and lines[1] == "10001"
+    assert "CapPrm:\t0000000000000000" in result.stdout
+    assert "CapEff:\t0000000000000000" in result.stdout
+    assert "NoNewPrivs:\t1" in result.stdout
+
+
+def test_root_file_system_is_read_only_and_tmp_is_writable(sandbox, spec):
+    result = sandbox.run(
+        spec("touch /etc/probe 2>&1 || true; touch /probe 2>&1 || true; echo x > /tmp/ok && cat /tmp/ok", language="shell")
+    )
+    assert result.ok
+    assert result.stdout.count("Read-only file system") == 2
+    assert result.stdout.strip().endswith("x")
+
+
+def test_workspace_is_shared_and_read_only_without_write(sandbox, spec):
+    wrote = sandbox.run(spec("echo data > shared.txt", language="shell", workspace_writable=True))
+    assert wrote.ok
+    read = sandbox.run(
+        spec("cat shared.txt; touch other 2>&1 || echo refused", language="shell", workspace_writable=False)
+    )
+    assert read.ok
+    assert read.stdout.startswith("data\n") and "Read-only file system" in read.stdout
+    assert read.stdout.strip().endswith("refused")
+
+
+def test_output_is_capped_and_says_so(sandbox, spec):
+    source = "import sys\nfor i in range(20000): print(f'line {i:05d}')\nprint('the end', file=sys.stderr)"
+    result = sandbox.run(spec(source, output_limit=1000))
+    assert len(result.stdout) == 1000
+    assert result.stdout_truncated and not result.stderr_truncated
+    assert result.stdout_bytes == 20000 * len("line 00000\n")
+    assert result.stdout_tail.endswith("line 19999\n")
+    assert result.stderr == "the end\n"
+
+
+def test_output_streams_while_the_code_runs(sandbox, spec):
+    seen: list[tuple[str, bytes, float]] = []
+    result = sandbox.run(
+        spec("import time\nprint('early', flush=True)\ntime.sleep(1)\nprint('late')"),
+        on_output=lambda stream, data: seen.append((stream, data, time.monotonic())),
+    )
+    assert result.ok
+    text = b"".join(data for _, data, _ in seen)
+    assert text == b"early\nlate\n"
+    assert seen[0][1] == b"early\n"  # arrived on its own, before the code slept
+
+
+def test_container_settings_come_from_the_spec(sandbox, spec, docker_client):
+    inspected = {}
+
+    def look(stream: str, data: bytes) -> None:
+        if not inspected:
+            [cid] = [c for c in toka_containers(docker_client) if c in sandbox._live]
+            inspected.update(docker_client.api.inspect_container(cid))
+
+    result = sandbox.run(
+        spec("print('hi')", memory=96 * MB, cpus=0.25, pids=33, workspace_writable=False), on_output=look
+    )
+    assert result.ok
+    host = inspected["HostConfig"]
+    assert host["Memory"] == 96 * MB and host["MemorySwap"] == 96 * MB
+    assert host["NanoCpus"] == 250_000_000
+    assert host["PidsLimit"] == 33
+    assert host["ReadonlyRootfs"] is True
+    assert host["CapDrop"] == ["ALL"]
+    assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["NetworkMode"] == "none"
+    assert "/tmp" in host["Tmpfs"]
+    [mount] = inspected["Mounts"]
+    assert mount["Destination"] == "/workspace" and mount["RW"] is False
+    assert inspected["Config"]["User"] == "10001:10001"
+
+
+@pytest.fixture
+def private_network(docker_client, sandbox_image):
+    """A Docker network of this test's own with a small HTTP server container on it."""
+    name = f"toka-test-{secrets.token_hex(4)}"
+    network = docker_client.networks.create(name, internal=True, labels={"org.toka-agents.test": "1"})
+    server = docker_client.containers.run(
+        sandbox_image,
+        ["python3", "-m", "http.server", "8000", "--directory", "/usr/share"],
+        detach=True,
+        network=name,
+        labels={"org.toka-agents.test": "1"},
+    )
+    try:
+        for _ in range(50):
+            server.reload()
+            address = server.attrs["NetworkSettings"]["Networks"][name]["IPAddress"]
+            if address:
+                break
+            time.sleep(0.1)
+        yield name, address
+    finally:
+        server.remove(force=True)
+        network.remove()
+
+
+PROBE = """
+import os, socket, sys, time
+print("interfaces:", sorted(os.listdir("/sys/class/net")))
+for attempt in range(50):
+    try:
+        socket.create_connection(("{address}", 8000), timeout=2).close()
+        print("connected")
+        break
+    except OSError as exc:
+        if exc.errno != 111:  # not yet listening: try again; anything else is the answer
+            print("connect failed:", exc.strerror)
+            break
+        time.sleep(0.1)
+"""
+
+
+def test_no_network_without_the_capability(sandbox, spec, private_network):
+    name, address = private_network
+    result = sandbox.run(spec(PROBE.format(address=address), network=None))
+    assert result.ok, result.stderr
+    assert "interfaces: ['lo']" in result.stdout
+    assert "connect failed: Network is unreachable" in result.stdout
+
+
+def test_network_with_the_capability(sandbox, spec, private_network):
+    name, address = private_network
+    result = sandbox.run(spec(PROBE.format(address=address), network=name))
+    assert result.ok, result.stderr
+    assert "'eth0'" in result.stdout and "connected" in result.stdout
+
+
+def test_cancel_kills_running_containers(sandbox, spec):
+    threading.Timer(1.0, sandbox.cancel).start()
+    result = sandbox.run(spec("import time\nprint('waiting', flush=True)\ntime.sleep(60)"))
+    assert result.cancelled and result.failure == "cancelled: the run was cancelled"
+    with pytest.raises(SandboxError, match="cancelled"):
+        sandbox.run(spec("print(1)"))
+
+
+def test_an_exception_in_our_code_still_removes_the_container(sandbox, spec):
+    def explode(stream: str, data: bytes) -> None:
+        raise RuntimeError("a bug in the caller")
+
+    with pytest.raises(RuntimeError, match="a bug in the caller"):
+        sandbox.run(spec("import time\nprint('hi', flush=True)\ntime.sleep(30)"), on_output=explode)
+
+
+def test_missing_image_is_a_clear_error(sandbox, spec):
+    with pytest.raises(SandboxError, match=r"sandbox image 'toka-no-such-image:0' is not on the Docker engine"):
+        sandbox.run(spec("print(1)", image="toka-no-such-image:0"))
+
+
+def test_unreachable_engine_is_a_clear_error(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/absent.sock")
+    with pytest.raises(SandboxError, match="cannot reach the Docker engine at unix://.*absent.sock"):
+        connect()
