@@ -20,6 +20,7 @@ from pathlib import Path
 _PREFECT_HOME = tempfile.mkdtemp(prefix="toka-tests-prefect-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["TOKA_HOME"] = tempfile.mkdtemp(prefix="toka-tests-home-")
 os.environ.pop("PREFECT_API_URL", None)
 
 import httpx  # noqa: E402

@@ -11,7 +11,8 @@ from prefect.states import State
 
 from toka_agents.compiling import RunOptions, compile_flow
 from toka_agents.config import load
-from toka_agents.executor import TaskOutcome
+from toka_agents.errors import ExecutionError
+from toka_agents.executor import TaskOutcome, llm_refusal
 from toka_agents.planning import OptionalMode, Plan, plan
 from toka_agents.reporting import RunSummary
 
@@ -35,6 +36,7 @@ def run(
     dry_run: bool = False,
     max_concurrent_agents: int | None = None,
     optional_dependencies: OptionalMode | None = None,
+    allow_unsandboxed: bool | None = None,
     workspace_root: Path | None = None,
 ) -> RunResult:
     """Load, plan and run an orchestration as a Prefect flow run; raise `ConfigError` on bad config."""
@@ -43,12 +45,18 @@ def run(
         conditions=conditions,
         optional_dependencies=optional_dependencies,
         max_concurrent_agents=max_concurrent_agents,
+        allow_unsandboxed=allow_unsandboxed,
     )
     return run_plan(planned, RunOptions(workspace_root=workspace_root, dry_run=dry_run))
 
 
 def run_plan(planned: Plan, options: RunOptions | None = None) -> RunResult:
-    state = compile_flow(planned, options)(return_state=True)
+    """Run a plan as a flow run; raise `ExecutionError` first if it cannot run its LLM tasks."""
+    chosen = options or RunOptions()
+    refusal = llm_refusal(planned, dry_run=chosen.dry_run)
+    if refusal is not None:
+        raise ExecutionError(refusal)
+    state = compile_flow(planned, chosen)(return_state=True)
     summary = state.result(raise_on_failure=False) if state.data is not None else None
     if not isinstance(summary, RunSummary):
         summary = RunSummary(workspace=None, outcomes=[])

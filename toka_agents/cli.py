@@ -15,6 +15,7 @@ from rich.table import Table
 
 from toka_agents import __version__
 from toka_agents.errors import ConfigError, ConfigIssue, TokaError
+from toka_agents.planning import Validation
 
 app = cyclopts.App(
     name="toka",
@@ -37,6 +38,10 @@ OptionalDependencies = Annotated[
     Literal["ignore", "order"] | None,
     Parameter(help="`order`: optional dependencies order agents when both are loaded."),
 ]
+AllowUnsandboxed = Annotated[
+    bool,
+    Parameter(negative="", help="Let agents that set `security.sandbox: false` run (in a relaxed sandbox)."),
+]
 
 
 def _print_issues(issues: list[ConfigIssue]) -> None:
@@ -44,18 +49,38 @@ def _print_issues(issues: list[ConfigIssue]) -> None:
         err.print(str(issue), markup=False)
 
 
-def _print_warnings(warnings: list[ConfigIssue | str]) -> None:
-    for warning in warnings:
+def _print_warnings(checked: Validation, *, all_of_them: bool = False) -> None:
+    """Plan warnings always; file warnings (Toka schema departures) in full only on request."""
+    planned = checked.plan.warnings if checked.plan else ()
+    for warning in planned:
         err.print(f"warning: {warning}", markup=False)
+    from_files = [w for w in checked.warnings if w not in planned]
+    if all_of_them:
+        for warning in from_files:
+            err.print(f"warning: {warning}", markup=False)
+    elif from_files:
+        err.print(f"{len(from_files)} more warning(s) about the files: `toka validate` lists them", markup=False)
 
 
 @app.command
-def validate(*paths: ConfigPath, conditions: Conditions = ()) -> int:
-    """Check configs: print every problem as `FILE: key.path: message`; exit 1 if there are any."""
+def validate(
+    *paths: ConfigPath,
+    conditions: Conditions = (),
+    optional_dependencies: OptionalDependencies = None,
+    allow_unsandboxed: AllowUnsandboxed = False,
+) -> int:
+    """Check configs: print every problem as `FILE: key.path: message`; exit 1 if there are any.
+
+    Warnings (Toka schema departures, capabilities the model does not know) never fail."""
     from toka_agents.planning import validate as check
 
-    checked = check(paths, conditions=conditions)
-    _print_warnings(checked.warnings)
+    checked = check(
+        paths,
+        conditions=conditions,
+        optional_dependencies=optional_dependencies,
+        allow_unsandboxed=allow_unsandboxed or None,
+    )
+    _print_warnings(checked, all_of_them=True)
     if not checked.ok:
         _print_issues(checked.issues)
         err.print(f"{len(checked.issues)} problem(s) found", markup=False)
@@ -75,12 +100,18 @@ def plan(
     json_: Annotated[bool, Parameter(name="--json", negative="", help="Print the plan as JSON.")] = False,
     conditions: Conditions = (),
     optional_dependencies: OptionalDependencies = None,
+    allow_unsandboxed: AllowUnsandboxed = False,
 ) -> int:
     """Show the plan: agents in waves, their tasks and settings, the dependency edges."""
     from toka_agents.planning import validate as check
 
-    checked = check(paths, conditions=conditions, optional_dependencies=optional_dependencies)
-    _print_warnings(checked.warnings)
+    checked = check(
+        paths,
+        conditions=conditions,
+        optional_dependencies=optional_dependencies,
+        allow_unsandboxed=allow_unsandboxed or None,
+    )
+    _print_warnings(checked)
     if checked.plan is None:
         _print_issues(checked.issues)
         return 1
@@ -111,6 +142,7 @@ def orchestrate(
     dry_run: Annotated[bool, Parameter(negative="", help="Walk the DAG without running any code.")] = False,
     max_concurrent_agents: Annotated[int | None, Parameter(help="Overrides the config's bound.")] = None,
     optional_dependencies: OptionalDependencies = None,
+    allow_unsandboxed: AllowUnsandboxed = False,
     workspace_dir: Annotated[
         Path | None, Parameter(help="Where run workspaces go (default $TOKA_HOME/runs, ~/.toka/runs).")
     ] = None,
@@ -126,8 +158,9 @@ def orchestrate(
         conditions=conditions,
         optional_dependencies=optional_dependencies,
         max_concurrent_agents=max_concurrent_agents,
+        allow_unsandboxed=allow_unsandboxed or None,
     )
-    _print_warnings(checked.warnings)
+    _print_warnings(checked)
     if checked.plan is None:
         _print_issues(checked.issues)
         return 1
@@ -141,9 +174,9 @@ def _print_run(result: object) -> None:
     from toka_agents.config.limits import format_bytes
 
     assert isinstance(result, RunResult)
-    table = Table("status", "duration", "peak memory", "cpu time", "message")
-    table.add_column("task", no_wrap=True)
-    table.columns.insert(0, table.columns.pop())
+    table = Table("task", "status", "duration", "peak memory", "cpu time", "message")
+    table.columns[0].overflow = "fold"
+    table.columns[0].min_width = 24
     colors = {"completed": "green", "dry-run": "green", "failed": "red", "skipped": "yellow"}
     for outcome in result.outcomes:
         table.add_row(
@@ -175,6 +208,38 @@ def _where_to_look(flow_run_id: str) -> str:
         "Recorded by Prefect's embedded server; to browse it, run `prefect server start` and open "
         f"http://127.0.0.1:4200/runs/flow-run/{flow_run_id}"
     )
+
+
+@app.command
+def graph(
+    *paths: ConfigPath,
+    format: Annotated[Literal["mermaid", "dot", "svg", "png"], Parameter(help="What to draw.")] = "mermaid",
+    output: Annotated[Path | None, Parameter(help="Write here instead of standard output.")] = None,
+    conditions: Conditions = (),
+    optional_dependencies: OptionalDependencies = None,
+) -> int:
+    """Draw the DAG: Mermaid or Graphviz DOT text, or an SVG/PNG image rendered by Graphviz."""
+    from toka_agents import graphs
+    from toka_agents.planning import validate as check
+
+    checked = check(paths, conditions=conditions, optional_dependencies=optional_dependencies)
+    if checked.plan is None:
+        _print_issues(checked.issues)
+        return 1
+    if format in ("svg", "png"):
+        data = graphs.render(checked.plan, format)
+        if output is None and format == "png" and sys.stdout.isatty():
+            err.print("refusing to write PNG bytes to a terminal: use --output FILE", markup=False)
+            return 1
+    else:
+        data = (graphs.mermaid if format == "mermaid" else graphs.dot)(checked.plan).encode()
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        output.write_bytes(data)
+        err.print(f"wrote {output} ({len(data)} bytes)", markup=False)
+    return 0
 
 
 @app.command

@@ -55,11 +55,13 @@ def _run_agent_task(
     context: ExecutionContext,
     skip_reason: str | None,
     upstream: tuple[str, ...] = (),
+    upstream_results: dict[str, TaskOutcome] | None = None,
 ) -> State[TaskOutcome]:
     if skip_reason is not None:
         outcome = executor.skipped(planned, skip_reason)
     else:
-        outcome = executor.run_task(planned, context, reporting.output_logger(get_run_logger()))
+        output = reporting.output_logger(get_run_logger())
+        outcome = executor.run_task(planned, context, output, upstream_results)
     return reporting.task_state(outcome)
 
 
@@ -99,6 +101,7 @@ def orchestrate(
     dry_run: bool = False,
     max_concurrent_agents: int | None = None,
     optional_dependencies: OptionalMode | None = None,
+    allow_unsandboxed: bool = False,
 ) -> reporting.RunSummary:
     """Load, plan and run the orchestration in `paths` (config files or directories).
 
@@ -109,6 +112,7 @@ def orchestrate(
         conditions=conditions or (),
         optional_dependencies=optional_dependencies,
         max_concurrent_agents=max_concurrent_agents,
+        allow_unsandboxed=allow_unsandboxed or None,
     )
     if checked.plan is None:
         return reporting.config_failed_state(checked.issues)  # type: ignore[return-value]
@@ -120,9 +124,16 @@ def execute_plan(plan: Plan, options: RunOptions) -> State[reporting.RunSummary]
     flow_run = FlowRunContext.get().flow_run  # type: ignore[union-attr]
     assert flow_run is not None, "execute_plan runs inside a flow run"
     logger = get_run_logger()
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    workspace = create_workspace(options.workspace_root, f"{plan.name}-{stamp}-{flow_run.id.hex[:8]}")
-    logger.info("Workspace: %s", workspace)
+    for warning in plan.warnings:
+        logger.warning("%s", warning)
+    refusal = executor.llm_refusal(plan, dry_run=options.dry_run)
+    if refusal is not None:
+        return reporting.refused_state(refusal)  # type: ignore[return-value]
+    workspace = None
+    if not options.dry_run:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        workspace = create_workspace(options.workspace_root, f"{plan.name}-{stamp}-{flow_run.id.hex[:8]}")
+        logger.info("Workspace: %s", workspace)
     report = reporting.RunReport(plan, workspace)
     labels = {RUN_LABEL: str(flow_run.id)}
 
@@ -218,6 +229,8 @@ class Scheduler:
         self.cause: dict[str, str] = {}  # agent -> the failure that stopped it, for downstream messages
         self.last_future: dict[str, PrefectFuture[Any]] = {}
         self.task_label: dict[UUID, str] = {}
+        self.last_outcome: dict[str, TaskOutcome] = {}
+        self.handed_on: dict[str, dict[str, TaskOutcome]] = {}
         self.outcomes: dict[str, TaskOutcome] = {}
         self.finished: queue.Queue[tuple[PlannedTask, PrefectFuture[Any]]] = queue.Queue()
         self.pending = 0
@@ -275,11 +288,18 @@ class Scheduler:
                 self._finish_agent(agent, "completed", "no tasks to run", cause="")
                 continue
             self.running.add(name)
-            upstream = [self.last_future[n] for n in self.waiting_for(agent) if n in self.last_future]
+            finished = self.finished_upstream(agent)
+            self.handed_on[name] = {n: self.last_outcome[n] for n in finished if n in self.last_outcome}
+            upstream = [self.last_future[n] for n in finished if n in self.last_future]
             self._submit(agent, agent.tasks[0], upstream, skip_reason=None)
 
     def waiting_for(self, agent: PlannedAgent) -> list[str]:
         return [before for before, later in self.plan.ordering_edges if later == agent.name]
+
+    def finished_upstream(self, agent: PlannedAgent) -> list[str]:
+        """Agents this one requires, and those it optionally depends on that have finished."""
+        optional = [n for n in agent.optional_requires if n in self.status and n not in agent.requires]
+        return [*self.waiting_for(agent), *(n for n in optional if n not in self.waiting_for(agent))]
 
     def _submit(
         self,
@@ -300,6 +320,7 @@ class Scheduler:
                     "context": quote(self.context),
                     "skip_reason": skip_reason,
                     "upstream": tuple(self.task_label[f.task_run_id] for f in upstream),
+                    "upstream_results": quote(self.handed_on.get(agent.name, {})),
                 },
                 dependencies={"upstream": {TaskRunResult(id=f.task_run_id) for f in upstream}},
             )
@@ -320,6 +341,7 @@ class Scheduler:
                 task_id=planned.id, agent=planned.agent, task=planned.name, status="failed", message=message
             )
         self.outcomes[planned.id] = outcome
+        self.last_outcome[planned.agent] = outcome
         self.report.task_finished(outcome)
         agent = self.agents[planned.agent]
         if agent.name not in self.running:

@@ -6,6 +6,7 @@ handed a `Sandbox`, and returns plain data that reporting turns into Prefect sta
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -13,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from toka_agents.errors import SandboxError
-from toka_agents.planning import PlannedTask
+from toka_agents.planning import Plan, PlannedTask
 from toka_agents.sandbox import Sandbox, SandboxCancelled, SandboxResult, SandboxSpec
 from toka_agents.sandbox.containers import OutputCallback
 
@@ -56,8 +57,46 @@ class ExecutionContext:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-def run_task(task: PlannedTask, context: ExecutionContext, on_output: OutputCallback | None = None) -> TaskOutcome:
-    """Run one task and say how it went. Never raises for a task's own failure."""
+def llm_refusal(plan: Plan, *, dry_run: bool) -> str | None:
+    """Why this plan cannot run its LLM tasks, in one message, or None when it can.
+
+    Checked before any task starts, so a run never stops halfway for want of a model.
+    """
+    if dry_run:
+        return None
+    agents = [agent for agent in plan.agents if any(task.kind == "llm" for task in agent.tasks)]
+    if not agents:
+        return None
+    count = sum(1 for agent in agents for task in agent.tasks if task.kind == "llm")
+    names = ", ".join(agent.name for agent in agents)
+    unconfigured = [agent.name for agent in agents if agent.llm is None]
+    if unconfigured:
+        which = "" if len(unconfigured) == len(agents) else f" for {', '.join(unconfigured)}"
+        return (
+            f"{count} LLM task(s) of agents {names} need an LLM provider, and none is "
+            f"configured{which}. Configure one in the orchestration, e.g. "
+            "`llm: {provider: openai, model: gpt-4o-mini, api_key_env: OPENAI_API_KEY}` "
+            "(native YAML) or an [llm] table (orchestration TOML), or run with --dry-run "
+            "(flow parameter dry_run) to walk the plan without a model."
+        )
+    return (
+        f"{count} LLM task(s) of agents {names} are configured for a provider, but this "
+        "version of toka-agents has no LLM agent loop to run them; run with --dry-run "
+        "(flow parameter dry_run) to walk the plan in Prefect."
+    )
+
+
+def run_task(
+    task: PlannedTask,
+    context: ExecutionContext,
+    on_output: OutputCallback | None = None,
+    upstream: dict[str, TaskOutcome] | None = None,
+) -> TaskOutcome:
+    """Run one task and say how it went. Never raises for a task's own failure.
+
+    `upstream` holds the last outcome of each finished agent this one requires or optionally
+    depends on; code sees it as JSON in `TOKA_UPSTREAM`.
+    """
     if context.dry_run:
         return _outcome(task, "dry-run", f"dry run: would run {_what(task)}")
     if task.kind != "code" or task.code is None:
@@ -65,7 +104,7 @@ def run_task(task: PlannedTask, context: ExecutionContext, on_output: OutputCall
     if context.sandbox is None:
         return _outcome(task, "failed", f"sandbox error: {context.sandbox_error or 'no sandbox'}")
     try:
-        result = context.sandbox.run(sandbox_spec(task, context), on_output)
+        result = context.sandbox.run(sandbox_spec(task, context, upstream or {}), on_output)
     except SandboxCancelled:
         return _outcome(task, "cancelled", "cancelled before it started")
     except SandboxError as exc:
@@ -73,9 +112,15 @@ def run_task(task: PlannedTask, context: ExecutionContext, on_output: OutputCall
     return outcome_from_result(task, result)
 
 
-def sandbox_spec(task: PlannedTask, context: ExecutionContext) -> SandboxSpec:
+def sandbox_spec(
+    task: PlannedTask, context: ExecutionContext, upstream: dict[str, TaskOutcome] | None = None
+) -> SandboxSpec:
     """The container a code task runs in: its limits, network, workspace access and code."""
     assert task.code is not None and task.code.source is not None
+    handed_on = {
+        agent: {"task": o.task_id, "status": o.status, "message": o.message, "stdout_tail": o.stdout_tail[-1000:]}
+        for agent, o in (upstream or {}).items()
+    }
     return SandboxSpec(
         image=task.image,
         language=task.code.language,
@@ -93,6 +138,7 @@ def sandbox_spec(task: PlannedTask, context: ExecutionContext) -> SandboxSpec:
             "TOKA_TASK": task.name,
             "TOKA_RUN_ID": context.run_id,
             "TOKA_WORKSPACE": "/workspace",
+            "TOKA_UPSTREAM": json.dumps(handed_on),
         },
         labels={**context.labels, "org.toka-agents.task": task.id},
         name=f"toka-{task.agent}-{task.name}"[:60],

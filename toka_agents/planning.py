@@ -156,9 +156,11 @@ def plan(
     conditions: Collection[str] = (),
     optional_dependencies: OptionalMode | None = None,
     max_concurrent_agents: int | None = None,
+    allow_unsandboxed: bool | None = None,
 ) -> Plan:
     """Resolve the graph and fix every task's settings. Raises `ConfigError` on graph problems."""
-    issues = graph_issues(orchestration.agents)
+    allowed = orchestration.allow_unsandboxed if allow_unsandboxed is None else allow_unsandboxed
+    issues = graph_issues(orchestration.agents) + sandbox_issues(orchestration.agents, allowed)
     if issues:
         raise ConfigError(issues)
     mode = optional_dependencies or orchestration.optional_dependencies
@@ -172,7 +174,17 @@ def plan(
         for wanted in agent.optional_requires
         if wanted in agents and wanted != agent.name
     ]
-    warnings: list[str] = []
+    warnings = [
+        warning
+        for agent in orchestration.agents
+        for warning in capabilities.warnings_for(agent.name, _granted(agent, orchestration))
+    ]
+    warnings += [
+        f"agent {agent.name!r} asked for no sandbox; it runs in one with the network and a "
+        "writable workspace, as toka-agents never runs code outside a container"
+        for agent in orchestration.agents
+        if not agent.sandbox
+    ]
     ordering = list(edges)
     if mode == "order":
         ordering += _acyclic_subset(optional_edges, edges, warnings)
@@ -216,6 +228,7 @@ def validate(
     conditions: Collection[str] = (),
     optional_dependencies: OptionalMode | None = None,
     max_concurrent_agents: int | None = None,
+    allow_unsandboxed: bool | None = None,
 ) -> Validation:
     """Load and plan, reporting every problem across all files and agents at once."""
     loaded = load_paths(paths)
@@ -223,17 +236,37 @@ def validate(
     warnings: list[ConfigIssue | str] = list(loaded.warnings)
     if loaded.orchestration is None:
         return Validation(issues, warnings)
-    issues += graph_issues(loaded.orchestration.agents, also_known=loaded.broken_agents)
+    orchestration = loaded.orchestration
+    allowed = orchestration.allow_unsandboxed if allow_unsandboxed is None else allow_unsandboxed
+    issues += graph_issues(orchestration.agents, also_known=loaded.broken_agents)
+    issues += sandbox_issues(orchestration.agents, allowed)
     if issues:
         return Validation(issues, warnings)
     planned = plan(
-        loaded.orchestration,
+        orchestration,
         conditions=conditions,
         optional_dependencies=optional_dependencies,
         max_concurrent_agents=max_concurrent_agents,
+        allow_unsandboxed=allowed,
     )
     warnings += planned.warnings
     return Validation([], warnings, planned)
+
+
+def sandbox_issues(agents: Sequence[Agent], allowed: bool) -> list[ConfigIssue]:
+    """Agents that ask to run without a sandbox, unless the run allows it."""
+    if allowed:
+        return []
+    return [
+        ConfigIssue(
+            agent.origin.file,
+            agent.origin.sandbox_key,
+            f"agent {agent.name!r} asks to run without a sandbox; toka-agents refuses unless the "
+            "run allows it (allow_unsandboxed: true, or --allow-unsandboxed)",
+        )
+        for agent in agents
+        if not agent.sandbox
+    ]
 
 
 def graph_issues(agents: Sequence[Agent], also_known: Collection[str] = ()) -> list[ConfigIssue]:
@@ -250,7 +283,7 @@ def graph_issues(agents: Sequence[Agent], also_known: Collection[str] = ()) -> l
                 issues.append(
                     ConfigIssue(
                         agent.origin.file,
-                        agent.origin.key(agent.origin.requires_key, i),
+                        agent.origin.requirement_key(i),
                         f"agent {agent.name!r} requires {needed!r}, which is not defined "
                         f"(defined agents: {known})",
                     )
@@ -412,10 +445,14 @@ def _waves(
     return waves
 
 
+def _granted(agent: Agent, orchestration: Orchestration) -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*orchestration.defaults.capabilities, *agent.capabilities]))
+
+
 def _plan_agent(agent: Agent, orchestration: Orchestration, conditions: set[str]) -> PlannedAgent:
     defaults = orchestration.defaults
     agent_limits = agent.limits.over(defaults.limits.over(DEFAULT_LIMITS))
-    granted = tuple(dict.fromkeys([*defaults.capabilities, *agent.capabilities]))
+    granted = _granted(agent, orchestration)
     image = agent.image or defaults.image or DEFAULT_IMAGE
     env = {**defaults.env, **agent.env}
     retries = agent.retries if "retries" in agent.model_fields_set else defaults.retries
@@ -439,8 +476,9 @@ def _plan_agent(agent: Agent, orchestration: Orchestration, conditions: set[str]
                 ),
                 image=image,
                 capabilities=granted,
-                network=capabilities.grants_network(granted),
-                workspace_writable=capabilities.grants_workspace_write(granted),
+                # An allowed unsandboxed agent gets the least restricted sandbox there is.
+                network=capabilities.grants_network(granted) or not agent.sandbox,
+                workspace_writable=capabilities.grants_workspace_write(granted) or not agent.sandbox,
                 env=env,
                 retries=retries,
                 condition=task.condition,

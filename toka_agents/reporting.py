@@ -67,18 +67,28 @@ class RunReport:
     def __init__(self, plan: Plan, workspace: Path | None) -> None:
         self.plan = plan
         self.workspace = workspace
-        self._progress: dict[str, UUID] = {}
+        self._agents = {agent.name: agent for agent in plan.agents}
         self._done: dict[str, int] = {agent.name: 0 for agent in plan.agents}
+        self._progress: dict[str, UUID] = {}
         for agent in plan.agents:
             self._progress[agent.name] = create_progress_artifact(
                 progress=0.0 if agent.tasks else 100.0,
                 description=_progress_text(agent, 0),
             )
+        self._workstreams: dict[str, list[PlannedAgent]] = {}
+        for agent in plan.agents:
+            self._workstreams.setdefault(agent.workstream, []).append(agent)
+        self._workstream_progress = {
+            name: create_progress_artifact(
+                progress=0.0, description=self._workstream_text(name)
+            )
+            for name in self._workstreams
+        }
 
     def task_finished(self, outcome: TaskOutcome) -> None:
         if not outcome.ok:
             return
-        agent = self.plan.agent(outcome.agent)
+        agent = self._agents[outcome.agent]
         self._done[agent.name] += 1
         done = self._done[agent.name]
         update_progress_artifact(
@@ -86,6 +96,19 @@ class RunReport:
             progress=100.0 * done / max(len(agent.tasks), 1),
             description=_progress_text(agent, done),
         )
+        members = self._workstreams[agent.workstream]
+        total = sum(len(member.tasks) for member in members)
+        update_progress_artifact(
+            self._workstream_progress[agent.workstream],
+            progress=100.0 * sum(self._done[m.name] for m in members) / max(total, 1),
+            description=self._workstream_text(agent.workstream),
+        )
+
+    def _workstream_text(self, name: str) -> str:
+        members = self._workstreams[name]
+        done = sum(self._done[m.name] for m in members)
+        total = sum(len(m.tasks) for m in members)
+        return f"workstream {name}: {done}/{total} tasks of {len(members)} agents done"
 
     def agent_finished(self, agent: PlannedAgent, status: str, message: str) -> None:
         emit_event(
@@ -174,6 +197,11 @@ def run_state(
         tail = f"; skipped agents: {', '.join(skipped_agents)}" if skipped_agents else ""
         return Failed(message=f"{len(failed)} task(s) failed: {first}{more}{tail}", data=summary)
     return Completed(message=f"{len(plan.agents)} agents, {counts}", data=summary)
+
+
+def refused_state(reason: str) -> State[None]:
+    """The state of a flow run that refused to start any task."""
+    return Failed(message=f"refused before starting any task: {reason}")
 
 
 def config_failed_state(issues: Iterable[object]) -> State[None]:

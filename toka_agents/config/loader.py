@@ -124,10 +124,21 @@ def _failed(shown: str, message: str) -> Fragment:
 
 
 def dialect_reader(document: dict[str, Any]) -> DialectReader:
-    """Pick the reader of a parsed document by the keys it has."""
-    from toka_agents.config import native
+    """Pick the reader of a parsed document by the keys it has, whatever its syntax."""
+    from toka_agents.config import native, toka_spec, toka_toml
 
+    if "$schema" in document and "properties" in document:
+        return _json_schema
+    if toka_toml.recognises(document):
+        return toka_toml.read
+    if toka_spec.recognises(document):
+        return toka_spec.read
     return native.read
+
+
+def _json_schema(document: dict[str, Any], path: Path, shown: str) -> Fragment:
+    note = ConfigIssue(shown, "", "skipped: a JSON Schema, not an agent or orchestration config")
+    return Fragment(file=shown, warnings=[note])
 
 
 def _merge(fragments: list[Fragment], paths: Sequence[str | Path]) -> LoadResult:
@@ -175,14 +186,31 @@ def _name_from_path(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-._") or "orchestration"
 
 
-def issues_from_validation(error: ValidationError, file: str, prefix: str = "") -> list[ConfigIssue]:
-    """Turn pydantic's errors into ConfigIssues with dotted key paths and plain messages."""
+def issues_from_validation(
+    error: ValidationError, file: str, prefix: str = "", sources: dict[str, str] | None = None
+) -> list[ConfigIssue]:
+    """Turn pydantic's errors into ConfigIssues with dotted key paths and plain messages.
+
+    `sources` maps key paths of the native model to where a dialect wrote them
+    (`limits.memory` -> `security.resource_limits.max_memory`); the longest match wins.
+    """
     issues = []
     for detail in error.errors():
-        parts = [str(part) for part in detail["loc"] if part not in TASK_TAGS]
-        path = ".".join(part for part in (prefix, *parts) if part)
+        path = ".".join(str(part) for part in detail["loc"] if part not in TASK_TAGS)
+        if sources:
+            path = source_path(path, sources)
+        path = ".".join(part for part in (prefix, path) if part)
         issues.append(ConfigIssue(file, path, _plain_message(detail)))
     return issues
+
+
+def source_path(path: str, sources: dict[str, str]) -> str:
+    parts = path.split(".") if path else []
+    for cut in range(len(parts), -1, -1):
+        head = ".".join(parts[:cut])
+        if head in sources:
+            return ".".join(part for part in (sources[head], *parts[cut:]) if part)
+    return path
 
 
 def _plain_message(detail: Any) -> str:

@@ -135,7 +135,7 @@ class LlmTask(_Model):
     instruction: str = Field(min_length=1)
     description: str = ""
     priority: Priority | None = None
-    estimated_duration: Duration | None = None
+    estimated_duration: str | None = Field(None, description="A hint for people: 2h, 1d, 1w.")
     tools: list[str] = []
     limits: Limits = Limits()
     condition: str | None = Field(
@@ -179,14 +179,24 @@ class LlmSettings(_Model):
 
 
 class Origin(_Model):
-    """Where an agent was written: file, key path of the agent, key path of its `requires`."""
+    """Where an agent was written: its file, dialect, and the key paths of its parts."""
 
     file: str
     path: str = ""
+    dialect: str = "native"
     requires_key: str = "requires"
+    requires_paths: tuple[str, ...] = Field(
+        (), description="Key path of each `requires` entry, where a dialect spreads them."
+    )
+    sandbox_key: str = Field("sandbox", description="Key path of the sandbox switch, from the file's root.")
 
     def key(self, *parts: str | int) -> str:
         return ".".join(str(p) for p in (self.path, *parts) if p != "")
+
+    def requirement_key(self, index: int) -> str:
+        if index < len(self.requires_paths):
+            return self.requires_paths[index]
+        return self.key(self.requires_key, index)
 
 
 class Agent(_Model):

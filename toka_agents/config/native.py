@@ -25,7 +25,7 @@ def read(document: dict[str, Any], path: Path, shown: str) -> Fragment:
     except ValidationError as exc:
         return _salvage(document, shown, issues_from_validation(exc, shown))
 
-    agents = [agent.located(Origin(file=shown, path=f"agents.{i}")) for i, agent in enumerate(parsed.agents)]
+    agents = [agent.located(_origin(shown, i)) for i, agent in enumerate(parsed.agents)]
     agents, issues = read_code_files(agents, path.parent, shown)
     settings = Settings.model_validate(
         {key: getattr(parsed, key) for key in parsed.model_fields_set if key in Settings.model_fields}
@@ -46,8 +46,12 @@ def _salvage(document: dict[str, Any], shown: str, issues: list[ConfigIssue]) ->
             if isinstance(raw, dict) and isinstance(raw.get("name"), str):
                 fragment.broken_agents.append(raw["name"])
             continue
-        fragment.agents.append(agent.located(Origin(file=shown, path=f"agents.{i}")))
+        fragment.agents.append(agent.located(_origin(shown, i)))
     return fragment
+
+
+def _origin(shown: str, index: int) -> Origin:
+    return Origin(file=shown, path=f"agents.{index}", sandbox_key=f"agents.{index}.sandbox")
 
 
 def read_code_files(agents: list[Agent], base: Path, shown: str) -> tuple[list[Agent], list[ConfigIssue]]:

@@ -1,0 +1,419 @@
+"""Benchmarks of toka-agents' orchestration cost, in two parts.
+
+Part 1, `--part plan` (no Prefect server): an orchestration of A agents x T shell tasks with
+a realistic dependency graph is built with the config models, written as a YAML file, and
+timed through `toka_agents.load`, `toka_agents.plan` and `toka_agents.compile_flow` at four
+sizes (A/8, A/4, A/2, A agents). Times are medians of several rounds; peak memory of
+plan + compile comes from a separate tracemalloc round, so tracing does not slow the timings.
+
+Part 2, `--part run` (starts its own Prefect server): N no-op shell tasks (`true`) in N/4
+agents of 4 tasks, odd agents requiring the agent before them, at most 2 at a time, run
+through `toka_agents.run_plan`, alternating with a hand-written Prefect flow of the same
+DAG that runs the same sandbox specs through the same `Sandbox`. Both whole flow calls are
+timed by wall clock; the ratio toka/baseline is toka-agents' run overhead.
+
+    .venv/bin/python benchmarks/bench_orchestration.py [--part plan|run|all]
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Before Prefect is imported: keep its state out of ~/.prefect, and its console quiet
+# (task and flow run logs still go to the API at INFO).
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="toka-bench-prefect-")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_UI_ENABLED"] = "false"
+os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "WARNING"
+os.environ.pop("PREFECT_API_URL", None)
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import random  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import tracemalloc  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from uuid import UUID  # noqa: E402
+
+import httpx  # noqa: E402
+import yaml  # noqa: E402
+from prefect import flow, get_client, runtime, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId  # noqa: E402
+from prefect.futures import PrefectFuture  # noqa: E402
+from prefect.settings import PREFECT_API_URL, temporary_settings  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+import toka_agents  # noqa: E402
+from toka_agents.compiling import RUN_LABEL  # noqa: E402
+from toka_agents.config.models import Agent, CodeSource, CodeTask, Limits, Orchestration  # noqa: E402
+from toka_agents.executor import ExecutionContext, sandbox_spec  # noqa: E402
+from toka_agents.planning import Plan, PlannedTask  # noqa: E402
+from toka_agents.sandbox import Sandbox, SandboxResult, SandboxSpec, connect, create_workspace  # noqa: E402
+from toka_agents.sandbox.containers import LABEL_MANAGED  # noqa: E402
+
+PRIORITIES = ("critical", "high", "medium", "medium", "low")  # medium is the commonest
+PLAN_ROUNDS = 5
+PLAN_TARGET_SECONDS = 1.0
+RUN_TARGET_RATIO = 1.15
+CONCURRENCY = 2
+TASKS_PER_RUN_AGENT = 4
+MIB = 1024**2
+
+
+# --- Configs ---------------------------------------------------------------------------
+
+
+def shell_task(name: str, limits: Limits | None = None) -> CodeTask:
+    return CodeTask(name=name, code=CodeSource(language="shell", source="true"), limits=limits or Limits())
+
+
+def plan_benchmark_config(agents: int, tasks_per_agent: int) -> Orchestration:
+    """A agents x T tasks. Every tenth agent starts a chain; the others require one or two of
+    the 20 agents before them. Priorities, workstreams, capabilities and limits vary."""
+    rng = random.Random(agents * 1_000 + tasks_per_agent)
+    built = []
+    for i in range(agents):
+        earlier = range(max(0, i - 20), i)
+        required = [] if i % 10 == 0 else rng.sample(earlier, min(len(earlier), 1 + i % 2))
+        built.append(
+            Agent(
+                name=f"agent-{i:05d}",
+                description=f"Agent {i} of the benchmark",
+                priority=rng.choice(PRIORITIES),
+                workstream=f"stream-{i % 12}",
+                requires=[f"agent-{j:05d}" for j in sorted(required)],
+                capabilities=["filesystem-write"] if i % 4 == 0 else [],
+                limits=Limits(memory="256MB") if i % 5 == 0 else Limits(),
+                env={"STAGE": str(i % 3)},
+                tasks=[
+                    shell_task(f"step-{k}", Limits(timeout="2m") if k % 3 == 0 else None)
+                    for k in range(tasks_per_agent)
+                ],
+            )
+        )
+    return Orchestration(name=f"bench-{agents}x{tasks_per_agent}", max_concurrent_agents=4, agents=built)
+
+
+def run_benchmark_config(tasks: int) -> Orchestration:
+    """tasks/4 agents of 4 `true` tasks; odd agents require the agent before them."""
+    agents = [
+        Agent(
+            name=f"agent-{i:03d}",
+            requires=[f"agent-{i - 1:03d}"] if i % 2 else [],
+            tasks=[shell_task(f"step-{k}") for k in range(TASKS_PER_RUN_AGENT)],
+        )
+        for i in range(tasks // TASKS_PER_RUN_AGENT)
+    ]
+    return Orchestration(name="bench-run", max_concurrent_agents=CONCURRENCY, agents=agents)
+
+
+def write_yaml(orchestration: Orchestration, directory: Path) -> Path:
+    """The orchestration as a native config file, the form `toka_agents.load` reads."""
+    document = orchestration.model_dump(mode="json", exclude_defaults=True, exclude={"sources"})
+    path = directory / f"{orchestration.name}.yaml"
+    path.write_text(yaml.dump(document, Dumper=yaml.CSafeDumper, sort_keys=False))
+    return path
+
+
+# --- Part 1: load, plan, compile -------------------------------------------------------
+
+
+@dataclass
+class PlanSize:
+    tasks: int
+    load: float
+    plan: float
+    compile: float
+    plan_and_compile: float
+    peak_bytes: int
+
+    @property
+    def bytes_per_task(self) -> float:
+        return self.peak_bytes / self.tasks
+
+
+def median_seconds(action: Callable[[], object], rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        gc.collect()
+        started = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def measure_size(agents: int, tasks_per_agent: int, directory: Path) -> PlanSize:
+    path = write_yaml(plan_benchmark_config(agents, tasks_per_agent), directory)
+    load_seconds = median_seconds(lambda: toka_agents.load(path), PLAN_ROUNDS)
+    orchestration = toka_agents.load(path)
+
+    plan_times, compile_times, both_times = [], [], []
+    for _ in range(PLAN_ROUNDS):
+        gc.collect()
+        started = time.perf_counter()
+        planned = toka_agents.plan(orchestration)
+        planned_at = time.perf_counter()
+        toka_agents.compile_flow(planned)
+        done = time.perf_counter()
+        plan_times.append(planned_at - started)
+        compile_times.append(done - planned_at)
+        both_times.append(done - started)
+
+    gc.collect()
+    tracemalloc.start()
+    toka_agents.compile_flow(toka_agents.plan(orchestration))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+
+    return PlanSize(
+        tasks=agents * tasks_per_agent,
+        load=load_seconds,
+        plan=statistics.median(plan_times),
+        compile=statistics.median(compile_times),
+        plan_and_compile=statistics.median(both_times),
+        peak_bytes=peak,
+    )
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(header), *(len(row[i]) for row in rows)) for i, header in enumerate(headers)]
+    print("  ".join(header.rjust(width) for header, width in zip(headers, widths)))
+    print("  ".join("-" * width for width in widths))
+    for row in rows:
+        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
+
+
+def part_plan(agents: int, tasks_per_agent: int) -> None:
+    print(f"Part 1: load, plan and compile ({tasks_per_agent} shell tasks per agent, "
+          f"median of {PLAN_ROUNDS} rounds, peak memory of plan+compile by tracemalloc)\n")
+    counts = sorted({max(1, agents // share) for share in (8, 4, 2, 1)})
+    with tempfile.TemporaryDirectory(prefix="toka-bench-plan-") as directory:
+        sizes = [measure_size(count, tasks_per_agent, Path(directory)) for count in counts]
+    print_table(
+        ["tasks", "load s", "plan s", "compile s", "plan+compile s", "peak MiB", "bytes/task"],
+        [
+            [
+                f"{size.tasks:,}",
+                f"{size.load:.3f}",
+                f"{size.plan:.3f}",
+                f"{size.compile:.4f}",
+                f"{size.plan_and_compile:.3f}",
+                f"{size.peak_bytes / MIB:.1f}",
+                f"{size.bytes_per_task:,.0f}",
+            ]
+            for size in sizes
+        ],
+    )
+    smallest, largest = sizes[0], sizes[-1]
+    ratio = largest.bytes_per_task / smallest.bytes_per_task
+    print(f"\npeak bytes per task, {largest.tasks:,} vs {smallest.tasks:,} tasks: {ratio:.2f} (1.00 = linear)")
+    verdict = "met" if largest.plan_and_compile < PLAN_TARGET_SECONDS else "MISSED"
+    print(f"plan+compile of {largest.tasks:,} tasks: {largest.plan_and_compile:.3f} s "
+          f"(target < {PLAN_TARGET_SECONDS:.0f} s: {verdict})")
+
+
+# --- Part 2: run overhead against a hand-written Prefect flow --------------------------
+
+
+@task(task_run_name="{label}", cache_policy=NO_CACHE)
+def run_in_sandbox(label: str, sandbox: Sandbox, spec: SandboxSpec) -> SandboxResult:
+    result = sandbox.run(spec)
+    if not result.ok:
+        raise RuntimeError(f"{label}: {result.failure}")
+    return result
+
+
+def submission_order(plan: Plan) -> list[tuple[PlannedTask, list[str]]]:
+    """Every task with the ids of its upstream tasks, in a topological order by depth.
+
+    A thread pool task runner waits for `wait_for` futures inside its worker threads, so
+    submitting agent after agent would have one worker waiting on the other and run tasks
+    one at a time; shallowest first keeps both workers busy, as a user tuning it would.
+    """
+    last_task: dict[str, str] = {}
+    end_depth: dict[str, int] = {}
+    entries: list[tuple[int, PlannedTask, list[str]]] = []
+    for agent in plan.agents:  # wave order: required agents come first
+        depth = max((end_depth[name] for name in agent.requires), default=0)
+        upstream = [last_task[name] for name in agent.requires]
+        for planned in agent.tasks:
+            entries.append((depth, planned, upstream))
+            depth, upstream = depth + 1, [planned.id]
+        end_depth[agent.name], last_task[agent.name] = depth, agent.tasks[-1].id
+    entries.sort(key=lambda entry: entry[0])  # stable: plan order within a depth
+    return [(planned, upstream) for _, planned, upstream in entries]
+
+
+@flow(name="bench-baseline", task_runner=ThreadPoolTaskRunner(max_workers=CONCURRENCY))
+def baseline_flow(plan: Plan, workspace_root: Path) -> None:
+    """The plan's DAG written by hand: one task run per agent task, same sandbox specs."""
+    run_id = str(runtime.flow_run.id)
+    labels = {RUN_LABEL: run_id}
+    workspace = create_workspace(workspace_root, f"baseline-{run_id}")
+    context = ExecutionContext(sandbox=None, workspace=workspace, run_id=run_id, labels=labels)
+    sandbox = Sandbox(connect(), labels)
+    futures: dict[str, PrefectFuture[SandboxResult]] = {}
+    for planned, upstream in submission_order(plan):
+        futures[planned.id] = run_in_sandbox.submit(
+            planned.id, sandbox, sandbox_spec(planned, context), wait_for=[futures[i] for i in upstream]
+        )
+    for future in futures.values():
+        future.result()
+
+
+def run_toka(plan: Plan, workspace_root: Path) -> tuple[float, UUID]:
+    started = time.perf_counter()
+    result = toka_agents.run_plan(plan, toka_agents.RunOptions(workspace_root=workspace_root))
+    elapsed = time.perf_counter() - started
+    if not result.ok or result.flow_run_id is None:
+        raise RuntimeError(f"toka-agents run failed: {result.state.message}")
+    return elapsed, result.flow_run_id
+
+
+def run_baseline(plan: Plan, workspace_root: Path) -> tuple[float, UUID]:
+    started = time.perf_counter()
+    state = baseline_flow(plan, workspace_root, return_state=True)
+    elapsed = time.perf_counter() - started
+    flow_run_id = state.state_details.flow_run_id
+    if not state.is_completed() or flow_run_id is None:
+        raise RuntimeError(f"baseline run failed: {state.message}")
+    return elapsed, flow_run_id
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def prefect_server() -> Iterator[str]:
+    """A `prefect server start` subprocess on a free local port; this process uses its API."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    log_path = Path(os.environ["PREFECT_HOME"]) / "server.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for_health(url, server, log_path)
+            with temporary_settings(updates={PREFECT_API_URL: url}):
+                yield url
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+def wait_for_health(url: str, server: subprocess.Popen[bytes], log_path: Path, limit: float = 120) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"the Prefect server did not start:\n{log_path.read_text()[-2000:]}")
+
+
+def task_run_count(flow_run_id: UUID, expected: int, limit: float = 15) -> int:
+    """Task runs the server holds for a flow run, waiting a little for state events to land."""
+    deadline = time.monotonic() + limit
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            if len(runs) >= expected or time.monotonic() > deadline:
+                return len(runs)
+            time.sleep(0.5)
+
+
+def leftover_containers() -> int:
+    listed = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={LABEL_MANAGED}=1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return len(listed.stdout.split())
+
+
+def part_run(tasks: int, repeat: int) -> None:
+    plan = toka_agents.plan(run_benchmark_config(tasks))
+    warmup = toka_agents.plan(run_benchmark_config(2 * TASKS_PER_RUN_AGENT))
+    count = len(plan.tasks)
+    print(f"Part 2: run overhead, {count} no-op shell tasks in {len(plan.agents)} agents "
+          f"({len(plan.edges)} dependencies), concurrency {CONCURRENCY}, {repeat} alternating runs\n")
+    toka_times: list[float] = []
+    baseline_times: list[float] = []
+    with prefect_server() as url, tempfile.TemporaryDirectory(prefix="toka-bench-runs-") as root:
+        print(f"Prefect server: {url}")
+        workspaces = Path(root)
+        run_toka(warmup, workspaces)
+        run_baseline(warmup, workspaces)
+        for _ in range(repeat):
+            toka_seconds, toka_run = run_toka(plan, workspaces)
+            baseline_seconds, baseline_run = run_baseline(plan, workspaces)
+            toka_times.append(toka_seconds)
+            baseline_times.append(baseline_seconds)
+        toka_task_runs = task_run_count(toka_run, count)
+        baseline_task_runs = task_run_count(baseline_run, count)
+
+    print()
+    rows = [[str(i + 1), f"{t:.2f}", f"{b:.2f}", f"{t / b:.3f}"]
+            for i, (t, b) in enumerate(zip(toka_times, baseline_times))]
+    toka_median, baseline_median = statistics.median(toka_times), statistics.median(baseline_times)
+    rows.append(["median", f"{toka_median:.2f}", f"{baseline_median:.2f}", f"{toka_median / baseline_median:.3f}"])
+    print_table(["run", "toka-agents s", "baseline s", "toka/baseline"], rows)
+    ratio = toka_median / baseline_median
+    verdict = "met" if ratio <= RUN_TARGET_RATIO else "MISSED"
+    print(f"\nratio of medians toka/baseline: {ratio:.3f} (target <= {RUN_TARGET_RATIO}: {verdict})")
+    print(f"wall time per task: toka-agents {1000 * toka_median / count:.1f} ms, "
+          f"baseline {1000 * baseline_median / count:.1f} ms")
+    print(f"toka-agents overhead per task: {1000 * (toka_median - baseline_median) / count:+.1f} ms")
+    print(f"task runs in the last flow run: toka-agents {toka_task_runs}, baseline {baseline_task_runs} "
+          f"(expected {count} each)")
+    print(f"containers left (label {LABEL_MANAGED}=1): {leftover_containers()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=("plan", "run", "all"), default="all")
+    parser.add_argument("--agents", type=int, default=1000, help="agents of the largest plan size (part 1)")
+    parser.add_argument("--tasks-per-agent", type=int, default=10, help="tasks of each agent (part 1)")
+    parser.add_argument("--run-tasks", type=int, default=40, help="tasks per run, a multiple of 4 (part 2)")
+    parser.add_argument("--repeat", type=int, default=3, help="measured runs of each flow (part 2)")
+    args = parser.parse_args()
+    if args.agents < 1 or args.tasks_per_agent < 1 or args.repeat < 1:
+        parser.error("--agents, --tasks-per-agent and --repeat must be at least 1")
+    if args.run_tasks < TASKS_PER_RUN_AGENT or args.run_tasks % TASKS_PER_RUN_AGENT:
+        parser.error(f"--run-tasks must be a positive multiple of {TASKS_PER_RUN_AGENT}")
+    try:
+        if args.part in ("plan", "all"):
+            part_plan(args.agents, args.tasks_per_agent)
+        if args.part == "all":
+            print("\n")
+        if args.part in ("run", "all"):
+            part_run(args.run_tasks, args.repeat)
+    finally:
+        shutil.rmtree(os.environ["PREFECT_HOME"], ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
