@@ -49,7 +49,9 @@ import yaml  # noqa: E402
 from prefect import flow, get_client, runtime, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId  # noqa: E402
+from prefect.events.worker import EventsWorker  # noqa: E402
 from prefect.futures import PrefectFuture  # noqa: E402
+from prefect.logging.handlers import APILogWorker  # noqa: E402
 from prefect.settings import PREFECT_API_URL, temporary_settings  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
@@ -311,7 +313,12 @@ def prefect_server() -> Iterator[str]:
         try:
             wait_for_health(url, server, log_path)
             with temporary_settings(updates={PREFECT_API_URL: url}):
-                yield url
+                try:
+                    yield url
+                finally:
+                    # Send what is queued while the server is still there to take it.
+                    APILogWorker.drain_all(timeout=10)
+                    EventsWorker.drain_all(timeout=10)
         finally:
             server.terminate()
             try:

@@ -200,7 +200,7 @@ def plan(
         description=orchestration.description,
         max_concurrent_agents=max_concurrent_agents or orchestration.max_concurrent_agents,
         agents=tuple(planned),
-        edges=tuple(sorted(edges, key=lambda e: (order[e[1]], order[e[0]]))),
+        edges=tuple(edges),
         optional_edges=tuple(optional_edges),
         ordering_edges=tuple(ordering),
         waves=tuple(tuple(wave) for wave in waves),
