@@ -66,6 +66,7 @@ def prefect_api() -> Iterator[str]:
     try:
         with temporary_settings(updates={PREFECT_API_URL: url}):
             yield url
+            _drain_prefect_workers()
     finally:
         server.terminate()
         try:
@@ -73,6 +74,15 @@ def prefect_api() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+def _drain_prefect_workers() -> None:
+    """Send buffered logs and events while the server still answers."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
 
 
 @pytest.fixture(scope="session")

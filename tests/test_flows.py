@@ -82,8 +82,21 @@ def test_quickstart_end_to_end(workspace_root):
 
     found = artifacts(result.flow_run_id)
     progress = [a for a in found if a.type == "progress"]
-    assert len(progress) == 5 and all(a.data == 100.0 for a in progress)
-    assert {a.description.split(" ")[0] for a in progress} == {"generate", "describe", "outliers", "report", "review"}
+    assert all(a.data == 100.0 for a in progress)
+    by_agent = sorted(a.description for a in progress if not a.description.startswith("workstream "))
+    assert by_agent == [
+        "describe (analysis, high): 1/1 tasks done",
+        "generate (data, critical): 1/1 tasks done",
+        "outliers (analysis, high): 2/2 tasks done",
+        "report (reporting, medium): 1/1 tasks done",
+        "review (reporting, low): 1/1 tasks done",
+    ]
+    by_workstream = sorted(a.description for a in progress if a.description.startswith("workstream "))
+    assert by_workstream == [
+        "workstream analysis: 3/3 tasks of 2 agents done",
+        "workstream data: 1/1 tasks of 1 agents done",
+        "workstream reporting: 2/2 tasks of 2 agents done",
+    ]
     [table] = [a for a in found if a.type == "table"]
     assert table.key == "quickstart-summary"
     rows = table.data if isinstance(table.data, list) else __import__("json").loads(table.data)
@@ -151,7 +164,11 @@ def test_failures_become_failed_states_with_reasons(tmp_path, workspace_root):
 
     assert result.state.message.startswith("3 task(s) failed: breaks/second: exit code 3: disk on fire")
     assert "skipped agents: breaks, downstream, further" in result.state.message
-    progress = {a.description.split(" ")[0]: a.data for a in artifacts(result.flow_run_id) if a.type == "progress"}
+    progress = {
+        a.description.split(" ")[0]: a.data
+        for a in artifacts(result.flow_run_id)
+        if a.type == "progress" and not a.description.startswith("workstream ")
+    }
     assert progress["breaks"] == pytest.approx(100 / 3)
     assert progress["downstream"] == 0 and progress["independent"] == 100
 

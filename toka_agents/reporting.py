@@ -7,9 +7,11 @@ every task and the flow run's final state.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -21,6 +23,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect import get_run_logger
 from prefect.events import emit_event
 from prefect.states import Cancelled, Completed, Failed, State
 
@@ -62,47 +65,59 @@ def artifact_key(*parts: str) -> str:
 
 
 class RunReport:
-    """Progress artifacts and events of one run, updated as its tasks finish."""
+    """Progress artifacts and events of one run, updated as its tasks finish.
+
+    Artifact writes are API calls; they go, in order, to one writer thread, so that the
+    scheduler never waits for them before starting the next task. `finish` waits for them.
+    """
 
     def __init__(self, plan: Plan, workspace: Path | None) -> None:
         self.plan = plan
         self.workspace = workspace
         self._agents = {agent.name: agent for agent in plan.agents}
         self._done: dict[str, int] = {agent.name: 0 for agent in plan.agents}
-        self._progress: dict[str, UUID] = {}
-        for agent in plan.agents:
-            self._progress[agent.name] = create_progress_artifact(
-                progress=0.0 if agent.tasks else 100.0,
-                description=_progress_text(agent, 0),
-            )
         self._workstreams: dict[str, list[PlannedAgent]] = {}
         for agent in plan.agents:
             self._workstreams.setdefault(agent.workstream, []).append(agent)
-        self._workstream_progress = {
-            name: create_progress_artifact(
-                progress=0.0, description=self._workstream_text(name)
+        self._progress: dict[str, UUID] = {}
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="toka-report")
+        self._writes: list[Future[None]] = []
+        self._context = contextvars.copy_context()  # the flow run the artifacts belong to
+        self._later(self._create_progress_artifacts)
+
+    def _later(self, write: Callable[[], None]) -> None:
+        self._writes.append(self._writer.submit(self._context.run, write))
+
+    def _create_progress_artifacts(self) -> None:
+        for agent in self.plan.agents:
+            self._progress[agent.name] = create_progress_artifact(
+                progress=0.0 if agent.tasks else 100.0, description=_progress_text(agent, 0)
             )
-            for name in self._workstreams
-        }
+        for name in self._workstreams:
+            self._progress[f"workstream:{name}"] = create_progress_artifact(
+                progress=self._workstream_percent(name), description=self._workstream_text(name)
+            )
 
     def task_finished(self, outcome: TaskOutcome) -> None:
         if not outcome.ok:
             return
         agent = self._agents[outcome.agent]
         self._done[agent.name] += 1
-        done = self._done[agent.name]
-        update_progress_artifact(
-            self._progress[agent.name],
-            progress=100.0 * done / max(len(agent.tasks), 1),
-            description=_progress_text(agent, done),
-        )
-        members = self._workstreams[agent.workstream]
-        total = sum(len(member.tasks) for member in members)
-        update_progress_artifact(
-            self._workstream_progress[agent.workstream],
-            progress=100.0 * sum(self._done[m.name] for m in members) / max(total, 1),
-            description=self._workstream_text(agent.workstream),
-        )
+        done, workstream = self._done[agent.name], agent.workstream
+        agent_text, workstream_text = _progress_text(agent, done), self._workstream_text(workstream)
+        agent_percent, workstream_percent = _percent(done, len(agent.tasks)), self._workstream_percent(workstream)
+
+        def write() -> None:
+            update_progress_artifact(self._progress[agent.name], agent_percent, agent_text)
+            update_progress_artifact(
+                self._progress[f"workstream:{workstream}"], workstream_percent, workstream_text
+            )
+
+        self._later(write)
+
+    def _workstream_percent(self, name: str) -> float:
+        members = self._workstreams[name]
+        return _percent(sum(self._done[m.name] for m in members), sum(len(m.tasks) for m in members))
 
     def _workstream_text(self, name: str) -> str:
         members = self._workstreams[name]
@@ -123,7 +138,12 @@ class RunReport:
         )
 
     def finish(self, outcomes: Iterable[TaskOutcome]) -> None:
-        """The run's table artifact: every task with status, duration, peak memory, cpu time."""
+        """Wait for the progress writes, then write the run's table artifact: every task with
+        status, duration, peak memory and cpu time."""
+        self._writer.shutdown(wait=True)
+        for write in self._writes:
+            if write.exception() is not None:
+                get_run_logger().warning("could not update a progress artifact: %s", write.exception())
         rows = [
             {
                 "task": outcome.task_id,
@@ -166,6 +186,10 @@ def agent_notes(plan: Plan) -> str:
 def _short(value: object, limit: int = 300) -> str:
     text = str(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _percent(done: int, total: int) -> float:
+    return 100.0 * done / total if total else 100.0
 
 
 def _progress_text(agent: PlannedAgent, done: int) -> str:

@@ -105,10 +105,14 @@ def _read_file(path: Path, shown: str) -> Fragment:
     return dialect_reader(document)(document, path, shown)
 
 
+# libyaml's loader when PyYAML was built with it: the same documents, about 3x faster.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _parse(text: str, suffix: str) -> Any:
     if suffix == ".toml":
         return tomllib.loads(text)
-    return yaml.safe_load(text)
+    return yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
