@@ -79,12 +79,46 @@ def _with_retries(retries: int) -> Task[..., State[TaskOutcome]]:
     return agent_task.with_options(retries=retries)
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """A plan laid out for the scheduler: who waits for whom, in which order, with which tags."""
+
+    plan: Plan
+    agents: dict[str, PlannedAgent]
+    position: dict[str, int]
+    waiting_for: dict[str, tuple[str, ...]]
+    dependents: dict[str, tuple[str, ...]]
+    tags: dict[str, tuple[str, ...]]
+    task_position: dict[str, int]
+
+
+def schedule_of(plan: Plan) -> Schedule:
+    waiting: dict[str, list[str]] = {agent.name: [] for agent in plan.agents}
+    dependents: dict[str, list[str]] = {agent.name: [] for agent in plan.agents}
+    for before, later in plan.ordering_edges:
+        waiting[later].append(before)
+        dependents[before].append(later)
+    return Schedule(
+        plan=plan,
+        agents={agent.name: agent for agent in plan.agents},
+        position={agent.name: i for i, agent in enumerate(plan.agents)},
+        waiting_for={name: tuple(before) for name, before in waiting.items()},
+        dependents={name: tuple(later) for name, later in dependents.items()},
+        tags={
+            agent.name: (f"agent:{agent.name}", f"workstream:{agent.workstream}", f"priority:{agent.priority}")
+            for agent in plan.agents
+        },
+        task_position={task.id: i for i, task in enumerate(plan.tasks)},
+    )
+
+
 def compile_flow(plan: Plan, options: RunOptions | None = None) -> Flow[[], reporting.RunSummary]:
     """A Prefect flow named after the orchestration that runs the plan when called."""
     chosen = options or RunOptions()
+    schedule = schedule_of(plan)
 
     def run_plan() -> State[reporting.RunSummary]:
-        return execute_plan(plan, chosen)
+        return execute_plan(schedule, chosen)
 
     return Flow(
         run_plan,
@@ -116,11 +150,12 @@ def orchestrate(
     )
     if checked.plan is None:
         return reporting.config_failed_state(checked.issues)  # type: ignore[return-value]
-    return execute_plan(checked.plan, RunOptions(dry_run=dry_run))  # type: ignore[return-value]
+    return execute_plan(schedule_of(checked.plan), RunOptions(dry_run=dry_run))  # type: ignore[return-value]
 
 
-def execute_plan(plan: Plan, options: RunOptions) -> State[reporting.RunSummary]:
+def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.RunSummary]:
     """Run a plan inside the current flow run; return the flow run's final state."""
+    plan = schedule.plan
     flow_run = FlowRunContext.get().flow_run  # type: ignore[union-attr]
     assert flow_run is not None, "execute_plan runs inside a flow run"
     logger = get_run_logger()
@@ -156,7 +191,7 @@ def execute_plan(plan: Plan, options: RunOptions) -> State[reporting.RunSummary]
     watcher = CancellationWatcher(flow_run.id, options.cancel_poll_seconds, sandbox)
     watcher.start()
     try:
-        outcomes = Scheduler(plan, context, report, watcher).run()
+        outcomes = Scheduler(schedule, context, report, watcher).run()
     finally:
         watcher.stop()
         if sandbox is not None:
@@ -209,22 +244,18 @@ class Scheduler:
 
     def __init__(
         self,
-        plan: Plan,
+        schedule: Schedule,
         context: ExecutionContext,
         report: reporting.RunReport,
         watcher: CancellationWatcher,
     ) -> None:
-        self.plan = plan
+        self.schedule = schedule
+        self.plan = schedule.plan
+        self.agents = schedule.agents
         self.context = context
         self.report = report
         self.watcher = watcher
-        self.agents = {agent.name: agent for agent in plan.agents}
-        self.position = {agent.name: i for i, agent in enumerate(plan.agents)}
-        self.waiting: dict[str, set[str]] = {agent.name: set() for agent in plan.agents}
-        self.dependents: dict[str, list[str]] = {agent.name: [] for agent in plan.agents}
-        for before, later in plan.ordering_edges:
-            self.waiting[later].add(before)
-            self.dependents[before].append(later)
+        self.waiting = {name: set(before) for name, before in schedule.waiting_for.items()}
         self.status: dict[str, str] = {}  # agent -> completed | failed | skipped | cancelled
         self.cause: dict[str, str] = {}  # agent -> the failure that stopped it, for downstream messages
         self.last_future: dict[str, PrefectFuture[Any]] = {}
@@ -260,8 +291,7 @@ class Scheduler:
                 if self.context.sandbox is not None:
                     self.context.sandbox.cancel()
                 raise
-        order = {task.id: i for i, task in enumerate(self.plan.tasks)}
-        return sorted(self.outcomes.values(), key=lambda o: order[o.task_id])
+        return sorted(self.outcomes.values(), key=lambda o: self.schedule.task_position[o.task_id])
 
     def _make_ready(self, name: str) -> None:
         agent = self.agents[name]
@@ -275,7 +305,7 @@ class Scheduler:
             reason = f"not run: required agent {upstream!r} {word[self.status[upstream]]}: {self.cause[upstream]}"
             self._skip_agent(agent, reason, cause=self.cause[upstream])
             return
-        heapq.heappush(self.ready, (PRIORITY_RANK[agent.priority], self.position[name], name))
+        heapq.heappush(self.ready, (PRIORITY_RANK[agent.priority], self.schedule.position[name], name))
 
     def _start_ready_agents(self) -> None:
         while self.ready and len(self.running) < self.plan.max_concurrent_agents:
@@ -293,13 +323,11 @@ class Scheduler:
             upstream = [self.last_future[n] for n in finished if n in self.last_future]
             self._submit(agent, agent.tasks[0], upstream, skip_reason=None)
 
-    def waiting_for(self, agent: PlannedAgent) -> list[str]:
-        return [before for before, later in self.plan.ordering_edges if later == agent.name]
-
     def finished_upstream(self, agent: PlannedAgent) -> list[str]:
-        """Agents this one requires, and those it optionally depends on that have finished."""
-        optional = [n for n in agent.optional_requires if n in self.status and n not in agent.requires]
-        return [*self.waiting_for(agent), *(n for n in optional if n not in self.waiting_for(agent))]
+        """Agents this one waits for, and those it optionally depends on that have finished."""
+        waited = self.schedule.waiting_for[agent.name]
+        optional = [n for n in agent.optional_requires if n in self.status and n not in waited]
+        return [*waited, *optional]
 
     def _submit(
         self,
@@ -311,7 +339,7 @@ class Scheduler:
         task = agent_task if planned.retries == 0 or skip_reason else _with_retries(planned.retries)
         # The scheduler submits a task only once its upstream task runs are final, so Prefect
         # need not wait for them; recording them as inputs makes them upstream relations.
-        with tags(f"agent:{agent.name}", f"workstream:{agent.workstream}", f"priority:{agent.priority}"):
+        with tags(*self.schedule.tags[agent.name]):
             future = self.runner.submit(
                 task,
                 parameters={
@@ -373,7 +401,8 @@ class Scheduler:
         self._finish_agent(agent, "cancelled", "the run was cancelled", cause="the run was cancelled")
 
     def _skip_agent(self, agent: PlannedAgent, reason: str, cause: str) -> None:
-        upstream = [self.last_future[n] for n in self.waiting_for(agent) if n in self.last_future]
+        waited = self.schedule.waiting_for[agent.name]
+        upstream = [self.last_future[n] for n in waited if n in self.last_future]
         for planned in agent.tasks:
             upstream = [self._submit(agent, planned, upstream, skip_reason=reason)]
         self._finish_agent(agent, "skipped", reason, cause=cause)
@@ -382,7 +411,7 @@ class Scheduler:
         self.status[agent.name] = status
         self.cause[agent.name] = cause
         self.report.agent_finished(agent, status, message)
-        for later in self.dependents[agent.name]:
+        for later in self.schedule.dependents[agent.name]:
             self.waiting[later].discard(agent.name)
             if not self.waiting[later]:
                 self._make_ready(later)
