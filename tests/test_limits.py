@@ -90,3 +90,20 @@ def test_formatting_round_trips():
         assert parse_memory(format_bytes(size)) == size
     for seconds in (0.25, 5, 60, 5400, 86400):
         assert parse_duration(format_seconds(seconds)) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("parse", "value"),
+    [
+        (parse_memory, 10**400),
+        (parse_memory, float("inf")),
+        (parse_memory, "9" * 400 + "MB"),
+        (parse_duration, 10**400),
+        (parse_duration, float("nan")),
+        (parse_duration, "1" + "0" * 400),
+        (parse_cpu, "9" * 400 + "%"),
+    ],
+)
+def test_numbers_a_float_cannot_hold_are_errors(parse, value):
+    with pytest.raises(ValueError, match="too large"):
+        parse(value)

@@ -16,7 +16,7 @@ from toka_agents.config import load_paths
 from toka_agents.config.models import LlmTask
 from toka_agents.reporting import agent_notes
 
-SPECS = Path(__file__).resolve().parents[2] / "shared" / "toka-specs"
+SPECS = Path(__file__).resolve().parent / "data" / "toka-specs"
 V03 = SPECS / "v0.3"
 AGENTS_TOML = SPECS / "config" / "agents.toml"
 TESTING_TOML = SPECS / "config" / "testing-agents.toml"

@@ -7,6 +7,7 @@ message shows the value and the accepted forms; the config layer adds file and k
 
 from __future__ import annotations
 
+import math
 import re
 
 _MEMORY_UNITS = {
@@ -39,15 +40,15 @@ def parse_memory(value: object) -> int:
     """`512MB`, `1gb`, `64 KiB`, `1048576` -> bytes (1024-based)."""
     if isinstance(value, bool):
         raise ValueError(f"invalid memory {value!r}: use a size like 512MB or 1GB")
-    if isinstance(value, int):
-        number, unit = float(value), ""
+    if isinstance(value, (int, float)):
+        number, unit = _finite(value, "memory"), ""
     else:
         match = _MEMORY.match(str(value))
         if not match or match.group(2).lower() not in _MEMORY_UNITS:
             raise ValueError(
                 f"invalid memory {value!r}: use a number with B, KB, MB, GB or TB, like 512MB"
             )
-        number, unit = float(match.group(1)), match.group(2).lower()
+        number, unit = _finite(match.group(1), "memory"), match.group(2).lower()
     size = int(number * _MEMORY_UNITS[unit])
     if size <= 0:
         raise ValueError(f"invalid memory {value!r}: must be more than 0")
@@ -64,11 +65,11 @@ def parse_cpu(value: object) -> float:
         raise ValueError(f"invalid cpu {value!r}: use 50%, 0.5 or '2 cores'")
     text = str(value)
     if match := _CPU_PERCENT.match(text):
-        cores = float(match.group(1)) / 100
+        cores = _finite(match.group(1), "cpu") / 100
     elif match := _CPU_CORES.match(text):
-        cores = float(match.group(1))
+        cores = _finite(match.group(1), "cpu")
     elif match := _CPU_NUMBER.match(text):
-        number = float(match.group(1))
+        number = _finite(match.group(1), "cpu")
         cores = number if number <= 1 else number / 100
     else:
         raise ValueError(
@@ -84,17 +85,28 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r}: use 30s, 5m, 2h or seconds")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        seconds = _finite(value, "duration")
     else:
         match = _TIME.match(str(value))
         if not match:
             raise ValueError(
                 f"invalid duration {value!r}: use a number with ms, s, m, h or d, like 30s or 2h"
             )
-        seconds = float(match.group(1)) * _TIME_UNITS[(match.group(2) or "").lower()]
+        seconds = _finite(match.group(1), "duration") * _TIME_UNITS[(match.group(2) or "").lower()]
     if seconds <= 0:
         raise ValueError(f"invalid duration {value!r}: must be more than 0")
     return seconds
+
+
+def _finite(number: object, what: str) -> float:
+    """`number` as a float, refusing what a float cannot hold (10**400, nan, inf)."""
+    try:
+        result = float(number)  # type: ignore[arg-type]
+    except (OverflowError, ValueError):
+        raise ValueError(f"invalid {what} {number!r}: too large") from None
+    if not math.isfinite(result) or result > 1e15:
+        raise ValueError(f"invalid {what} {number!r}: too large")
+    return result
 
 
 def format_bytes(size: int | None) -> str:

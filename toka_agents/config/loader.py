@@ -146,7 +146,8 @@ def _json_schema(document: dict[str, Any], path: Path, shown: str) -> Fragment:
 
 
 def _merge(fragments: list[Fragment], paths: Sequence[str | Path]) -> LoadResult:
-    issues = [issue for fragment in fragments for issue in fragment.issues]
+    # A file-wide setting shared by several agents may be reported once per agent.
+    issues = list(dict.fromkeys(issue for fragment in fragments for issue in fragment.issues))
     warnings = [warning for fragment in fragments for warning in fragment.warnings]
     broken = {name for fragment in fragments for name in fragment.broken_agents}
 

@@ -180,10 +180,12 @@ class AgentSource:
         index = len(self.fields.setdefault("tasks", []))
         self.sources[f"tasks.{index}"] = self.at(path)
         if not isinstance(task, dict):
-            self.fields["tasks"].append({"kind": "llm", "name": name, "instruction": task})
+            unique = self.unique_task_name(name)
+            self.fields["tasks"].append({"kind": "llm", "name": unique, "instruction": task})
             return
         description = task.get("description")
-        built: dict[str, Any] = {"kind": "llm", "name": f"{name}-{_slug(description)}"}
+        unique = self.unique_task_name(f"{name}-{_slug(description)}")
+        built: dict[str, Any] = {"kind": "llm", "name": unique}
         for native, toka in (
             ("instruction", "description"),
             ("priority", "priority"),
@@ -200,6 +202,15 @@ class AgentSource:
             built["condition"] = condition
         self.add_requirements(task.get("dependencies"), f"{path}.dependencies")
         self.fields["tasks"].append(built)
+
+    def unique_task_name(self, name: str) -> str:
+        """Task names are made from descriptions and group names, which may repeat."""
+        taken = {task.get("name") for task in self.fields.get("tasks", [])}
+        unique, count = name, 1
+        while unique in taken:
+            count += 1
+            unique = f"{name}-{count}"
+        return unique
 
 
 def build_agent(source: AgentSource, origin: Origin, extra: dict[str, Any]) -> Fragment:
