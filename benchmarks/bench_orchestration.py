@@ -458,7 +458,7 @@ def postgres_database(bin_dir: Path) -> Iterator[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def part_run(tasks: int, repeat: int) -> None:
+def part_run(tasks: int, repeat: int, databases: Sequence[str]) -> None:
     plan = toka_agents.plan(run_benchmark_config(tasks))
     warmup = toka_agents.plan(run_benchmark_config(2 * TASKS_PER_RUN_AGENT))
     count = len(plan.tasks)
@@ -469,12 +469,12 @@ def part_run(tasks: int, repeat: int) -> None:
     )
     retries = RetryCounter()
     bin_dir = postgres_bin()
-    backends: list[tuple[str, Callable[[], contextlib.AbstractContextManager[str | None]]]] = [
-        ("SQLite", lambda: contextlib.nullcontext(None))
-    ]
-    if bin_dir is None:
-        print("PostgreSQL is not installed (apt-get install postgresql): SQLite only\n")
-    else:
+    backends: list[tuple[str, Callable[[], contextlib.AbstractContextManager[str | None]]]] = []
+    if "sqlite" in databases:
+        backends.append(("SQLite", lambda: contextlib.nullcontext(None)))
+    if "postgresql" in databases and bin_dir is None:
+        print("PostgreSQL is not installed (apt-get install postgresql): skipping it\n")
+    elif "postgresql" in databases:
         backends.append(("PostgreSQL", lambda: postgres_database(bin_dir)))
     for backend, database in backends:
         with database() as database_url:
@@ -546,6 +546,11 @@ def main() -> None:
         "--run-tasks", type=int, default=40, help="tasks per run, a multiple of 4 (part 2)"
     )
     parser.add_argument("--repeat", type=int, default=3, help="measured runs of each flow (part 2)")
+    parser.add_argument(
+        "--databases",
+        default="sqlite,postgresql",
+        help="Prefect server databases to run on, comma-separated (part 2)",
+    )
     args = parser.parse_args()
     if args.agents < 1 or args.tasks_per_agent < 1 or args.repeat < 1:
         parser.error("--agents, --tasks-per-agent and --repeat must be at least 1")
@@ -557,7 +562,7 @@ def main() -> None:
         if args.part == "all":
             print("\n")
         if args.part in ("run", "all"):
-            part_run(args.run_tasks, args.repeat)
+            part_run(args.run_tasks, args.repeat, args.databases.split(","))
     finally:
         shutil.rmtree(os.environ["PREFECT_HOME"], ignore_errors=True)
 

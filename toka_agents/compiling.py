@@ -28,7 +28,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.utilities.annotations import quote
+from prefect.utilities.annotations import allow_failure, quote
 
 from toka_agents import executor, reporting
 from toka_agents.config.models import PRIORITY_RANK
@@ -56,7 +56,10 @@ def _run_agent_task(
     skip_reason: str | None,
     upstream: tuple[str, ...] = (),
     upstream_results: dict[str, TaskOutcome] | None = None,
+    previous: PrefectFuture[Any] | None = None,
 ) -> State[TaskOutcome]:
+    if skip_reason is None and previous is not None and not previous.state.is_completed():
+        skip_reason = f"not run: earlier task {upstream[-1]} failed: {previous.state.message}"
     if skip_reason is not None:
         outcome = executor.skipped(planned, skip_reason)
     else:
@@ -267,9 +270,11 @@ class Scheduler:
         self.pending = 0
         self.running: set[str] = set()
         self.ready: list[tuple[int, int, str]] = []
+        self.next_task: dict[str, int] = {}  # agent -> index of its first task not yet submitted
 
     def run(self) -> list[TaskOutcome]:
-        workers = self.plan.max_concurrent_agents + 1
+        # A running agent holds two workers: its running task, and its next one waiting for it.
+        workers = 2 * self.plan.max_concurrent_agents + 1
         with ThreadPoolTaskRunner(max_workers=workers) as self.runner:
             try:
                 for name, before in self.waiting.items():
@@ -321,7 +326,18 @@ class Scheduler:
             finished = self.finished_upstream(agent)
             self.handed_on[name] = {n: self.last_outcome[n] for n in finished if n in self.last_outcome}
             upstream = [self.last_future[n] for n in finished if n in self.last_future]
-            self._submit(agent, agent.tasks[0], upstream, skip_reason=None)
+            first = self._submit(agent, agent.tasks[0], upstream, skip_reason=None)
+            self.next_task[name] = 1
+            self._submit_next(agent, first)
+
+    def _submit_next(self, agent: PlannedAgent, previous: PrefectFuture[Any]) -> None:
+        """Submit the agent's next task to wait for `previous`: its task run then exists, and
+        starts the moment `previous` ends, instead of after a round trip through the scheduler.
+        If `previous` fails, it ends Skipped."""
+        index = self.next_task[agent.name]
+        if index < len(agent.tasks):
+            self._submit(agent, agent.tasks[index], [previous], skip_reason=None, previous=previous)
+            self.next_task[agent.name] = index + 1
 
     def finished_upstream(self, agent: PlannedAgent) -> list[str]:
         """Agents this one waits for, and those it optionally depends on that have finished."""
@@ -335,10 +351,11 @@ class Scheduler:
         planned: PlannedTask,
         upstream: list[PrefectFuture[Any]],
         skip_reason: str | None,
+        previous: PrefectFuture[Any] | None = None,
     ) -> PrefectFuture[Any]:
         task = agent_task if planned.retries == 0 or skip_reason else _with_retries(planned.retries)
-        # The scheduler submits a task only once its upstream task runs are final, so Prefect
-        # need not wait for them; recording them as inputs makes them upstream relations.
+        # Upstream task runs are final when a task is submitted, except `previous`, which
+        # Prefect waits for; recording them all as inputs makes them upstream relations.
         with tags(*self.schedule.tags[agent.name]):
             future = self.runner.submit(
                 task,
@@ -349,7 +366,9 @@ class Scheduler:
                     "skip_reason": skip_reason,
                     "upstream": tuple(self.task_label[f.task_run_id] for f in upstream),
                     "upstream_results": quote(self.handed_on.get(agent.name, {})),
+                    "previous": quote(previous),
                 },
+                wait_for=[allow_failure(previous)] if previous is not None else None,
                 dependencies={"upstream": {TaskRunResult(id=f.task_run_id) for f in upstream}},
             )
         self.pending += 1
@@ -363,35 +382,40 @@ class Scheduler:
         state = future.state
         outcome = state.result(raise_on_failure=False) if state.is_final() else None
         if not isinstance(outcome, TaskOutcome):
-            # Prefect itself failed the task run (a crash, not our code's verdict).
-            message = state.message or f"task run ended in state {state.name}"
-            outcome = TaskOutcome(
-                task_id=planned.id, agent=planned.agent, task=planned.name, status="failed", message=message
-            )
+            outcome = self._outcome_of_prefect_state(planned, state)
         self.outcomes[planned.id] = outcome
         self.last_outcome[planned.agent] = outcome
         self.report.task_finished(outcome)
         agent = self.agents[planned.agent]
         if agent.name not in self.running:
-            return  # a skipped task of an agent that is already settled
-        if outcome.ok and planned.index + 1 < len(agent.tasks):
-            if self.watcher.cancelled.is_set():
-                self._cancel_rest(agent, planned.index + 1)
-                return
-            self._submit(agent, agent.tasks[planned.index + 1], [future], skip_reason=None)
+            return  # a task of an agent that is already settled
+        cancelled = outcome.status == "cancelled" or self.watcher.cancelled.is_set()
+        if outcome.ok and planned.index + 1 < len(agent.tasks) and not cancelled:
+            self._submit_next(agent, self.last_future[agent.name])
             return
         self.running.discard(agent.name)
-        if outcome.ok:
+        if outcome.ok and planned.index + 1 == len(agent.tasks):
             self._finish_agent(agent, "completed", f"{len(agent.tasks)} tasks done", cause="")
             return
-        cause = f"{planned.id}: {outcome.message}"
-        if outcome.status == "cancelled" or self.watcher.cancelled.is_set():
-            self._cancel_rest(agent, planned.index + 1)
+        if cancelled:
+            self._cancel_rest(agent, self.next_task[agent.name])
             return
-        for later in agent.tasks[planned.index + 1 :]:
+        # The task submitted after this one ends Skipped by itself; the rest are skipped here.
+        for later in agent.tasks[self.next_task[agent.name] :]:
             reason = f"not run: earlier task {planned.id} failed: {outcome.message}"
             self._submit(agent, later, [self.last_future[agent.name]], reason)
+        cause = f"{planned.id}: {outcome.message}"
         self._finish_agent(agent, "failed", f"failed at {cause}", cause=cause)
+
+    def _outcome_of_prefect_state(self, planned: PlannedTask, state: State[Any]) -> TaskOutcome:
+        """The outcome of a task run that Prefect ended, not our code: a crash, or a task that
+        waited for one the run's cancellation stopped."""
+        if self.watcher.cancelled.is_set():
+            return executor.cancelled(planned, "not run: the run was cancelled")
+        message = state.message or f"task run ended in state {state.name}"
+        return TaskOutcome(
+            task_id=planned.id, agent=planned.agent, task=planned.name, status="failed", message=message
+        )
 
     def _cancel_rest(self, agent: PlannedAgent, start: int) -> None:
         """After a cancel, tasks that did not start get no task runs, only a line in the summary."""
