@@ -22,6 +22,9 @@ os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["TOKA_HOME"] = tempfile.mkdtemp(prefix="toka-tests-home-")
 os.environ.pop("PREFECT_API_URL", None)
+# No silent embedded server: a test that reaches Prefect must name the session's server
+# (the `prefect_api` fixture) or turn the embedded one on itself.
+os.environ["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"
 
 import httpx  # noqa: E402
 import pytest  # noqa: E402

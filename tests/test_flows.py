@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import os
 import signal
 import subprocess
@@ -299,7 +300,12 @@ def test_cancelling_the_flow_run_removes_its_containers(tmp_path, workspace_root
         """,
     )
     holder = {}
-    thread = threading.Thread(target=lambda: holder.setdefault("result", run(path, workspace_root=workspace_root)))
+    # The thread must see this test's Prefect settings: a new thread starts with none.
+    context = contextvars.copy_context()
+    thread = threading.Thread(
+        target=context.run,
+        args=(lambda: holder.setdefault("result", run(path, workspace_root=workspace_root)),),
+    )
     thread.start()
     with get_client(sync_client=True) as client:
         for _ in range(300):
@@ -365,6 +371,22 @@ def test_cli_orchestrate_prints_where_the_results_are(tmp_path, prefect_api):
     workspace = Path(workspace_line.split(": ", 1)[1])
     assert (workspace / "report.md").is_file() and workspace.is_relative_to(tmp_path)
     assert f"In the Prefect UI: {prefect_api.removesuffix('/api')}/runs/flow-run/" in result.stdout
+
+
+def test_cli_orchestrate_runs_on_the_embedded_server_by_default(tmp_path):
+    # README's run command: no PREFECT_API_URL, so Prefect's embedded server (SQLite).
+    result = run_toka(
+        "orchestrate",
+        str(EXAMPLES / "quickstart.yaml"),
+        "--workspace-dir",
+        str(tmp_path / "runs"),
+        env={"PREFECT_SERVER_EPHEMERAL_ENABLED": "true", "PREFECT_HOME": str(tmp_path / "prefect")},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Run: Completed: 5 agents, 6 of 6 tasks done" in result.stdout
+    assert "Recorded by Prefect's embedded server; to browse it, run `prefect server start`" in result.stdout
+    assert (tmp_path / "prefect" / "prefect.db").is_file()
+    assert len(list((tmp_path / "runs").glob("quickstart-*/workspace/report.md"))) == 1
 
 
 def test_cli_orchestrate_exits_1_when_the_run_fails(tmp_path, prefect_api):
