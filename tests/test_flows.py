@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -131,6 +132,8 @@ agents:
   - name: greedy
     limits: {memory: 64MB}
     tasks: [{name: eat, code: {language: python, source: "x = bytearray(300 * 1024 * 1024)"}}]
+  - name: chatty
+    tasks: [{name: talk, code: {language: python, source: "print('x' * 3_000_000)"}}]
 """
 
 
@@ -152,6 +155,9 @@ def test_failures_become_failed_states_with_reasons(tmp_path, workspace_root):
     assert status["independent/work"][0] == "completed"
     assert status["slow/sleep"] == ("failed", "timed out after 1s")
     assert status["greedy/eat"] == ("failed", "killed: memory limit 64MB exceeded")
+    chatty_status, chatty_message = status["chatty/talk"]
+    assert chatty_status == "completed"
+    assert re.fullmatch(r"exit code 0 in \d+\.\d\ds \(stdout cut at 1MB of 2\.861MB\)", chatty_message)
 
     runs = task_runs(result.flow_run_id)
     second = runs["breaks/second"].state

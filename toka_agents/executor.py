@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from toka_agents.config.limits import format_bytes
 from toka_agents.errors import SandboxError
 from toka_agents.planning import Plan, PlannedTask
 from toka_agents.sandbox import Sandbox, SandboxCancelled, SandboxResult, SandboxSpec
@@ -148,12 +149,23 @@ def sandbox_spec(
 def outcome_from_result(task: PlannedTask, result: SandboxResult) -> TaskOutcome:
     failure = result.failure
     status: Status = "completed" if failure is None else ("cancelled" if result.cancelled else "failed")
+    message = failure or f"exit code 0 in {result.duration:.2f}s"
+    cut = [
+        f"{name} cut at {format_bytes(result.output_limit)} of {format_bytes(size)}"
+        for name, size, truncated in (
+            ("stdout", result.stdout_bytes, result.stdout_truncated),
+            ("stderr", result.stderr_bytes, result.stderr_truncated),
+        )
+        if truncated
+    ]
+    if cut:
+        message += f" ({'; '.join(cut)})"
     return TaskOutcome(
         task_id=task.id,
         agent=task.agent,
         task=task.name,
         status=status,
-        message=failure or f"exit code 0 in {result.duration:.2f}s",
+        message=message,
         exit_code=result.exit_code,
         stdout_tail=result.stdout_tail[-2000:],
         stderr_tail=result.stderr_tail[-2000:],
