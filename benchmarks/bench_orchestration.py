@@ -111,9 +111,7 @@ def plan_benchmark_config(agents: int, tasks_per_agent: int) -> Orchestration:
                 ],
             )
         )
-    return Orchestration(
-        name=f"bench-{agents}x{tasks_per_agent}", max_concurrent_agents=4, agents=built
-    )
+    return Orchestration(name=f"bench-{agents}x{tasks_per_agent}", max_concurrent_agents=4, agents=built)
 
 
 def run_benchmark_config(tasks: int) -> Orchestration:
@@ -449,7 +447,17 @@ def postgres_database(bin_dir: Path) -> Iterator[str]:
     data = directory / "data"
     pg(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
     options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off"
-    pg(str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(directory / "log"), "-w", "start")
+    pg(
+        str(bin_dir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-o",
+        options,
+        "-l",
+        str(directory / "log"),
+        "-w",
+        "start",
+    )
     try:
         pg(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "prefect")
         yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/prefect"
@@ -497,7 +505,10 @@ def run_on_backend(
         "baseline+tags": lambda p, root: run_baseline(p, root, tagged=True),
     }
     measured: dict[str, list[Measured]] = {name: [] for name in flows}
-    with prefect_server(database_url) as url, tempfile.TemporaryDirectory(prefix="toka-bench-runs-") as root:
+    with (
+        prefect_server(database_url) as url,
+        tempfile.TemporaryDirectory(prefix="toka-bench-runs-") as root,
+    ):
         print(f"Prefect server on {backend}: {url}")
         workspaces = Path(root)
         for run in flows.values():
@@ -505,12 +516,17 @@ def run_on_backend(
         for _ in range(repeat):
             for name, run in flows.items():
                 measured[name].append(measure(run, plan, workspaces, retries))
-        task_runs = {name: task_run_count(runs[-1].flow_run_id, count) for name, runs in measured.items()}
+        task_runs = {
+            name: task_run_count(runs[-1].flow_run_id, count) for name, runs in measured.items()
+        }
 
     medians = {name: statistics.median(m.seconds for m in runs) for name, runs in measured.items()}
     rows = [
-        [str(i), *(f"{measured[name][i - 1].seconds:.2f}" for name in flows),
-         *(str(measured[name][i - 1].retries) for name in flows)]
+        [
+            str(i),
+            *(f"{measured[name][i - 1].seconds:.2f}" for name in flows),
+            *(str(measured[name][i - 1].retries) for name in flows),
+        ]
         for i in range(1, repeat + 1)
     ]
     rows.append(["median", *(f"{medians[name]:.2f}" for name in flows), "", "", ""])
@@ -536,12 +552,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--part", choices=("plan", "run", "all"), default="all")
-    parser.add_argument(
-        "--agents", type=int, default=1000, help="agents of the largest size (part 1)"
-    )
-    parser.add_argument(
-        "--tasks-per-agent", type=int, default=10, help="tasks of each agent (part 1)"
-    )
+    parser.add_argument("--agents", type=int, default=1000, help="agents of the largest size (part 1)")
+    parser.add_argument("--tasks-per-agent", type=int, default=10, help="tasks of each agent (part 1)")
     parser.add_argument(
         "--run-tasks", type=int, default=40, help="tasks per run, a multiple of 4 (part 2)"
     )

@@ -83,9 +83,7 @@ def _keys(node: Any) -> set[str]:
 # Other names a key may be renamed to: every key of the real files and of the native format.
 _NATIVE_KEYS = {
     name
-    for model in (
-        models.OrchestrationFile, models.Agent, models.LlmTask, models.CodeTask, models.Limits
-    )
+    for model in (models.OrchestrationFile, models.Agent, models.LlmTask, models.CodeTask, models.Limits)
     for name in model.model_fields
 }
 KEY_POOL = sorted(_NATIVE_KEYS.union(*(_keys(original(f)) for f in [*V03_FILES, *TOML_FILES])))

@@ -130,7 +130,9 @@ def write_config(directory: Path, text: str, name: str = "config.yaml") -> Path:
     return path
 
 
-def run_toka(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_toka(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """The real `toka` command in a subprocess."""
     return subprocess.run(
         [TOKA, *args],

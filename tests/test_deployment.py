@@ -9,15 +9,16 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
-from prefect import get_client
-
 from conftest import REPO
+from prefect import get_client
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 pytestmark = pytest.mark.usefixtures("sandbox_image", "no_leftover_containers")
 
 
-def prefect(*args: str, api: str, cwd: Path = REPO, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def prefect(
+    *args: str, api: str, cwd: Path = REPO, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [PREFECT, *args],
         capture_output=True,

@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -15,12 +14,12 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
+from conftest import EXAMPLES, REPO, TOKA, run_toka, toka_containers, write_config
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import Cancelling
 
-from conftest import EXAMPLES, TOKA, REPO, run_toka, toka_containers, write_config
 from toka_agents import orchestrate, run
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
@@ -28,13 +27,17 @@ pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftove
 
 def task_runs(flow_run_id: UUID) -> dict[str, TaskRun]:
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
     return {task_run.name: task_run for task_run in runs}
 
 
 def artifacts(flow_run_id: UUID):
     with get_client(sync_client=True) as client:
-        return client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        return client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
 
 
 def config(tmp_path: Path, body: str) -> Path:
@@ -73,13 +76,17 @@ def test_quickstart_end_to_end(workspace_root):
     summarize = runs["describe/summarize"]
     assert summarize.state.is_completed()
     assert set(summarize.tags) >= {"agent:describe", "workstream:analysis", "priority:high"}
+
     # Dependencies are real Prefect upstream relations: the UI graph draws them.
     def upstream(name: str) -> set[UUID]:
         return {ref.id for ref in runs[name].task_inputs["upstream"]}
 
     assert upstream("describe/summarize") == {runs["generate/make-data"].id}
     assert upstream("outliers/top-readings") == {runs["outliers/find-outliers"].id}
-    assert upstream("report/write-report") == {runs["describe/summarize"].id, runs["outliers/top-readings"].id}
+    assert upstream("report/write-report") == {
+        runs["describe/summarize"].id,
+        runs["outliers/top-readings"].id,
+    }
     assert upstream("generate/make-data") == set()
 
     found = artifacts(result.flow_run_id)
@@ -143,7 +150,10 @@ def test_failures_become_failed_states_with_reasons(tmp_path, workspace_root):
     status = {o.task_id: (o.status, o.message) for o in result.outcomes}
     assert status["breaks/first"][0] == "completed"
     assert status["breaks/second"] == ("failed", "exit code 3: disk on fire")
-    assert status["breaks/third"] == ("skipped", "not run: earlier task breaks/second failed: exit code 3: disk on fire")
+    assert status["breaks/third"] == (
+        "skipped",
+        "not run: earlier task breaks/second failed: exit code 3: disk on fire",
+    )
     assert status["downstream/use"] == (
         "skipped",
         "not run: required agent 'breaks' failed: breaks/second: exit code 3: disk on fire",
@@ -167,7 +177,9 @@ def test_failures_become_failed_states_with_reasons(tmp_path, workspace_root):
     skipped = runs["downstream/use"].state
     assert skipped.is_cancelled() and skipped.name == "Skipped"
     assert "required agent 'breaks' failed" in skipped.message
-    assert {ref.id for ref in runs["downstream/use"].task_inputs["upstream"]} == {runs["breaks/third"].id}
+    assert {ref.id for ref in runs["downstream/use"].task_inputs["upstream"]} == {
+        runs["breaks/third"].id
+    }
 
     assert result.state.message.startswith("3 task(s) failed: breaks/second: exit code 3: disk on fire")
     assert "skipped agents: breaks, downstream, further" in result.state.message
@@ -233,7 +245,9 @@ def test_independent_agents_run_concurrently(tmp_path, workspace_root):
         time.sleep(0.1)
     sys.exit("never met " + other)
     """
-    result = run(agents_running(tmp_path, rendezvous, ["left", "right"], 2), workspace_root=workspace_root)
+    result = run(
+        agents_running(tmp_path, rendezvous, ["left", "right"], 2), workspace_root=workspace_root
+    )
     assert result.ok, result.state.message
     assert [o.stdout_tail for o in result.outcomes] == ["met right\n", "met left\n"]
 
@@ -283,7 +297,9 @@ def test_an_agent_starts_only_after_its_requirements_completed(tmp_path, workspa
     assert result.outcomes[-1].stdout_tail == "one\ntwo\n"
 
 
-def test_unreachable_docker_engine_fails_every_task_with_the_reason(tmp_path, workspace_root, monkeypatch):
+def test_unreachable_docker_engine_fails_every_task_with_the_reason(
+    tmp_path, workspace_root, monkeypatch
+):
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/absent.sock")
     result = run(EXAMPLES / "quickstart.yaml", workspace_root=workspace_root)
     assert result.state.is_failed()
@@ -320,7 +336,9 @@ def test_cancelling_the_flow_run_removes_its_containers(tmp_path, workspace_root
                 break
             time.sleep(0.1)
         assert containers, "the task never started a container"
-        run_id = docker_client.api.inspect_container(containers[0])["Config"]["Labels"]["org.toka-agents.run"]
+        run_id = docker_client.api.inspect_container(containers[0])["Config"]["Labels"][
+            "org.toka-agents.run"
+        ]
         client.set_flow_run_state(UUID(run_id), Cancelling(), force=True)
     thread.join(timeout=60)
     assert not thread.is_alive()
@@ -390,14 +408,20 @@ def test_cli_orchestrate_runs_on_the_embedded_server_by_default(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Run: Completed: 5 agents, 6 of 6 tasks done" in result.stdout
-    assert "Recorded by Prefect's embedded server; to browse it, run `prefect server start`" in result.stdout
+    assert (
+        "Recorded by Prefect's embedded server; to browse it, run `prefect server start`"
+        in result.stdout
+    )
     assert (tmp_path / "prefect" / "prefect.db").is_file()
     assert len(list((tmp_path / "runs").glob("quickstart-*/workspace/report.md"))) == 1
 
 
 def test_cli_orchestrate_exits_1_when_the_run_fails(tmp_path, prefect_api):
     result = run_toka(
-        "orchestrate", str(config(tmp_path, FAILING)), "--workspace-dir", str(tmp_path / "runs"),
+        "orchestrate",
+        str(config(tmp_path, FAILING)),
+        "--workspace-dir",
+        str(tmp_path / "runs"),
         env={"PREFECT_API_URL": prefect_api},
     )
     assert result.returncode == 1
@@ -406,7 +430,10 @@ def test_cli_orchestrate_exits_1_when_the_run_fails(tmp_path, prefect_api):
 
 
 def test_deployment_flow_fails_with_the_config_problems(tmp_path):
-    bad = config(tmp_path, "name: x\nagents:\n  - name: a\n    requires: [ghost]\n    tasks: [{name: t, code: {language: shell, source: 'true'}}]\n")
+    bad = config(
+        tmp_path,
+        "name: x\nagents:\n  - name: a\n    requires: [ghost]\n    tasks: [{name: t, code: {language: shell, source: 'true'}}]\n",
+    )
     state = orchestrate(paths=[str(bad)], return_state=True)
     assert state.is_failed()
     assert state.message == (

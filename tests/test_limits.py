@@ -2,7 +2,13 @@
 
 import pytest
 
-from toka_agents.config.limits import format_bytes, format_seconds, parse_cpu, parse_duration, parse_memory
+from toka_agents.config.limits import (
+    format_bytes,
+    format_seconds,
+    parse_cpu,
+    parse_duration,
+    parse_memory,
+)
 
 MB = 1024**2
 

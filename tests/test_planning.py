@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from conftest import EXAMPLES, run_toka
+
 from toka_agents import load, plan
 from toka_agents.config.models import Agent, CodeTask, Orchestration
 
@@ -65,7 +66,13 @@ def test_waves_are_topological_layers_in_priority_order():
         ("release",),
     )
     assert [agent.name for agent in planned.agents] == [
-        "lint", "base", "docs", "security", "tests", "perf", "release"
+        "lint",
+        "base",
+        "docs",
+        "security",
+        "tests",
+        "perf",
+        "release",
     ]
 
 
@@ -109,7 +116,10 @@ def test_effective_settings_inherit_and_override():
     )
     one, two = planned.agent("a").tasks
     assert (one.limits.memory, one.limits.cpu, one.limits.timeout, one.limits.pids) == (
-        1024**3, 0.25, 120.0, 256
+        1024**3,
+        0.25,
+        120.0,
+        256,
     )
     assert two.limits.timeout == 5.0 and two.limits.memory == 1024**3
     assert one.network and one.workspace_writable

@@ -31,6 +31,7 @@ from spec_mutations import (  # noqa: E402
     mutated_specs,
     unmutated,
 )
+
 from toka_agents import validate  # noqa: E402
 
 
@@ -40,9 +41,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
 
 @pytest.mark.parametrize("source", [*V03_FILES, *TOML_FILES], ids=lambda path: path.name)
-def test_unmutated_files_written_as_yaml_validate_cleanly(
-    workspace: Workspace, source: Path
-) -> None:
+def test_unmutated_files_written_as_yaml_validate_cleanly(workspace: Workspace, source: Path) -> None:
     """The harness itself: a real file, rewritten as YAML in the workspace, has no issue at all."""
     _, given_paths = workspace.write(unmutated(source))
     checked = validate(given_paths)

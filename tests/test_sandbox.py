@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import toka_containers
+
 from toka_agents.errors import SandboxError
 from toka_agents.sandbox import Sandbox, SandboxSpec, connect, create_workspace
 
@@ -96,7 +96,9 @@ except OSError as exc:
 
 
 def test_runs_as_non_root_with_no_capabilities(sandbox, spec):
-    result = sandbox.run(spec("id -u; id -g; grep -E '^(CapEff|CapPrm|NoNewPrivs)' /proc/self/status", language="shell"))
+    result = sandbox.run(
+        spec("id -u; id -g; grep -E '^(CapEff|CapPrm|NoNewPrivs)' /proc/self/status", language="shell")
+    )
     lines = result.stdout.split("\n")
     assert lines[0] == "10001" and lines[1] == "10001"
     assert "CapPrm:\t0000000000000000" in result.stdout
@@ -106,7 +108,10 @@ def test_runs_as_non_root_with_no_capabilities(sandbox, spec):
 
 def test_root_file_system_is_read_only_and_tmp_is_writable(sandbox, spec):
     result = sandbox.run(
-        spec("touch /etc/probe 2>&1 || true; touch /probe 2>&1 || true; echo x > /tmp/ok && cat /tmp/ok", language="shell")
+        spec(
+            "touch /etc/probe 2>&1 || true; touch /probe 2>&1 || true; echo x > /tmp/ok && cat /tmp/ok",
+            language="shell",
+        )
     )
     assert result.ok
     assert result.stdout.count("Read-only file system") == 2
@@ -117,7 +122,11 @@ def test_workspace_is_shared_and_read_only_without_write(sandbox, spec):
     wrote = sandbox.run(spec("echo data > shared.txt", language="shell", workspace_writable=True))
     assert wrote.ok
     read = sandbox.run(
-        spec("cat shared.txt; touch other 2>&1 || echo refused", language="shell", workspace_writable=False)
+        spec(
+            "cat shared.txt; touch other 2>&1 || echo refused",
+            language="shell",
+            workspace_writable=False,
+        )
     )
     assert read.ok
     assert read.stdout.startswith("data\n") and "Read-only file system" in read.stdout
@@ -125,7 +134,9 @@ def test_workspace_is_shared_and_read_only_without_write(sandbox, spec):
 
 
 def test_output_is_capped_and_says_so(sandbox, spec):
-    source = "import sys\nfor i in range(20000): print(f'line {i:05d}')\nprint('the end', file=sys.stderr)"
+    source = (
+        "import sys\nfor i in range(20000): print(f'line {i:05d}')\nprint('the end', file=sys.stderr)"
+    )
     result = sandbox.run(spec(source, output_limit=1000))
     assert len(result.stdout) == 1000
     assert result.stdout_truncated and not result.stderr_truncated
@@ -245,7 +256,9 @@ def test_an_exception_in_our_code_still_removes_the_container(sandbox, spec):
 
 
 def test_missing_image_is_a_clear_error(sandbox, spec):
-    with pytest.raises(SandboxError, match=r"sandbox image 'toka-no-such-image:0' is not on the Docker engine"):
+    with pytest.raises(
+        SandboxError, match=r"sandbox image 'toka-no-such-image:0' is not on the Docker engine"
+    ):
         sandbox.run(spec("print(1)", image="toka-no-such-image:0"))
 
 

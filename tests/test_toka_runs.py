@@ -7,10 +7,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import write_config
 from test_flows import artifacts, task_runs
 from test_toka_specs import BASE, V03, V10_SPEC
+
 from toka_agents import ExecutionError, orchestrate, run
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -39,15 +39,22 @@ def test_v03_dry_run_walks_all_78_tasks_in_prefect():
     workstreams = [a for a in progress if a.description.startswith("workstream ")]
     assert len(agents) == 9 and all(a.data == 100.0 for a in agents)
     assert len(workstreams) == 9 and all(a.data == 100.0 for a in workstreams)
-    assert any(a.description == "workstream Build System Stabilization: 8/8 tasks of 1 agents done" for a in workstreams)
+    assert any(
+        a.description == "workstream Build System Stabilization: 8/8 tasks of 1 agents done"
+        for a in workstreams
+    )
     notes = [a for a in artifacts(result.flow_run_id) if a.type == "markdown"]
-    assert notes and "## testing-infrastructure" in notes[0].data and "**test_scenarios**" in notes[0].data
+    assert (
+        notes and "## testing-infrastructure" in notes[0].data and "**test_scenarios**" in notes[0].data
+    )
 
 
 def test_dry_run_and_conditions_are_flow_parameters(tmp_path):
     write_config(tmp_path, V10_SPEC, "mapped.yaml")
     write_config(tmp_path, BASE, "base.yaml")
-    state = orchestrate(paths=[str(tmp_path)], dry_run=True, conditions=["on_failure"], return_state=True)
+    state = orchestrate(
+        paths=[str(tmp_path)], dry_run=True, conditions=["on_failure"], return_state=True
+    )
     assert state.is_completed(), state.message
     ids = [o.task_id for o in state.result().outcomes]
     assert "mapped-agent/on-failure-01-open-an-incident" in ids

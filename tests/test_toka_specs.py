@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import run_toka, write_config
+
 from toka_agents import ConfigError, load, plan, validate
 from toka_agents.config import load_paths
 from toka_agents.config.models import LlmTask
@@ -87,7 +87,11 @@ def test_v03_limits_capabilities_and_workstreams():
     assert task.workspace_writable and not task.network
     assert build.workstream == "Build System Stabilization"
     llm = planned.agent("llm-credentials-setup").tasks[0]
-    assert llm.network and (llm.limits.memory, llm.limits.cpu, llm.limits.timeout) == (256 * 1024**2, 0.25, 3600)
+    assert llm.network and (llm.limits.memory, llm.limits.cpu, llm.limits.timeout) == (
+        256 * 1024**2,
+        0.25,
+        3600,
+    )
     docs = planned.agent("document-organization")
     assert docs.tasks[0].workspace_writable  # it says file-system-write
     assert set(docs.optional_requires) == {"testing-infrastructure", "github-cicd-issues-resolution"}
@@ -116,8 +120,14 @@ def test_toml_settings_and_kept_sections():
     orchestration = load(AGENTS_TOML)
     assert orchestration.max_concurrent_agents == 8
     assert orchestration.llm is not None
-    assert (orchestration.llm.provider, orchestration.llm.model) == ("anthropic", "claude-3-5-sonnet-20241022")
-    assert orchestration.llm.timeout == 30 and orchestration.llm.options == {"rate_limit": 50, "debug_mode": False}
+    assert (orchestration.llm.provider, orchestration.llm.model) == (
+        "anthropic",
+        "claude-3-5-sonnet-20241022",
+    )
+    assert orchestration.llm.timeout == 30 and orchestration.llm.options == {
+        "rate_limit": 50,
+        "debug_mode": False,
+    }
     assert {"storage", "monitoring", "caching", "orchestration", "security"} <= set(orchestration.extra)
     agent = orchestration.agents[0]
     assert {"version", "domain", "branch", "objectives"} <= set(agent.extra)
@@ -197,7 +207,9 @@ def test_v03_dialect_lists_of_single_key_maps(tmp_path):
     agent = next(a for a in orchestration.agents if a.name == "lists-agent")
     assert agent.requires == ["base-agent"] and agent.optional_requires == ["extra-agent"]
     assert agent.origin.dialect == "toka-v0.3"
-    assert agent.extra["reporting"]["metrics"] == [{"name": "rows-written", "description": "How many rows"}]
+    assert agent.extra["reporting"]["metrics"] == [
+        {"name": "rows-written", "description": "How many rows"}
+    ]
     assert agent.extra["test_scenarios"] == [{"name": "smoke"}]
     assert (agent.limits.memory, agent.limits.cpu, agent.limits.timeout) == (128 * 1024**2, 0.5, 90)
     [task] = plan(orchestration).agent("lists-agent").tasks
@@ -270,13 +282,20 @@ def test_v10_dialect(tmp_path):
     assert agent.priority == "critical" and agent.requires == ["base-agent"]
     first, second, release, failure = agent.tasks
     assert isinstance(first, LlmTask)
-    assert (first.priority, first.estimated_duration, first.tools) == ("critical", "2h", ["cargo", "git"])
+    assert (first.priority, first.estimated_duration, first.tools) == (
+        "critical",
+        "2h",
+        ["cargo", "git"],
+    )
     assert (second.priority, second.estimated_duration) == ("low", "1d")
     assert (release.condition, failure.condition) == ("on_release", "on_failure")
     assert agent.extra["metadata"]["checksum"] == "abc123"
     assert agent.extra["metadata"]["schema_version"] == "1.0.0"
     assert agent.extra["reporting"]["metrics"][0] == {
-        "name": "tasks-done", "description": "How many tasks are done", "type": "counter", "unit": "tasks",
+        "name": "tasks-done",
+        "description": "How many tasks are done",
+        "type": "counter",
+        "unit": "tasks",
     }
     assert agent.extra["github_integration"] == {"webhook_events": ["push"]}
     assert (agent.limits.memory, agent.limits.cpu, agent.limits.timeout) == (1024**3, 2.0, 2700)
@@ -307,7 +326,9 @@ def test_schema_departures_are_warnings_that_do_not_stop(tmp_path):
     spec(tmp_path, BASE, "base.yaml")
     result = run_toka("validate", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    assert f"warning: {path}: Toka schema: 'behavioral_directives' is a required property" in result.stderr
+    assert (
+        f"warning: {path}: Toka schema: 'behavioral_directives' is a required property" in result.stderr
+    )
     assert f"warning: {path}: Toka schema: 6 more departures not shown" in result.stderr
     assert result.stdout.startswith("ok: ")
 
@@ -384,7 +405,14 @@ def test_toml_dialect_with_extra_sections_and_tables(tmp_path):
 
 
 def test_toml_unknown_dependency_names_both_agents_and_the_file(tmp_path):
-    path = spec(tmp_path, TOML.replace('dependencies = ["first"]\n\n[[agents.tasks.default]]', 'dependencies = ["ghost"]\n\n[[agents.tasks.default]]'), "agents.toml")
+    path = spec(
+        tmp_path,
+        TOML.replace(
+            'dependencies = ["first"]\n\n[[agents.tasks.default]]',
+            'dependencies = ["ghost"]\n\n[[agents.tasks.default]]',
+        ),
+        "agents.toml",
+    )
     issues = [str(i) for i in validate([path]).issues]
     assert issues == [
         f"{path}: agents.1.tasks.default.0.dependencies.0: agent 'second' requires 'ghost', "
@@ -405,7 +433,9 @@ def test_cycle_across_spec_files_names_every_agent(tmp_path):
         text = V10_SPEC.replace("mapped-agent", name).replace("base-agent", needs)
         spec(tmp_path, text, f"{name}.yaml")
     [issue] = [str(i) for i in validate([tmp_path]).issues]
-    assert issue.endswith("dependency cycle: ring-a -> ring-b -> ring-c -> ring-a (each agent requires the next)")
+    assert issue.endswith(
+        "dependency cycle: ring-a -> ring-b -> ring-c -> ring-a (each agent requires the next)"
+    )
     assert issue.startswith(f"{tmp_path / 'ring-a.yaml'}: dependencies.required: ")
 
 
@@ -414,7 +444,8 @@ def test_bad_limit_in_a_spec_names_file_key_and_value(tmp_path):
     spec(tmp_path, BASE, "base.yaml")
     issues = [str(i) for i in validate([tmp_path]).issues]
     assert any(
-        i.startswith(f"{path}: security.resource_limits.max_memory: invalid memory '1 lots'") for i in issues
+        i.startswith(f"{path}: security.resource_limits.max_memory: invalid memory '1 lots'")
+        for i in issues
     ), issues
     toml = spec(tmp_path / "..", TOML.replace('max_cpu = "0.25"', 'max_cpu = "quick"'), "bad.toml")
     assert [str(i) for i in validate([toml]).issues][0].startswith(
@@ -430,7 +461,10 @@ def test_wrong_shapes_are_config_errors_with_key_paths(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text(yaml.safe_dump(broken))
     issues = [str(i) for i in validate([path]).issues]
-    assert f"{path}: dependencies.required: expected a mapping of agent names or a list, found a string" in issues
+    assert (
+        f"{path}: dependencies.required: expected a mapping of agent names or a list, found a string"
+        in issues
+    )
     assert f"{path}: security.capabilities_required: expected a list, found a mapping" in issues
     assert any(i.startswith(f"{path}: tasks.default.1.instruction: ") for i in issues), issues
     with pytest.raises(ConfigError):
@@ -462,7 +496,11 @@ def test_order_mode_breaks_an_optional_cycle_with_a_warning(tmp_path):
     assert checked.plan.warnings == (
         "optional dependency of 'c' on 'a' does not order them: it would close the cycle a -> c -> b -> a",
     )
-    setting = spec(tmp_path, OPTIONAL.replace("name: optional", "name: optional\noptional_dependencies: order"), "ordered.yaml")
+    setting = spec(
+        tmp_path,
+        OPTIONAL.replace("name: optional", "name: optional\noptional_dependencies: order"),
+        "ordered.yaml",
+    )
     result = run_toka("plan", str(setting), "--json")
     assert result.returncode == 0
     assert "would close the cycle" in result.stderr
@@ -472,13 +510,19 @@ def test_sandbox_false_is_refused_unless_allowed(tmp_path):
     path = spec(tmp_path, V10_SPEC.replace("sandbox: true", "sandbox: false"), "mapped.yaml")
     spec(tmp_path, BASE, "base.yaml")
     [issue] = [str(i) for i in validate([tmp_path]).issues]
-    assert issue.startswith(f"{path}: security.sandbox: agent 'mapped-agent' asks to run without a sandbox")
+    assert issue.startswith(
+        f"{path}: security.sandbox: agent 'mapped-agent' asks to run without a sandbox"
+    )
     allowed = validate([tmp_path], allow_unsandboxed=True)
     assert allowed.ok
     task = allowed.plan.agent("mapped-agent").tasks[0]
     assert task.network and task.workspace_writable
     assert any("asked for no sandbox" in w for w in allowed.plan.warnings)
-    toml = spec(tmp_path / "..", TOML.replace("sandbox_enabled = true", "sandbox_enabled = false"), "nosandbox.toml")
+    toml = spec(
+        tmp_path / "..",
+        TOML.replace("sandbox_enabled = true", "sandbox_enabled = false"),
+        "nosandbox.toml",
+    )
     issues = [str(i) for i in validate([toml]).issues]
     assert len(issues) == 2 and all(i.startswith(f"{toml}: security.sandbox_enabled: ") for i in issues)
 

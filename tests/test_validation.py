@@ -7,8 +7,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLES, run_toka, write_config
+
 from toka_agents import ConfigError, load, validate
 
 
@@ -125,7 +125,10 @@ def test_unknown_keys_in_the_native_format(tmp_path):
         """,
     )
     found = problems(path)
-    assert f"{path}: max_concurent_agents: unknown key (`toka schema` lists the keys of the format)" in found
+    assert (
+        f"{path}: max_concurent_agents: unknown key (`toka schema` lists the keys of the format)"
+        in found
+    )
     assert any(p.startswith(f"{path}: agents.0.prority: unknown key") for p in found)
     assert any(p.startswith(f"{path}: agents.0.tasks.0.code.lang: unknown key") for p in found)
 
@@ -147,9 +150,14 @@ def test_bad_values(tmp_path):
     found = problems(path)
     assert any(p.startswith(f"{path}: max_concurrent_agents: ") and "(got 0)" in p for p in found)
     assert any(p.startswith(f"{path}: agents.0.priority: ") and "'urgent'" in p for p in found)
-    assert any(p.startswith(f"{path}: agents.0.tasks.0.code.language: ") and "'ruby'" in p for p in found)
+    assert any(
+        p.startswith(f"{path}: agents.0.tasks.0.code.language: ") and "'ruby'" in p for p in found
+    )
     assert any(p.startswith(f"{path}: agents.1.name: ") and "'bad/name'" in p for p in found)
-    assert f"{path}: agents.1.tasks.0: a task needs `code` (a code task) or `instruction` (an LLM task)" in found
+    assert (
+        f"{path}: agents.1.tasks.0: a task needs `code` (a code task) or `instruction` (an LLM task)"
+        in found
+    )
 
 
 def test_bad_yaml_gives_the_line(tmp_path):
@@ -307,4 +315,6 @@ def test_schema_is_json_schema_of_the_native_format():
     assert schema["title"] == "OrchestrationFile"
     assert {"name", "agents", "defaults", "max_concurrent_agents"} <= set(schema["properties"])
     agent = schema["$defs"]["Agent"]
-    assert {"requires", "capabilities", "limits", "priority", "workstream", "tasks"} <= set(agent["properties"])
+    assert {"requires", "capabilities", "limits", "priority", "workstream", "tasks"} <= set(
+        agent["properties"]
+    )

@@ -1,7 +1,7 @@
 """toka-agents: run teams of agents on Prefect.
 
-    config files --load--> Orchestration --plan--> Plan --compile--> Prefect flow --run-->
-    agent tasks in Docker sandboxes, reported into Prefect states, artifacts and events.
+config files --load--> Orchestration --plan--> Plan --compile--> Prefect flow --run-->
+agent tasks in Docker sandboxes, reported into Prefect states, artifacts and events.
 """
 
 __version__ = "0.1.0"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
@@ -15,6 +15,7 @@ from toka_agents.errors import ExecutionError
 from toka_agents.executor import TaskOutcome, llm_refusal
 from toka_agents.planning import OptionalMode, Plan, plan
 from toka_agents.reporting import RunSummary
+
 
 @dataclass
 class RunResult:

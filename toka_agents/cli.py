@@ -40,7 +40,9 @@ OptionalDependencies = Annotated[
 ]
 AllowUnsandboxed = Annotated[
     bool,
-    Parameter(negative="", help="Let agents that set `security.sandbox: false` run (in a relaxed sandbox)."),
+    Parameter(
+        negative="", help="Let agents that set `security.sandbox: false` run (in a relaxed sandbox)."
+    ),
 ]
 
 
@@ -59,7 +61,10 @@ def _print_warnings(checked: Validation, *, all_of_them: bool = False) -> None:
         for warning in from_files:
             err.print(f"warning: {warning}", markup=False)
     elif from_files:
-        err.print(f"{len(from_files)} more warning(s) about the files: `toka validate` lists them", markup=False)
+        err.print(
+            f"{len(from_files)} more warning(s) about the files: `toka validate` lists them",
+            markup=False,
+        )
 
 
 @app.command
@@ -97,7 +102,9 @@ def validate(
 @app.command
 def plan(
     *paths: ConfigPath,
-    json_: Annotated[bool, Parameter(name="--json", negative="", help="Print the plan as JSON.")] = False,
+    json_: Annotated[
+        bool, Parameter(name="--json", negative="", help="Print the plan as JSON.")
+    ] = False,
     conditions: Conditions = (),
     optional_dependencies: OptionalDependencies = None,
     allow_unsandboxed: AllowUnsandboxed = False,
@@ -139,7 +146,9 @@ def plan(
 def orchestrate(
     *paths: ConfigPath,
     conditions: Conditions = (),
-    dry_run: Annotated[bool, Parameter(negative="", help="Walk the DAG without running any code.")] = False,
+    dry_run: Annotated[
+        bool, Parameter(negative="", help="Walk the DAG without running any code.")
+    ] = False,
     max_concurrent_agents: Annotated[int | None, Parameter(help="Overrides the config's bound.")] = None,
     optional_dependencies: OptionalDependencies = None,
     allow_unsandboxed: AllowUnsandboxed = False,
@@ -213,7 +222,9 @@ def _where_to_look(flow_run_id: str) -> str:
 @app.command
 def graph(
     *paths: ConfigPath,
-    format: Annotated[Literal["mermaid", "dot", "svg", "png"], Parameter(help="What to draw.")] = "mermaid",
+    format: Annotated[
+        Literal["mermaid", "dot", "svg", "png"], Parameter(help="What to draw.")
+    ] = "mermaid",
     output: Annotated[Path | None, Parameter(help="Write here instead of standard output.")] = None,
     conditions: Conditions = (),
     optional_dependencies: OptionalDependencies = None,
@@ -254,7 +265,9 @@ def schema() -> int:
 @sandbox_app.command
 def build(
     *,
-    force: Annotated[bool, Parameter(negative="", help="Rebuild even when the image is current.")] = False,
+    force: Annotated[
+        bool, Parameter(negative="", help="Rebuild even when the image is current.")
+    ] = False,
 ) -> int:
     """Build the sandbox image: from a registry when one answers, otherwise offline from Debian."""
     from toka_agents.sandbox import build_image, connect

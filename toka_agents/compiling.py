@@ -16,7 +16,7 @@ import heapq
 import queue
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -108,7 +108,11 @@ def schedule_of(plan: Plan) -> Schedule:
         waiting_for={name: tuple(before) for name, before in waiting.items()},
         dependents={name: tuple(later) for name, later in dependents.items()},
         tags={
-            agent.name: (f"agent:{agent.name}", f"workstream:{agent.workstream}", f"priority:{agent.priority}")
+            agent.name: (
+                f"agent:{agent.name}",
+                f"workstream:{agent.workstream}",
+                f"priority:{agent.priority}",
+            )
             for agent in plan.agents
         },
         task_position={task.id: i for i, task in enumerate(plan.tasks)},
@@ -169,8 +173,10 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
         return reporting.refused_state(refusal)  # type: ignore[return-value]
     workspace = None
     if not options.dry_run:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        workspace = create_workspace(options.workspace_root, f"{plan.name}-{stamp}-{flow_run.id.hex[:8]}")
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        workspace = create_workspace(
+            options.workspace_root, f"{plan.name}-{stamp}-{flow_run.id.hex[:8]}"
+        )
         logger.info("Workspace: %s", workspace)
     report = reporting.RunReport(plan, workspace)
     labels = {RUN_LABEL: str(flow_run.id)}
@@ -307,8 +313,9 @@ class Scheduler:
         if failed:
             upstream = failed[0]
             word = {"failed": "failed", "skipped": "did not run", "cancelled": "was cancelled"}
-            reason = f"not run: required agent {upstream!r} {word[self.status[upstream]]}: {self.cause[upstream]}"
-            self._skip_agent(agent, reason, cause=self.cause[upstream])
+            cause = self.cause[upstream]
+            reason = f"not run: required agent {upstream!r} {word[self.status[upstream]]}: {cause}"
+            self._skip_agent(agent, reason, cause=cause)
             return
         heapq.heappush(self.ready, (PRIORITY_RANK[agent.priority], self.schedule.position[name], name))
 

@@ -119,7 +119,12 @@ def sandbox_spec(
     """The container a code task runs in: its limits, network, workspace access and code."""
     assert task.code is not None and task.code.source is not None
     handed_on = {
-        agent: {"task": o.task_id, "status": o.status, "message": o.message, "stdout_tail": o.stdout_tail[-1000:]}
+        agent: {
+            "task": o.task_id,
+            "status": o.status,
+            "message": o.message,
+            "stdout_tail": o.stdout_tail[-1000:],
+        }
         for agent, o in (upstream or {}).items()
     }
     return SandboxSpec(

@@ -15,8 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from toka_agents.config import capabilities
-from toka_agents.config.loader import load_paths
 from toka_agents.config.limits import format_bytes, format_seconds
+from toka_agents.config.loader import load_paths
 from toka_agents.config.models import (
     DEFAULT_IMAGE,
     DEFAULT_LIMITS,
@@ -29,7 +29,6 @@ from toka_agents.config.models import (
     Priority,
 )
 from toka_agents.errors import ConfigError, ConfigIssue
-
 
 OptionalMode = Literal["ignore", "order"]
 
@@ -191,9 +190,7 @@ def plan(
 
     waves = _waves(agents, ordering, order)
     planned = [
-        _plan_agent(agents[name], orchestration, set(conditions))
-        for wave in waves
-        for name in wave
+        _plan_agent(agents[name], orchestration, set(conditions)) for wave in waves for name in wave
     ]
     return Plan(
         name=orchestration.name,

@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel
+from prefect import get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect import get_run_logger
 from prefect.events import emit_event
 from prefect.states import Cancelled, Completed, Failed, State
+from pydantic import BaseModel
 
 from toka_agents.config.limits import format_bytes
 from toka_agents.executor import TaskOutcome
@@ -105,7 +105,10 @@ class RunReport:
         self._done[agent.name] += 1
         done, workstream = self._done[agent.name], agent.workstream
         agent_text, workstream_text = _progress_text(agent, done), self._workstream_text(workstream)
-        agent_percent, workstream_percent = _percent(done, len(agent.tasks)), self._workstream_percent(workstream)
+        agent_percent, workstream_percent = (
+            _percent(done, len(agent.tasks)),
+            self._workstream_percent(workstream),
+        )
 
         def write() -> None:
             update_progress_artifact(self._progress[agent.name], agent_percent, agent_text)

@@ -91,7 +91,9 @@ class Limits(_Model):
 
     def over(self, base: Limits) -> Limits:
         """These limits, with every unset field taken from `base`."""
-        mine = {name: value for name in type(self).model_fields if (value := getattr(self, name)) is not None}
+        mine = {
+            name: value for name in type(self).model_fields if (value := getattr(self, name)) is not None
+        }
         return base.model_copy(update=mine)
 
 
@@ -188,7 +190,9 @@ class Origin(_Model):
     requires_paths: tuple[str, ...] = Field(
         (), description="Key path of each `requires` entry, where a dialect spreads them."
     )
-    sandbox_key: str = Field("sandbox", description="Key path of the sandbox switch, from the file's root.")
+    sandbox_key: str = Field(
+        "sandbox", description="Key path of the sandbox switch, from the file's root."
+    )
 
     def key(self, *parts: str | int) -> str:
         return ".".join(str(p) for p in (self.path, *parts) if p != "")

@@ -7,8 +7,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from toka_agents.errors import ConfigIssue
-
 from toka_agents.config.loader import Fragment, issues_from_validation
 from toka_agents.config.models import (
     Agent,
@@ -17,6 +15,7 @@ from toka_agents.config.models import (
     Origin,
     Settings,
 )
+from toka_agents.errors import ConfigIssue
 
 
 def read(document: dict[str, Any], path: Path, shown: str) -> Fragment:
@@ -54,7 +53,9 @@ def _origin(shown: str, index: int) -> Origin:
     return Origin(file=shown, path=f"agents.{index}", sandbox_key=f"agents.{index}.sandbox")
 
 
-def read_code_files(agents: list[Agent], base: Path, shown: str) -> tuple[list[Agent], list[ConfigIssue]]:
+def read_code_files(
+    agents: list[Agent], base: Path, shown: str
+) -> tuple[list[Agent], list[ConfigIssue]]:
     """Read every `code.file` (relative to the config file) into the task's `source`."""
     issues: list[ConfigIssue] = []
     resolved: list[Agent] = []
@@ -67,14 +68,22 @@ def read_code_files(agents: list[Agent], base: Path, shown: str) -> tuple[list[A
                     source = file.read_text(encoding="utf-8")
                 except FileNotFoundError:
                     issues.append(
-                        ConfigIssue(shown, agent.origin.key("tasks", j, "code", "file"), f"no such file: {file}")
+                        ConfigIssue(
+                            shown, agent.origin.key("tasks", j, "code", "file"), f"no such file: {file}"
+                        )
                     )
                 except (OSError, UnicodeDecodeError) as exc:
                     issues.append(
-                        ConfigIssue(shown, agent.origin.key("tasks", j, "code", "file"), f"cannot read {file}: {exc}")
+                        ConfigIssue(
+                            shown,
+                            agent.origin.key("tasks", j, "code", "file"),
+                            f"cannot read {file}: {exc}",
+                        )
                     )
                 else:
-                    task = task.model_copy(update={"code": task.code.model_copy(update={"source": source})})
+                    task = task.model_copy(
+                        update={"code": task.code.model_copy(update={"source": source})}
+                    )
             tasks.append(task)
         resolved.append(agent.model_copy(update={"tasks": tasks}).located(agent.origin))
     return resolved, issues

@@ -26,7 +26,9 @@ def check(document: dict[str, Any], file: str) -> list[ConfigIssue]:
     """Where the spec departs from Toka's schema, as warnings with key paths."""
     errors = sorted(_validator().iter_errors(document), key=lambda e: [str(p) for p in e.absolute_path])
     warnings = [
-        ConfigIssue(file, ".".join(str(p) for p in error.absolute_path), f"Toka schema: {_short(error.message)}")
+        ConfigIssue(
+            file, ".".join(str(p) for p in error.absolute_path), f"Toka schema: {_short(error.message)}"
+        )
         for error in errors[:MAX_WARNINGS_PER_FILE]
     ]
     if len(errors) > MAX_WARNINGS_PER_FILE:

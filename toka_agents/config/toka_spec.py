@@ -148,7 +148,9 @@ class AgentSource:
             elif isinstance(item, str):
                 found.append((item, f"{path}.{i}"))
             else:
-                self.problem(f"{path}.{i}", f"expected an agent name or {{agent: reason}}, found {_kind(item)}")
+                self.problem(
+                    f"{path}.{i}", f"expected an agent name or {{agent: reason}}, found {_kind(item)}"
+                )
         return found
 
     def add_capabilities(self, value: Any, path: str) -> None:
@@ -174,7 +176,9 @@ class AgentSource:
         for group, entries in groups.items():
             for i, task in enumerate(self.sequence(entries, f"{path}.conditional.{group}")):
                 where = f"{path}.conditional.{group}.{i}"
-                self.add_task(task, where, name=f"{_slug(str(group), 8)}-{i + 1:02d}", condition=str(group))
+                self.add_task(
+                    task, where, name=f"{_slug(str(group), 8)}-{i + 1:02d}", condition=str(group)
+                )
 
     def add_task(self, task: Any, path: str, *, name: str, condition: str | None) -> None:
         index = len(self.fields.setdefault("tasks", []))
@@ -264,5 +268,11 @@ def _slug(text: Any, words: int = 4) -> str:
 
 
 def _kind(value: Any) -> str:
-    names = {list: "a list", dict: "a mapping", str: "a string", bool: "a boolean", type(None): "nothing"}
+    names = {
+        list: "a list",
+        dict: "a mapping",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "nothing",
+    }
     return names.get(type(value), f"a {type(value).__name__}")

@@ -9,6 +9,7 @@ on the same socket as it is printed; a timer kills the container at the wall-clo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import socket
@@ -254,7 +255,9 @@ def _result(
         error = None
         if not (timed_out or cancelled or oom_killed):
             last = text_err.strip().splitlines()[-1:] or ["no output"]
-            error = f"the sandbox supervisor did not report (container exit code {status}): {last[0][:300]}"
+            error = (
+                f"the sandbox supervisor did not report (container exit code {status}): {last[0][:300]}"
+            )
         return SandboxResult(
             exit_code=status,
             stdout_bytes=len(stdout),
@@ -279,10 +282,8 @@ def _result(
 
 
 def _kill(client: docker.DockerClient, container_id: str) -> None:
-    try:
+    with contextlib.suppress(*_CLEANUP_ERRORS):  # already stopped or gone: removal follows
         client.api.kill(container_id)
-    except _CLEANUP_ERRORS:
-        pass  # already stopped or gone; removal follows either way
 
 
 def remove(client: docker.DockerClient, container_id: str, attempts: int = 5) -> None:

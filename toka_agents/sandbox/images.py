@@ -34,7 +34,9 @@ def definition_digest(directory: Path = DEFINITION) -> str:
     return digest.hexdigest()[:16]
 
 
-def image_status(client: docker.DockerClient, name: str = DEFAULT_IMAGE, directory: Path = DEFINITION) -> ImageStatus:
+def image_status(
+    client: docker.DockerClient, name: str = DEFAULT_IMAGE, directory: Path = DEFINITION
+) -> ImageStatus:
     try:
         image = client.images.get(name)
     except ImageNotFound:
@@ -74,8 +76,12 @@ def build_image(
         text=True,
     )
     if run.returncode != 0:
-        raise SandboxError(f"offline build of {name} failed: {(run.stderr or run.stdout).strip()[-800:]}")
+        raise SandboxError(
+            f"offline build of {name} failed: {(run.stderr or run.stdout).strip()[-800:]}"
+        )
     if image_status(client, name, directory) != "current":
-        raise SandboxError(f"offline build of {name} finished but the image lacks its {LABEL_DIGEST} label")
+        raise SandboxError(
+            f"offline build of {name} finished but the image lacks its {LABEL_DIGEST} label"
+        )
     log(run.stdout.strip())
     return "built offline"

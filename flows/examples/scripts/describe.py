@@ -1,4 +1,5 @@
 """Summary statistics per sensor, written to stats/summary.json."""
+
 import csv
 import json
 import os

@@ -1,4 +1,5 @@
 """Simulate a day of readings, one a minute, from three sensors, into readings.csv."""
+
 import csv
 import math
 import random

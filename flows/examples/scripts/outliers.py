@@ -1,4 +1,5 @@
 """Readings more than three standard deviations from their sensor's mean, to stats/outliers.csv."""
+
 import csv
 import os
 import statistics
@@ -17,7 +18,7 @@ with open("stats/outliers.csv", "w", newline="") as out:
     for sensor, readings in sorted(rows.items()):
         temps = [float(r["celsius"]) for r in readings]
         mean, stdev = statistics.fmean(temps), statistics.stdev(temps)
-        for r, t in zip(readings, temps):
+        for r, t in zip(readings, temps, strict=True):
             z = (t - mean) / stdev
             if abs(z) > 3:
                 writer.writerow([r["minute"], sensor, r["celsius"], f"{z:.2f}"])

@@ -1,4 +1,5 @@
 """Combine the analyses into report.md."""
+
 import csv
 import json
 
@@ -9,10 +10,15 @@ with open("stats/outliers.csv", newline="") as f:
 with open("stats/top-readings.csv", newline="") as f:
     top = [line.split(",") for line in f.read().split()]
 
-lines = ["# Sensor report", "", "| sensor | readings | mean °C | median °C | stdev | min | max |",
-         "|---|---:|---:|---:|---:|---:|---:|"]
+lines = [
+    "# Sensor report",
+    "",
+    "| sensor | readings | mean °C | median °C | stdev | min | max |",
+    "|---|---:|---:|---:|---:|---:|---:|",
+]
 for sensor, s in summary.items():
-    lines.append(f"| {sensor} | {s['count']} | {s['mean']} | {s['median']} | {s['stdev']} | {s['min']} | {s['max']} |")
+    cells = [sensor, s["count"], s["mean"], s["median"], s["stdev"], s["min"], s["max"]]
+    lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
 lines += ["", f"## Outliers ({len(outliers)})", ""]
 lines += [f"- minute {o['minute']}, {o['sensor']}: {o['celsius']} °C (z = {o['z']})" for o in outliers]
 lines += ["", "## Hottest readings", ""]
