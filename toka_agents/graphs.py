@@ -18,11 +18,12 @@ ImageFormat = Literal["svg", "png"]
 
 def mermaid(plan: Plan) -> str:
     ids = {agent.name: f"a{i}" for i, agent in enumerate(plan.agents)}
+    agents = {agent.name: agent for agent in plan.agents}
     lines = ["flowchart LR"]
     for number, wave in enumerate(plan.waves, 1):
         lines.append(f"  subgraph wave{number}[wave {number}]")
         for name in wave:
-            agent = plan.agent(name)
+            agent = agents[name]
             label = f"{name}<br/>{agent.priority} · {len(agent.tasks)} tasks"
             lines.append(f'    {ids[name]}["{_mermaid_text(label)}"]')
         lines.append("  end")
@@ -37,11 +38,12 @@ def dot(plan: Plan) -> str:
         "  rankdir=LR;",
         '  node [shape=box, style="rounded,filled", fillcolor="#eef2ff", fontname="Helvetica"];',
     ]
+    agents = {agent.name: agent for agent in plan.agents}
     for number, wave in enumerate(plan.waves, 1):
         lines.append(f"  subgraph cluster_wave{number} {{")
         lines.append(f'    label="wave {number}"; style=dashed; color="#9ca3af";')
         for name in wave:
-            agent = plan.agent(name)
+            agent = agents[name]
             label = f"{name}\\n{agent.priority} · {len(agent.tasks)} tasks"
             lines.append(f"    {_dot_id(name)} [label={_dot_text(label)}];")
         lines.append("  }")
