@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -80,6 +81,9 @@ class RunReport:
         for agent in plan.agents:
             self._workstreams.setdefault(agent.workstream, []).append(agent)
         self._progress: dict[str, UUID] = {}
+        self._latest: dict[str, tuple[float, str]] = {}
+        self._flush_queued = False
+        self._lock = threading.Lock()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="toka-report")
         self._writes: list[Future[None]] = []
         self._context = contextvars.copy_context()  # the flow run the artifacts belong to
@@ -103,20 +107,28 @@ class RunReport:
             return
         agent = self._agents[outcome.agent]
         self._done[agent.name] += 1
-        done, workstream = self._done[agent.name], agent.workstream
-        agent_text, workstream_text = _progress_text(agent, done), self._workstream_text(workstream)
-        agent_percent, workstream_percent = (
-            _percent(done, len(agent.tasks)),
-            self._workstream_percent(workstream),
-        )
-
-        def write() -> None:
-            update_progress_artifact(self._progress[agent.name], agent_percent, agent_text)
-            update_progress_artifact(
-                self._progress[f"workstream:{workstream}"], workstream_percent, workstream_text
+        workstream = agent.workstream
+        with self._lock:
+            self._latest[agent.name] = (
+                _percent(self._done[agent.name], len(agent.tasks)),
+                _progress_text(agent, self._done[agent.name]),
             )
+            self._latest[f"workstream:{workstream}"] = (
+                self._workstream_percent(workstream),
+                self._workstream_text(workstream),
+            )
+            if not self._flush_queued:
+                self._flush_queued = True
+                self._later(self._flush_progress)
 
-        self._later(write)
+    def _flush_progress(self) -> None:
+        """Write the latest progress of each artifact that moved: when tasks finish faster
+        than the API takes the writes, only the newest value of each is written."""
+        with self._lock:
+            latest, self._latest = self._latest, {}
+            self._flush_queued = False
+        for key, (percent, text) in latest.items():
+            update_progress_artifact(self._progress[key], percent, text)
 
     def _workstream_percent(self, name: str) -> float:
         members = self._workstreams[name]
