@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 
 class TokaError(Exception):
@@ -36,10 +35,6 @@ class ConfigError(TokaError):
     def __init__(self, issues: Iterable[ConfigIssue]) -> None:
         self.issues: list[ConfigIssue] = list(issues)
         super().__init__("\n".join(str(issue) for issue in self.issues))
-
-    @classmethod
-    def single(cls, file: str | Path, path: str, message: str) -> ConfigError:
-        return cls([ConfigIssue(str(file), path, message)])
 
 
 class SandboxError(TokaError):
