@@ -10,12 +10,18 @@ from typing import Annotated, Literal
 
 import cyclopts
 from cyclopts import Parameter
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 from rich.console import Console
 from rich.table import Table
 
-from toka_agents import __version__
+from toka_agents import __version__, graphs, planning
+from toka_agents.api import RunResult, run_plan
+from toka_agents.compiling import RunOptions
+from toka_agents.config.limits import format_bytes
+from toka_agents.config.models import DEFAULT_IMAGE, OrchestrationFile
 from toka_agents.errors import ConfigError, ConfigIssue, TokaError
 from toka_agents.planning import Validation
+from toka_agents.sandbox import build_image, connect, image_status
 
 app = cyclopts.App(
     name="toka",
@@ -77,9 +83,7 @@ def validate(
     """Check configs: print every problem as `FILE: key.path: message`; exit 1 if there are any.
 
     Warnings (Toka schema departures, capabilities the model does not know) never fail."""
-    from toka_agents.planning import validate as check
-
-    checked = check(
+    checked = planning.validate(
         paths,
         conditions=conditions,
         optional_dependencies=optional_dependencies,
@@ -110,9 +114,7 @@ def plan(
     allow_unsandboxed: AllowUnsandboxed = False,
 ) -> int:
     """Show the plan: agents in waves, their tasks and settings, the dependency edges."""
-    from toka_agents.planning import validate as check
-
-    checked = check(
+    checked = planning.validate(
         paths,
         conditions=conditions,
         optional_dependencies=optional_dependencies,
@@ -158,11 +160,7 @@ def orchestrate(
 ) -> int:
     """Run an orchestration as a Prefect flow run: on the server in PREFECT_API_URL, or on
     Prefect's embedded server when none is set. Exits 1 when the run does not complete."""
-    from toka_agents.api import run_plan
-    from toka_agents.compiling import RunOptions
-    from toka_agents.planning import validate as check
-
-    checked = check(
+    checked = planning.validate(
         paths,
         conditions=conditions,
         optional_dependencies=optional_dependencies,
@@ -178,11 +176,8 @@ def orchestrate(
     return 0 if result.ok else 1
 
 
-def _print_run(result: object) -> None:
-    from toka_agents.api import RunResult
-    from toka_agents.config.limits import format_bytes
+def _print_run(result: RunResult) -> None:
 
-    assert isinstance(result, RunResult)
     table = Table("task", "status", "duration", "peak memory", "cpu time", "message")
     table.columns[0].overflow = "fold"
     table.columns[0].min_width = 24
@@ -208,7 +203,6 @@ def _print_run(result: object) -> None:
 
 
 def _where_to_look(flow_run_id: str) -> str:
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
     if PREFECT_API_URL.value():
         ui = PREFECT_UI_URL.value() or PREFECT_API_URL.value().removesuffix("/api")
@@ -230,10 +224,9 @@ def graph(
     optional_dependencies: OptionalDependencies = None,
 ) -> int:
     """Draw the DAG: Mermaid or Graphviz DOT text, or an SVG/PNG image rendered by Graphviz."""
-    from toka_agents import graphs
-    from toka_agents.planning import validate as check
-
-    checked = check(paths, conditions=conditions, optional_dependencies=optional_dependencies)
+    checked = planning.validate(
+        paths, conditions=conditions, optional_dependencies=optional_dependencies
+    )
     if checked.plan is None:
         _print_issues(checked.issues)
         return 1
@@ -256,8 +249,6 @@ def graph(
 @app.command
 def schema() -> int:
     """Print the JSON Schema of the native config format, for editors."""
-    from toka_agents.config.models import OrchestrationFile
-
     print(json.dumps(OrchestrationFile.model_json_schema(mode="validation"), indent=2))
     return 0
 
@@ -270,8 +261,6 @@ def build(
     ] = False,
 ) -> int:
     """Build the sandbox image: from a registry when one answers, otherwise offline from Debian."""
-    from toka_agents.sandbox import build_image, connect
-
     build_image(connect(), force=force, log=lambda line: out.print(line, markup=False))
     return 0
 
@@ -279,9 +268,6 @@ def build(
 @sandbox_app.command
 def check() -> int:
     """Say whether the Docker engine answers and the sandbox image is current."""
-    from toka_agents.config.models import DEFAULT_IMAGE
-    from toka_agents.sandbox import connect, image_status
-
     client = connect()
     version = client.version().get("Version", "?")
     out.print(f"Docker engine {version}: image {DEFAULT_IMAGE} is {image_status(client)}", markup=False)
