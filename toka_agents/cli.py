@@ -21,7 +21,14 @@ from toka_agents.config.limits import format_bytes
 from toka_agents.config.models import DEFAULT_IMAGE, OrchestrationFile
 from toka_agents.errors import ConfigError, ConfigIssue, TokaError
 from toka_agents.planning import Validation
-from toka_agents.sandbox import build_image, connect, image_status
+from toka_agents.sandbox import (
+    LABEL_MANAGED,
+    build_image,
+    connect,
+    image_status,
+    remove_labeled,
+    remove_orphans,
+)
 
 app = cyclopts.App(
     name="toka",
@@ -29,7 +36,7 @@ app = cyclopts.App(
     "agent code runs in Docker sandboxes.",
     version=__version__,
 )
-sandbox_app = cyclopts.App(name="sandbox", help="The Docker sandbox image.")
+sandbox_app = cyclopts.App(name="sandbox", help="The Docker sandbox: its image and its containers.")
 app.command(sandbox_app)
 
 out = Console(highlight=False, soft_wrap=True)
@@ -272,6 +279,23 @@ def check() -> int:
     version = client.version().get("Version", "?")
     out.print(f"Docker engine {version}: image {DEFAULT_IMAGE} is {image_status(client)}", markup=False)
     return 0 if image_status(client) == "current" else 1
+
+
+@sandbox_app.command
+def clean(
+    *,
+    all: Annotated[
+        bool, Parameter(negative="", help="Remove every toka-agents container, running runs' too.")
+    ] = False,
+) -> int:
+    """Remove the sandbox containers that toka-agents processes left when they were killed.
+
+    A run removes its own containers whatever happens to it, and the next run on this host
+    removes those of killed processes; this does it now."""
+    client = connect()
+    removed = remove_labeled(client, {LABEL_MANAGED: "1"}) if all else len(remove_orphans(client))
+    out.print(f"removed {removed} container(s)", markup=False)
+    return 0
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ from toka_agents.config.models import PRIORITY_RANK
 from toka_agents.errors import SandboxError
 from toka_agents.executor import ExecutionContext, TaskOutcome
 from toka_agents.planning import OptionalMode, Plan, PlannedAgent, PlannedTask, validate
-from toka_agents.sandbox import Sandbox, connect, create_workspace
+from toka_agents.sandbox import Sandbox, connect, create_workspace, remove_orphans
 
 RUN_LABEL = "org.toka-agents.run"
 
@@ -185,7 +185,13 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
     needs_sandbox = not options.dry_run and any(task.kind == "code" for task in plan.tasks)
     if needs_sandbox:
         try:
-            sandbox = Sandbox(connect(pool_size=2 * plan.max_concurrent_agents + 2), labels)
+            client = connect(pool_size=2 * plan.max_concurrent_agents + 2)
+            if orphans := remove_orphans(client):
+                logger.warning(
+                    "Removed %d sandbox container(s) left by toka-agents processes that were killed",
+                    len(orphans),
+                )
+            sandbox = Sandbox(client, labels)
         except SandboxError as exc:
             sandbox_error = str(exc)
             logger.error("%s", exc)

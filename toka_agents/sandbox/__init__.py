@@ -2,13 +2,20 @@
 used, and removes every container it made. It knows nothing of Prefect.
 """
 
-from toka_agents.sandbox.containers import Sandbox, SandboxCancelled, remove_labeled
+from toka_agents.sandbox.containers import (
+    LABEL_MANAGED,
+    Sandbox,
+    SandboxCancelled,
+    remove_labeled,
+    remove_orphans,
+)
 from toka_agents.sandbox.engine import connect
 from toka_agents.sandbox.images import build_image, image_status
 from toka_agents.sandbox.spec import SandboxResult, SandboxSpec
 from toka_agents.sandbox.workspace import create_workspace
 
 __all__ = [
+    "LABEL_MANAGED",
     "Sandbox",
     "SandboxCancelled",
     "SandboxResult",
@@ -18,4 +25,5 @@ __all__ = [
     "create_workspace",
     "image_status",
     "remove_labeled",
+    "remove_orphans",
 ]

@@ -4,7 +4,9 @@ It reads one JSON header line and then the code from stdin, runs the code as a c
 process, passes its stdout and stderr through up to a byte cap (counting what it cuts),
 and finally writes one result line to stderr: `<marker> {json}` with the exit status,
 the cgroup's peak memory, the child's CPU time, the byte counts, and whether the kernel
-killed anything for memory. The host strips that line. It uses only the standard library
+killed anything for memory. The host strips that line. The host kills the container at the
+time limit; should the host die first, the header's `deadline` (seconds) ends the container
+by itself a little later. It uses only the standard library
 and must run on any Python 3.8+ in any image; it is never imported by toka-agents itself.
 """
 
@@ -14,6 +16,7 @@ import resource
 import selectors
 import subprocess
 import sys
+import time
 
 TAIL = 4096
 
@@ -47,11 +50,27 @@ def oom_kills():
     return None
 
 
+def give_up():
+    # As PID 1, exiting takes every process of the container with it.
+    os._exit(124)
+
+
+def remaining(deadline):
+    """Seconds left before the deadline (None: no deadline); past it, end the container."""
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        give_up()
+    return left
+
+
 def main():
     stdin = sys.stdin.buffer
     header = json.loads(stdin.readline())
     code = stdin.read()
     cap = int(header["output_limit"])
+    deadline = time.monotonic() + float(header["deadline"]) if header.get("deadline") else None
 
     os.makedirs("/tmp/toka", exist_ok=True)
     if header["language"] == "python":
@@ -73,7 +92,7 @@ def main():
     for fd in sinks:
         selector.register(fd, selectors.EVENT_READ)
     while selector.get_map():
-        for key, _ in selector.select():
+        for key, _ in selector.select(remaining(deadline)):
             data = os.read(key.fd, 65536)
             if not data:
                 selector.unregister(key.fd)
@@ -85,7 +104,10 @@ def main():
                 sinks[key.fd].flush()
             total[name] += len(data)
             tails[name] = (tails[name] + data)[-TAIL:]
-    status = child.wait()
+    try:
+        status = child.wait(remaining(deadline))
+    except subprocess.TimeoutExpired:
+        give_up()
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 
     result = {

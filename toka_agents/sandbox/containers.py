@@ -26,6 +26,7 @@ from docker.utils.socket import frames_iter
 from requests.exceptions import RequestException
 
 from toka_agents.errors import SandboxError
+from toka_agents.sandbox.owners import LABEL_OWNER, current_owner, is_orphaned
 from toka_agents.sandbox.spec import SandboxResult, SandboxSpec
 
 OutputCallback = Callable[[str, bytes], None]
@@ -35,6 +36,9 @@ LABEL_MANAGED = "org.toka-agents.managed"
 BOOTSTRAP = resources.files("toka_agents.sandbox").joinpath("bootstrap.py").read_text()
 _STREAMS = {1: "stdout", 2: "stderr"}
 _CLEANUP_ERRORS = (DockerException, RequestException, OSError)
+DEADLINE_GRACE = 5.0
+"""Seconds past the time limit after which the supervisor ends the container itself, in
+case this process died before its timer could kill it."""
 
 
 class SandboxCancelled(SandboxError):
@@ -46,7 +50,7 @@ class Sandbox:
 
     def __init__(self, client: docker.DockerClient, labels: dict[str, str] | None = None) -> None:
         self.client = client
-        self.labels = {LABEL_MANAGED: "1", **(labels or {})}
+        self.labels = {LABEL_MANAGED: "1", LABEL_OWNER: current_owner(), **(labels or {})}
         self._live: set[str] = set()
         self._lock = threading.Lock()
         self._cancelled = threading.Event()
@@ -119,6 +123,7 @@ class Sandbox:
             "output_limit": spec.output_limit,
             "marker": marker,
             "cwd": "/workspace" if spec.workspace else "/tmp",
+            "deadline": spec.timeout + DEADLINE_GRACE,
         }
         payload = json.dumps(header).encode() + b"\n" + spec.source.encode()
         marker_line = b"\n" + marker.encode()
@@ -316,3 +321,17 @@ def remove_labeled(client: docker.DockerClient, labels: dict[str, str]) -> int:
 def list_labeled(client: docker.DockerClient, labels: dict[str, str]) -> list[str]:
     filters = {"label": [f"{key}={value}" for key, value in labels.items()]}
     return [c["Id"] for c in client.api.containers(all=True, filters=filters)]
+
+
+def remove_orphans(client: docker.DockerClient) -> list[str]:
+    """Remove the containers of toka-agents processes on this host that were killed before
+    they could clean up (see `owners`); return their ids."""
+    found = client.api.containers(all=True, filters={"label": [f"{LABEL_MANAGED}=1"]})
+    orphans = [
+        c["Id"]
+        for c in found
+        if LABEL_OWNER in (c.get("Labels") or {}) and is_orphaned(c["Labels"][LABEL_OWNER])
+    ]
+    for container_id in orphans:
+        remove(client, container_id)
+    return orphans
