@@ -6,8 +6,8 @@ and finally writes one result line to stderr: `<marker> {json}` with the exit st
 the cgroup's peak memory, the child's CPU time, the byte counts, and whether the kernel
 killed anything for memory. The host strips that line. The host kills the container at the
 time limit; should the host die first, the header's `deadline` (seconds) ends the container
-by itself a little later. It uses only the standard library
-and must run on any Python 3.8+ in any image; it is never imported by toka-agents itself.
+a little later. It uses only the standard library and must run on any Python 3.8+ in any
+image; it is never imported by toka-agents itself.
 """
 
 import json

@@ -325,13 +325,17 @@ def list_labeled(client: docker.DockerClient, labels: dict[str, str]) -> list[st
 
 def remove_orphans(client: docker.DockerClient) -> list[str]:
     """Remove the containers of toka-agents processes on this host that were killed before
-    they could clean up (see `owners`); return their ids."""
-    found = client.api.containers(all=True, filters={"label": [f"{LABEL_MANAGED}=1"]})
-    orphans = [
-        c["Id"]
-        for c in found
-        if LABEL_OWNER in (c.get("Labels") or {}) and is_orphaned(c["Labels"][LABEL_OWNER])
-    ]
-    for container_id in orphans:
-        remove(client, container_id)
-    return orphans
+    they could clean up (see `owners`); return the ids removed. Never raises: what cannot be
+    removed now is tried again by the next run."""
+    try:
+        found = client.api.containers(all=True, filters={"label": [f"{LABEL_MANAGED}=1"]})
+    except _CLEANUP_ERRORS:
+        return []
+    removed = []
+    for container in found:
+        owner = (container.get("Labels") or {}).get(LABEL_OWNER)
+        if owner is not None and is_orphaned(owner):
+            with contextlib.suppress(SandboxError):
+                remove(client, container["Id"])
+                removed.append(container["Id"])
+    return removed
