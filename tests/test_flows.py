@@ -340,10 +340,8 @@ def test_cancelling_the_flow_run_removes_its_containers(tmp_path, workspace_root
     )
     thread.start()
     with get_client(sync_client=True) as client:
-        for _ in range(300):
-            containers = toka_containers(docker_client)
-            if containers:
-                break
+        deadline = time.monotonic() + 120  # generous: SQLite's 503 retries can delay the start
+        while not (containers := toka_containers(docker_client)) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert containers, "the task never started a container"
         run_id = docker_client.api.inspect_container(containers[0])["Config"]["Labels"][
@@ -378,9 +376,8 @@ def test_sigterm_removes_containers(tmp_path, docker_client, prefect_api):
         cwd=REPO,
     )
     try:
-        for _ in range(600):
-            if toka_containers(docker_client):
-                break
+        deadline = time.monotonic() + 120
+        while not toka_containers(docker_client) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert toka_containers(docker_client), "no container started"
         process.send_signal(signal.SIGTERM)
