@@ -277,8 +277,9 @@ def check() -> int:
     """Say whether the Docker engine answers and the sandbox image is current."""
     client = connect()
     version = client.version().get("Version", "?")
-    out.print(f"Docker engine {version}: image {DEFAULT_IMAGE} is {image_status(client)}", markup=False)
-    return 0 if image_status(client) == "current" else 1
+    status = image_status(client)
+    out.print(f"Docker engine {version}: image {DEFAULT_IMAGE} is {status}", markup=False)
+    return 0 if status == "current" else 1
 
 
 @sandbox_app.command

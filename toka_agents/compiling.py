@@ -49,6 +49,11 @@ class RunOptions:
     cancel_poll_seconds: float = 2.0
 
 
+def _after_failure_of(task_id: str, message: str | None) -> str:
+    """Why a task of an agent did not run: an earlier task of the same agent failed."""
+    return f"not run: earlier task {task_id} failed: {message}"
+
+
 def _run_agent_task(
     label: str,
     planned: PlannedTask,
@@ -59,7 +64,7 @@ def _run_agent_task(
     previous: PrefectFuture[Any] | None = None,
 ) -> State[TaskOutcome]:
     if skip_reason is None and previous is not None and not previous.state.is_completed():
-        skip_reason = f"not run: earlier task {upstream[-1]} failed: {previous.state.message}"
+        skip_reason = _after_failure_of(upstream[-1], previous.state.message)
     if skip_reason is not None:
         outcome = executor.skipped(planned, skip_reason)
     else:
@@ -415,7 +420,7 @@ class Scheduler:
             return
         # The task submitted after this one ends Skipped by itself; the rest are skipped here.
         for later in agent.tasks[self.next_task[agent.name] :]:
-            reason = f"not run: earlier task {planned.id} failed: {outcome.message}"
+            reason = _after_failure_of(planned.id, outcome.message)
             self._submit(agent, later, [self.last_future[agent.name]], reason)
         cause = f"{planned.id}: {outcome.message}"
         self._finish_agent(agent, "failed", f"failed at {cause}", cause=cause)
@@ -425,10 +430,7 @@ class Scheduler:
         waited for one the run's cancellation stopped."""
         if self.watcher.cancelled.is_set():
             return executor.cancelled(planned, "not run: the run was cancelled")
-        message = state.message or f"task run ended in state {state.name}"
-        return TaskOutcome(
-            task_id=planned.id, agent=planned.agent, task=planned.name, status="failed", message=message
-        )
+        return executor.failed(planned, state.message or f"task run ended in state {state.name}")
 
     def _cancel_rest(self, agent: PlannedAgent, start: int) -> None:
         """After a cancel, tasks that did not start get no task runs, only a line in the summary."""

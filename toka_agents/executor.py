@@ -189,6 +189,10 @@ def cancelled(task: PlannedTask, reason: str) -> TaskOutcome:
     return _outcome(task, "cancelled", reason)
 
 
+def failed(task: PlannedTask, reason: str) -> TaskOutcome:
+    return _outcome(task, "failed", reason)
+
+
 def _outcome(task: PlannedTask, status: Status, message: str) -> TaskOutcome:
     return TaskOutcome(task_id=task.id, agent=task.agent, task=task.name, status=status, message=message)
 

@@ -10,7 +10,7 @@ import re
 from typing import Literal
 
 from toka_agents.errors import TokaError
-from toka_agents.planning import Plan
+from toka_agents.planning import Plan, PlannedAgent
 
 TextFormat = Literal["mermaid", "dot"]
 ImageFormat = Literal["svg", "png"]
@@ -18,14 +18,12 @@ ImageFormat = Literal["svg", "png"]
 
 def mermaid(plan: Plan) -> str:
     ids = {agent.name: f"a{i}" for i, agent in enumerate(plan.agents)}
-    agents = {agent.name: agent for agent in plan.agents}
     lines = ["flowchart LR"]
-    for number, wave in enumerate(plan.waves, 1):
+    for number, wave in _numbered_waves(plan):
         lines.append(f"  subgraph wave{number}[wave {number}]")
-        for name in wave:
-            agent = agents[name]
-            label = f"{name}<br/>{agent.priority} · {len(agent.tasks)} tasks"
-            lines.append(f'    {ids[name]}["{_mermaid_text(label)}"]')
+        for agent in wave:
+            label = _mermaid_text(_label(agent, "<br/>"))
+            lines.append(f'    {ids[agent.name]}["{label}"]')
         lines.append("  end")
     lines += [f"  {ids[before]} --> {ids[later]}" for before, later in plan.edges]
     lines += [f"  {ids[before]} -.-> {ids[later]}" for before, later in plan.optional_edges]
@@ -38,14 +36,12 @@ def dot(plan: Plan) -> str:
         "  rankdir=LR;",
         '  node [shape=box, style="rounded,filled", fillcolor="#eef2ff", fontname="Helvetica"];',
     ]
-    agents = {agent.name: agent for agent in plan.agents}
-    for number, wave in enumerate(plan.waves, 1):
+    for number, wave in _numbered_waves(plan):
         lines.append(f"  subgraph cluster_wave{number} {{")
         lines.append(f'    label="wave {number}"; style=dashed; color="#9ca3af";')
-        for name in wave:
-            agent = agents[name]
-            label = f"{name}\\n{agent.priority} · {len(agent.tasks)} tasks"
-            lines.append(f"    {_dot_id(name)} [label={_dot_text(label)}];")
+        for agent in wave:
+            label = _dot_id(_label(agent, "\\n"))
+            lines.append(f"    {_dot_id(agent.name)} [label={label}];")
         lines.append("  }")
     lines += [f"  {_dot_id(before)} -> {_dot_id(later)};" for before, later in plan.edges]
     lines += [
@@ -69,11 +65,17 @@ def render(plan: Plan, image: ImageFormat) -> bytes:
         ) from exc
 
 
-def _dot_id(name: str) -> str:
-    return '"' + name.replace('"', '\\"') + '"'
+def _numbered_waves(plan: Plan) -> list[tuple[int, list[PlannedAgent]]]:
+    agents = {agent.name: agent for agent in plan.agents}
+    return [(number, [agents[name] for name in wave]) for number, wave in enumerate(plan.waves, 1)]
 
 
-def _dot_text(text: str) -> str:
+def _label(agent: PlannedAgent, line_break: str) -> str:
+    return f"{agent.name}{line_break}{agent.priority} · {len(agent.tasks)} tasks"
+
+
+def _dot_id(text: str) -> str:
+    """A DOT quoted string: names and labels alike."""
     return '"' + text.replace('"', '\\"') + '"'
 
 

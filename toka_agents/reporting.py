@@ -80,6 +80,11 @@ class RunReport:
         self._workstreams: dict[str, list[PlannedAgent]] = {}
         for agent in plan.agents:
             self._workstreams.setdefault(agent.workstream, []).append(agent)
+        self._workstream_done = dict.fromkeys(self._workstreams, 0)
+        self._workstream_total = {
+            name: sum(len(member.tasks) for member in members)
+            for name, members in self._workstreams.items()
+        }
         self._progress: dict[str, UUID] = {}
         self._latest: dict[str, tuple[float, str]] = {}
         self._flush_queued = False
@@ -94,12 +99,12 @@ class RunReport:
 
     def _create_progress_artifacts(self) -> None:
         for agent in self.plan.agents:
-            self._progress[agent.name] = create_progress_artifact(
-                progress=0.0 if agent.tasks else 100.0, description=_progress_text(agent, 0)
-            )
+            percent, text = _agent_progress(agent, 0)
+            self._progress[agent.name] = create_progress_artifact(progress=percent, description=text)
         for name in self._workstreams:
+            percent, text = self._workstream_progress(name)
             self._progress[f"workstream:{name}"] = create_progress_artifact(
-                progress=self._workstream_percent(name), description=self._workstream_text(name)
+                progress=percent, description=text
             )
 
     def task_finished(self, outcome: TaskOutcome) -> None:
@@ -107,16 +112,10 @@ class RunReport:
             return
         agent = self._agents[outcome.agent]
         self._done[agent.name] += 1
-        workstream = agent.workstream
+        self._workstream_done[agent.workstream] += 1
         with self._lock:
-            self._latest[agent.name] = (
-                _percent(self._done[agent.name], len(agent.tasks)),
-                _progress_text(agent, self._done[agent.name]),
-            )
-            self._latest[f"workstream:{workstream}"] = (
-                self._workstream_percent(workstream),
-                self._workstream_text(workstream),
-            )
+            self._latest[agent.name] = _agent_progress(agent, self._done[agent.name])
+            self._latest[f"workstream:{agent.workstream}"] = self._workstream_progress(agent.workstream)
             if not self._flush_queued:
                 self._flush_queued = True
                 self._later(self._flush_progress)
@@ -130,15 +129,10 @@ class RunReport:
         for key, (percent, text) in latest.items():
             update_progress_artifact(self._progress[key], percent, text)
 
-    def _workstream_percent(self, name: str) -> float:
-        members = self._workstreams[name]
-        return _percent(sum(self._done[m.name] for m in members), sum(len(m.tasks) for m in members))
-
-    def _workstream_text(self, name: str) -> str:
-        members = self._workstreams[name]
-        done = sum(self._done[m.name] for m in members)
-        total = sum(len(m.tasks) for m in members)
-        return f"workstream {name}: {done}/{total} tasks of {len(members)} agents done"
+    def _workstream_progress(self, name: str) -> tuple[float, str]:
+        done, total = self._workstream_done[name], self._workstream_total[name]
+        members = len(self._workstreams[name])
+        return _percent(done, total), f"workstream {name}: {done}/{total} tasks of {members} agents done"
 
     def agent_finished(self, agent: PlannedAgent, status: str, message: str) -> None:
         emit_event(
@@ -207,8 +201,9 @@ def _percent(done: int, total: int) -> float:
     return 100.0 * done / total if total else 100.0
 
 
-def _progress_text(agent: PlannedAgent, done: int) -> str:
-    return f"{agent.name} ({agent.workstream}, {agent.priority}): {done}/{len(agent.tasks)} tasks done"
+def _agent_progress(agent: PlannedAgent, done: int) -> tuple[float, str]:
+    text = f"{agent.name} ({agent.workstream}, {agent.priority}): {done}/{len(agent.tasks)} tasks done"
+    return _percent(done, len(agent.tasks)), text
 
 
 class RunSummary(BaseModel):

@@ -33,6 +33,8 @@ from toka_agents.config.models import Agent, Origin
 from toka_agents.errors import ConfigIssue
 
 _SPEC_KEYS = ("metadata", "spec", "capabilities", "tasks", "dependencies", "security")
+LIMIT_KEYS = (("memory", "max_memory"), ("cpu", "max_cpu"), ("timeout", "timeout"))
+"""Native limit names and the keys Toka writes them under in `resource_limits`."""
 
 
 def recognises(document: dict[str, Any]) -> bool:
@@ -90,7 +92,11 @@ class AgentSource:
     fields: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     issues: list[ConfigIssue] = field(default_factory=list)
-    requires_paths: list[str] = field(default_factory=list)
+
+    @property
+    def requires_paths(self) -> tuple[str, ...]:
+        """Where each required agent was written, in `requires` order."""
+        return tuple(self.sources[f"requires.{i}"] for i in range(len(self.fields.get("requires", []))))
 
     def at(self, path: str) -> str:
         return ".".join(part for part in (self.prefix, path) if part)
@@ -123,7 +129,6 @@ class AgentSource:
         for name, where in self.named(value, path):
             if name not in self.fields.setdefault("requires", []):
                 self.sources[f"requires.{len(self.fields['requires'])}"] = self.at(where)
-                self.requires_paths.append(self.at(where))
                 self.fields["requires"].append(name)
 
     def add_optional(self, value: Any, path: str) -> None:
@@ -163,7 +168,7 @@ class AgentSource:
         if "sandbox" in security:
             self.set("sandbox", security["sandbox"], f"{path}.sandbox")
         limits = self.mapping(security.get("resource_limits"), f"{path}.resource_limits")
-        for native, toka in (("memory", "max_memory"), ("cpu", "max_cpu"), ("timeout", "timeout")):
+        for native, toka in LIMIT_KEYS:
             if toka in limits:
                 self.fields.setdefault("limits", {})[native] = limits[toka]
                 self.sources[f"limits.{native}"] = self.at(f"{path}.resource_limits.{toka}")
@@ -220,7 +225,7 @@ class AgentSource:
 def build_agent(source: AgentSource, origin: Origin, extra: dict[str, Any]) -> Fragment:
     """Validate what a Toka reader collected; problems point at the author's keys."""
     fragment = Fragment(file=source.file, issues=list(source.issues))
-    origin = origin.model_copy(update={"requires_paths": tuple(source.requires_paths)})
+    origin = origin.model_copy(update={"requires_paths": source.requires_paths})
     try:
         agent = Agent.model_validate({**source.fields, "extra": extra})
     except ValidationError as exc:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from toka_agents.config.loader import Fragment, issues_from_validation
 from toka_agents.config.models import Origin, Settings
-from toka_agents.config.toka_spec import AgentSource, build_agent
+from toka_agents.config.toka_spec import LIMIT_KEYS, AgentSource, build_agent
 from toka_agents.errors import ConfigIssue
 
 _AGENT_KEYS = ("name", "priority", "workstream", "description", "capabilities", "tasks", "security")
@@ -65,7 +65,7 @@ def _settings(document: dict[str, Any], shown: str) -> Fragment:
         fields["max_concurrent_agents"] = orchestration["max_concurrent_agents"]
         sources["max_concurrent_agents"] = "orchestration.max_concurrent_agents"
     limits = source.mapping(security.get("resource_limits"), "security.resource_limits")
-    for native, toka in (("memory", "max_memory"), ("cpu", "max_cpu"), ("timeout", "timeout")):
+    for native, toka in LIMIT_KEYS:
         if toka in limits:
             fields.setdefault("defaults", {}).setdefault("limits", {})[native] = limits[toka]
             sources[f"defaults.limits.{native}"] = f"security.resource_limits.{toka}"
