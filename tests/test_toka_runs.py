@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -100,12 +101,14 @@ def test_a_finished_optional_dependency_hands_on_its_result(tmp_path, workspace_
     result = run(optional_config(tmp_path, mode), workspace_root=workspace_root)
     assert result.ok, result.state.message
     assert [o.task_id for o in result.outcomes] == ["helper/speak", "user/listen"]
+    helper = result.outcomes[0]
+    assert re.fullmatch(r"exit code 0 in \d+\.\d\ds", helper.message), helper.message
     handed_on = json.loads(result.outcomes[1].stdout_tail)
     assert handed_on == {
         "helper": {
             "task": "helper/speak",
             "status": "completed",
-            "message": handed_on["helper"]["message"],
+            "message": helper.message,
             "stdout_tail": "helper says hi\n",
         }
     }
