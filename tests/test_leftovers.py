@@ -4,6 +4,7 @@ time limit on their own, and the next run or `toka sandbox clean` removes them."
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,10 +12,14 @@ import sys
 import time
 import uuid
 
+import docker
 import pytest
-from conftest import REPO, TOKA, run_toka, toka_containers, write_config
+from conftest import REPO, TOKA, run_toka, write_config
+from own_runs import TEST_LABEL, flow_run_id_of, no_leftover_containers, run_containers  # noqa: F401
 
 from toka_agents import run
+from toka_agents.compiling import RUN_LABEL
+from toka_agents.sandbox import LABEL_MANAGED
 from toka_agents.sandbox.owners import LABEL_OWNER, current_owner, is_orphaned
 
 pytestmark = pytest.mark.usefixtures("no_leftover_containers")
@@ -39,40 +44,73 @@ def test_an_owner_is_orphaned_only_when_its_process_on_this_host_is_gone():
     assert not is_orphaned("not a label of ours")
 
 
-def park(docker_client, image: str, owner: str) -> str:
+def park(docker_client, image: str, owner: str, flow_run_id: str | None = None) -> str:
     """A container that looks like one of a run's, owned by `owner`."""
+    labels = {LABEL_MANAGED: "1", LABEL_OWNER: owner, TEST_LABEL: "leftovers"}
+    if flow_run_id is not None:
+        labels[RUN_LABEL] = flow_run_id
     return docker_client.containers.run(
-        image,
-        ["sleep", "300"],
-        detach=True,
-        network_mode="none",
-        labels={"org.toka-agents.managed": "1", LABEL_OWNER: owner},
+        image, ["sleep", "300"], detach=True, network_mode="none", labels=labels
     ).id
 
 
+def exists(docker_client, container_id: str) -> bool:
+    try:
+        docker_client.api.inspect_container(container_id)
+    except docker.errors.NotFound:
+        return False
+    return True
+
+
+def remove(container_ids: list[str]) -> None:
+    for container_id in container_ids:
+        subprocess.run(["docker", "rm", "-f", container_id], capture_output=True)
+
+
 def test_sandbox_clean_removes_only_what_killed_processes_left(docker_client, sandbox_image):
+    # Orphans belong to nobody alive, whichever suite or run made them; a live owner's stay.
     orphan = park(docker_client, sandbox_image, dead_owner())
     alive = park(docker_client, sandbox_image, current_owner())
     try:
         cleaned = run_toka("sandbox", "clean")
         assert cleaned.returncode == 0, cleaned.stderr
-        assert cleaned.stdout.strip() == "removed 1 container(s)"
-        assert toka_containers(docker_client) == [alive]
-
-        everything = run_toka("sandbox", "clean", "--all")
-        assert everything.stdout.strip() == "removed 1 container(s)"
-        assert toka_containers(docker_client) == []
+        assert re.fullmatch(r"removed [1-9]\d* container\(s\)", cleaned.stdout.strip()), cleaned.stdout
+        assert not exists(docker_client, orphan)
+        assert exists(docker_client, alive)
     finally:
-        for container_id in (orphan, alive):
-            subprocess.run(["docker", "rm", "-f", container_id], capture_output=True)
+        remove([orphan, alive])
+
+
+def test_sandbox_clean_run_removes_that_runs_containers_whoever_owns_them(docker_client, sandbox_image):
+    mine, other = str(uuid.uuid4()), str(uuid.uuid4())
+    live = park(docker_client, sandbox_image, current_owner(), mine)
+    orphaned = park(docker_client, sandbox_image, dead_owner(), mine)
+    bystander = park(docker_client, sandbox_image, current_owner(), other)
+    try:
+        cleaned = run_toka("sandbox", "clean", "--run", mine)
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert cleaned.stdout.strip() == "removed 2 container(s)"
+        assert not exists(docker_client, live) and not exists(docker_client, orphaned)
+        assert exists(docker_client, bystander)
+
+        both = run_toka("sandbox", "clean", "--run", other, "--all")
+        assert (both.returncode, both.stderr.strip()) == (1, "give --run or --all, not both")
+        not_an_id = run_toka("sandbox", "clean", "--run", "yesterday")
+        assert not_an_id.returncode != 0
+        assert 'Invalid value for --run: unable to convert "yesterday" into UUID' in not_an_id.stderr
+        assert "Traceback" not in not_an_id.stdout + not_an_id.stderr
+        assert exists(docker_client, bystander)
+    finally:
+        remove([live, orphaned, bystander])
 
 
 def test_a_killed_runs_container_stops_by_itself_and_the_next_run_removes_it(
     tmp_path, docker_client, sandbox_image, prefect_api, workspace_root
 ):
+    name = f"killed-{uuid.uuid4().hex[:8]}"
     path = write_config(
         tmp_path,
-        "name: killed\n"
+        f"name: {name}\n"
         "agents:\n"
         "  - name: long\n"
         "    capabilities: [filesystem-write]\n"
@@ -94,7 +132,7 @@ def test_a_killed_runs_container_stops_by_itself_and_the_next_run_removes_it(
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    [container_id] = toka_containers(docker_client)
+    [container_id] = run_containers(docker_client, flow_run_id_of(name))
 
     # Nobody is left to kill it at its time limit: its supervisor ends it a little later.
     deadline = time.monotonic() + 60
@@ -112,4 +150,4 @@ def test_a_killed_runs_container_stops_by_itself_and_the_next_run_removes_it(
     )
     result = run(other, workspace_root=workspace_root)
     assert result.ok, result.state.message
-    assert container_id not in toka_containers(docker_client)
+    assert not exists(docker_client, container_id)

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
+from uuid import UUID
 
 import cyclopts
 from cyclopts import Parameter
@@ -16,7 +17,7 @@ from rich.table import Table
 
 from toka_agents import __version__, graphs, planning
 from toka_agents.api import RunResult, run_plan
-from toka_agents.compiling import RunOptions
+from toka_agents.compiling import RUN_LABEL, RunOptions
 from toka_agents.config.limits import format_bytes
 from toka_agents.config.models import DEFAULT_IMAGE, OrchestrationFile
 from toka_agents.errors import ConfigError, ConfigIssue, TokaError
@@ -285,6 +286,10 @@ def check() -> int:
 @sandbox_app.command
 def clean(
     *,
+    run: Annotated[
+        UUID | None,
+        Parameter(help="Remove the containers of this flow run (its id), whoever owns them."),
+    ] = None,
     all: Annotated[
         bool, Parameter(negative="", help="Remove every toka-agents container, running runs' too.")
     ] = False,
@@ -292,9 +297,18 @@ def clean(
     """Remove the sandbox containers that toka-agents processes left when they were killed.
 
     A run removes its own containers whatever happens to it, and the next run on this host
-    removes those of killed processes; this does it now."""
+    removes those of killed processes; this does it now. `--run` removes one run's containers
+    only, `--all` every toka-agents container on the engine."""
+    if run is not None and all:
+        err.print("give --run or --all, not both", markup=False)
+        return 1
     client = connect()
-    removed = remove_labeled(client, {LABEL_MANAGED: "1"}) if all else len(remove_orphans(client))
+    if run is not None:
+        removed = remove_labeled(client, {LABEL_MANAGED: "1", RUN_LABEL: str(run)})
+    elif all:
+        removed = remove_labeled(client, {LABEL_MANAGED: "1"})
+    else:
+        removed = len(remove_orphans(client))
     out.print(f"removed {removed} container(s)", markup=False)
     return 0
 

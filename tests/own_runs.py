@@ -1,0 +1,106 @@
+"""What a test sees of its own runs: their flow run ids and their containers.
+
+Tests share the Docker engine with other runs (other suites, an operator's run), so they find
+their containers by the run's own label, `org.toka-agents.run=<flow run id>`, never by the
+label every toka-agents container carries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from uuid import UUID
+
+import docker
+import pytest
+from conftest import toka_containers
+from prefect import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.exceptions import ObjectNotFound
+
+from toka_agents.compiling import RUN_LABEL
+from toka_agents.sandbox import LABEL_MANAGED
+
+TEST_LABEL = "org.toka-agents.test"
+"""Carried by the containers that tests make themselves to stand for a run's."""
+
+START_DEADLINE = 120.0
+"""Seconds a run may take to start its first container: SQLite's 503 retries can delay it."""
+
+
+def run_containers(docker_client, flow_run_id: UUID | str) -> list[str]:
+    """Ids of the containers of one run, running or not."""
+    labels = [f"{LABEL_MANAGED}=1", f"{RUN_LABEL}={flow_run_id}"]
+    return [c["Id"] for c in docker_client.api.containers(all=True, filters={"label": labels})]
+
+
+def flow_run_id_of(flow_name: str, deadline: float = START_DEADLINE) -> UUID:
+    """The id of the one flow run of the flow `flow_name`, once it exists."""
+    end = time.monotonic() + deadline
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])))
+            if runs:
+                [flow_run] = runs
+                return flow_run.id
+            assert time.monotonic() < end, f"no flow run of {flow_name!r} started"
+            time.sleep(0.1)
+
+
+def wait_for_running_container(docker_client, flow_run_id: UUID | str) -> str:
+    """The id of the run's first container, once it is running."""
+    end = time.monotonic() + START_DEADLINE
+    while True:
+        for container_id in run_containers(docker_client, flow_run_id):
+            if docker_client.api.inspect_container(container_id)["State"]["Running"]:
+                return container_id
+        assert time.monotonic() < end, f"run {flow_run_id} never started a container"
+        time.sleep(0.1)
+
+
+def seconds_until_gone(docker_client, flow_run_id: UUID | str, bound: float) -> float | None:
+    """How long the run's containers took to disappear, or None if some outlived `bound` seconds."""
+    start = time.monotonic()
+    while run_containers(docker_client, flow_run_id):
+        if time.monotonic() - start > bound:
+            return None
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def remove_run_containers(docker_client, flow_run_id: UUID | str) -> None:
+    """Remove what a failed test's run left, so that one failure does not leak containers."""
+    for container_id in run_containers(docker_client, flow_run_id):
+        with contextlib.suppress(docker.errors.NotFound):  # the run removed it meanwhile
+            docker_client.api.remove_container(container_id, force=True)
+
+
+def _is_flow_run_of_this_session(client, flow_run_id: str) -> bool:
+    try:
+        client.read_flow_run(UUID(flow_run_id))
+    except (ValueError, ObjectNotFound):
+        return False
+    return True
+
+
+@pytest.fixture
+def no_leftover_containers(docker_client, prefect_api) -> Iterator[None]:
+    """Fails the test if a run of this session, or a container a test parked, is left behind.
+
+    Scoped to this session's own containers: its Prefect server knows only its own flow runs,
+    so containers of runs beside the suite (other suites, an operator's run) are not counted.
+    """
+    before = set(toka_containers(docker_client))
+    yield
+    left = []
+    with get_client(sync_client=True) as client:
+        for container in docker_client.api.containers(
+            all=True, filters={"label": [f"{LABEL_MANAGED}=1"]}
+        ):
+            labels = container.get("Labels") or {}
+            if container["Id"] in before:
+                continue
+            if TEST_LABEL in labels or _is_flow_run_of_this_session(client, labels.get(RUN_LABEL, "")):
+                left.append(container["Id"])
+    assert not left, f"containers left behind: {sorted(left)}"
