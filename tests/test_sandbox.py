@@ -5,16 +5,29 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import toka_containers
 
 from toka_agents.errors import SandboxError
-from toka_agents.sandbox import Sandbox, SandboxSpec, connect, create_workspace
+from toka_agents.sandbox import Sandbox, SandboxCancelled, SandboxSpec, connect, create_workspace
+from toka_agents.sandbox.owners import LABEL_OWNER, current_owner
 
 MB = 1024**2
 pytestmark = pytest.mark.usefixtures("no_leftover_containers")
+
+
+@pytest.fixture
+def no_leftover_containers(docker_client) -> Iterator[None]:
+    """Fails the test if it leaves a container of this process behind. Only this process's
+    (its owner label): other test sessions may be running containers on the same engine."""
+    mine = {"label": ["org.toka-agents.managed=1", f"{LABEL_OWNER}={current_owner()}"]}
+    before = {c["Id"] for c in docker_client.api.containers(all=True, filters=mine)}
+    yield
+    left = {c["Id"] for c in docker_client.api.containers(all=True, filters=mine)} - before
+    assert not left, f"containers left behind: {sorted(left)}"
 
 
 @pytest.fixture
@@ -245,6 +258,50 @@ def test_cancel_kills_running_containers(sandbox, spec):
     assert result.cancelled and result.failure == "cancelled: the run was cancelled"
     with pytest.raises(SandboxError, match="cancelled"):
         sandbox.run(spec("print(1)"))
+
+
+def container_events(docker_client, token: str, since: int) -> list[str]:
+    """What the engine did to the containers labelled with this test's token, in order."""
+    until = int(time.time()) + 1
+    filters = {"type": "container", "label": f"org.toka-agents.test={token}"}
+    events = docker_client.events(since=since, until=until, filters=filters, decode=True)
+    return [event["Action"] for event in events]
+
+
+class CancelledWhileCreating(Sandbox):
+    """A cancel that lands just after the engine created the container."""
+
+    def _create(self, spec: SandboxSpec) -> str:
+        container_id = super()._create(spec)
+        self.cancel()
+        return container_id
+
+
+class CancelledBeforeStart(Sandbox):
+    """A cancel that lands after the container is created and registered, before it starts."""
+
+    def _attach_and_run(self, container_id, spec, on_output):
+        self.cancel()
+        return super()._attach_and_run(container_id, spec, on_output)
+
+
+@pytest.mark.parametrize("sandbox_type", [CancelledWhileCreating, CancelledBeforeStart])
+def test_a_cancel_before_the_start_means_the_container_never_starts(docker_client, spec, sandbox_type):
+    token = secrets.token_hex(4)
+    sandbox = sandbox_type(docker_client, {"org.toka-agents.test": token})
+    since = int(time.time()) - 1
+    began = time.monotonic()
+    try:
+        outcome = sandbox.run(spec("import time\ntime.sleep(60)", timeout=20)).failure
+    except SandboxCancelled as exc:
+        outcome = f"SandboxCancelled: {exc}"
+    took = time.monotonic() - began
+    actions = container_events(docker_client, token, since)
+    print(f"outcome {outcome!r} after {took:.1f}s; engine events {actions}")
+    assert outcome == "SandboxCancelled: the run was cancelled"
+    assert took < 15  # a container that started would run to its 20 s limit
+    assert "create" in actions and "destroy" in actions
+    assert "start" not in actions
 
 
 def test_an_exception_in_our_code_still_removes_the_container(sandbox, spec):

@@ -52,7 +52,8 @@ class Sandbox:
         self.client = client
         self.labels = {LABEL_MANAGED: "1", LABEL_OWNER: current_owner(), **(labels or {})}
         self._live: set[str] = set()
-        self._lock = threading.Lock()
+        self._starting = 0  # calls to the engine's start under way; cancel() waits them out
+        self._lock = threading.Condition()
         self._cancelled = threading.Event()
 
     @property
@@ -68,8 +69,6 @@ class Sandbox:
         try:
             with self._lock:
                 self._live.add(container_id)
-            if self.cancelled:  # cancel() ran while we were creating
-                raise SandboxCancelled("the run was cancelled")
             return self._attach_and_run(container_id, spec, on_output)
         finally:
             with self._lock:
@@ -77,9 +76,15 @@ class Sandbox:
             remove(self.client, container_id)
 
     def cancel(self) -> None:
-        """Kill every container this sandbox is running; later `run` calls are refused."""
-        self._cancelled.set()
+        """Kill every container this sandbox is running; later `run` calls are refused.
+
+        No container of a cancelled sandbox ever starts: `_start` checks the flag and starts
+        under the lock this sets it under, and a start already under way is waited for, so
+        its container is running (and killable) when the live set is read.
+        """
         with self._lock:
+            self._cancelled.set()
+            self._lock.wait_for(lambda: self._starting == 0)
             live = list(self._live)
         for container_id in live:
             _kill(self.client, container_id)
@@ -113,6 +118,19 @@ class Sandbox:
             raise SandboxError(f"the Docker engine refused to create the container: {exc}") from exc
         return created["Id"]
 
+    def _start(self, container_id: str) -> None:
+        """Start a created container, unless the sandbox is cancelled (then it never runs)."""
+        with self._lock:
+            if self.cancelled:
+                raise SandboxCancelled("the run was cancelled")
+            self._starting += 1
+        try:
+            self.client.api.start(container_id)
+        finally:
+            with self._lock:
+                self._starting -= 1
+                self._lock.notify_all()
+
     def _attach_and_run(
         self, container_id: str, spec: SandboxSpec, on_output: OutputCallback | None
     ) -> SandboxResult:
@@ -138,9 +156,16 @@ class Sandbox:
             stream = api.attach_socket(
                 container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
             )
-            api.start(container_id)
         except (DockerException, RequestException, OSError) as exc:
+            raise SandboxError(f"the Docker engine could not attach to the container: {exc}") from exc
+        try:
+            self._start(container_id)
+        except (DockerException, RequestException, OSError) as exc:
+            stream.close()
             raise SandboxError(f"the Docker engine could not start the container: {exc}") from exc
+        except SandboxCancelled:
+            stream.close()
+            raise
         started = time.monotonic()
         timer = threading.Timer(spec.timeout, on_deadline)
         timer.daemon = True
