@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 import time
@@ -271,18 +272,18 @@ def container_events(docker_client, token: str, since: int) -> list[str]:
 class CancelledWhileCreating(Sandbox):
     """A cancel that lands just after the engine created the container."""
 
-    def _create(self, spec: SandboxSpec) -> str:
-        container_id = super()._create(spec)
+    def _create(self, *args):
+        container = super()._create(*args)
         self.cancel()
-        return container_id
+        return container
 
 
 class CancelledBeforeStart(Sandbox):
     """A cancel that lands after the container is created and registered, before it starts."""
 
-    def _attach_and_run(self, container_id, spec, on_output):
+    def _attach_and_run(self, *args):
         self.cancel()
-        return super()._attach_and_run(container_id, spec, on_output)
+        return super()._attach_and_run(*args)
 
 
 @pytest.mark.parametrize("sandbox_type", [CancelledWhileCreating, CancelledBeforeStart])
@@ -310,6 +311,49 @@ def test_an_exception_in_our_code_still_removes_the_container(sandbox, spec):
 
     with pytest.raises(RuntimeError, match="a bug in the caller"):
         sandbox.run(spec("import time\nprint('hi', flush=True)\ntime.sleep(30)"), on_output=explode)
+
+
+@pytest.mark.parametrize("remover_thread", [True, False], ids=["from-another-thread", "before-the-wait"])
+def test_a_container_removed_under_its_task_is_a_sandbox_error_naming_it(
+    sandbox, spec, docker_client, remover_thread
+):
+    """Removed by another thread (which engine call notices first is a race), or removed
+    completely before the host goes on reading and waits (the engine answers 'no such
+    container'): either way one line naming the container, never the engine's exception."""
+    mine = {"label": [f"org.toka-agents.test={sandbox.labels['org.toka-agents.test']}"]}
+    removed: list[str] = []
+
+    def remove_it() -> None:
+        [found] = docker_client.api.containers(filters=mine)
+        removed.append(found["Id"])
+        docker_client.api.remove_container(found["Id"], force=True)
+
+    remover = threading.Thread(target=remove_it if remover_thread else lambda: None)
+
+    def on_output(stream: str, data: bytes) -> None:
+        if data.startswith(b"started") and remover.ident is None:
+            remover.start()
+            if not remover_thread:
+                remove_it()
+
+    began = time.monotonic()
+    try:
+        task = spec("echo started; sleep 60", language="shell", name="toka-test-removed", timeout=60)
+        outcome = f"returned: {sandbox.run(task, on_output).failure}"
+    except SandboxError as exc:
+        outcome = f"SandboxError: {exc}"
+    except Exception as exc:  # what must not happen: an engine error escaping as itself
+        outcome = f"{type(exc).__name__} escaped: {str(exc)[:200]}"
+    took = time.monotonic() - began
+    print(outcome)
+    remover.join(15)
+    [container_id] = removed
+    assert re.fullmatch(
+        rf"SandboxError: [^\n]*container toka-test-removed-[0-9a-f]{{8}} \({container_id[:12]}\)[^\n]*",
+        outcome,
+    )
+    assert took < 15  # the task would sleep for 60 s
+    assert docker_client.api.containers(all=True, filters=mine) == []
 
 
 def test_missing_image_is_a_clear_error(sandbox, spec):

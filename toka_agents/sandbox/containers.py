@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -35,14 +37,28 @@ OutputCallback = Callable[[str, bytes], None]
 LABEL_MANAGED = "org.toka-agents.managed"
 BOOTSTRAP = resources.files("toka_agents.sandbox").joinpath("bootstrap.py").read_text()
 _STREAMS = {1: "stdout", 2: "stderr"}
-_CLEANUP_ERRORS = (DockerException, RequestException, OSError)
+_ENGINE_ERRORS = (DockerException, RequestException, OSError)
 DEADLINE_GRACE = 5.0
 """Seconds past the time limit after which the supervisor ends the container itself, in
 case this process died before its timer could kill it."""
 
 
+logger = logging.getLogger(__name__)
+
+
 class SandboxCancelled(SandboxError):
     """The sandbox was cancelled: it starts no more containers."""
+
+
+@dataclass(frozen=True)
+class Container:
+    """A container a sandbox created: its id, and the name `docker ps` shows."""
+
+    id: str
+    name: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.id[:12]})" if self.name else self.id[:12]
 
 
 class Sandbox:
@@ -61,19 +77,21 @@ class Sandbox:
         return self._cancelled.is_set()
 
     def run(self, spec: SandboxSpec, on_output: OutputCallback | None = None) -> SandboxResult:
-        """Run `spec` in a new container; return how it ended. Raises `SandboxError` when the
-        engine refuses to run it at all (no image, engine gone)."""
+        """Run `spec` in a new container; return how it ended. Raises `SandboxError`, with one
+        line naming the container, when the engine fails it (no image, engine gone, container
+        removed under it): no engine error escapes as anything else."""
         if self.cancelled:
             raise SandboxCancelled("the run was cancelled")
-        container_id = self._create(spec)
+        container = self._create(spec)
+        with self._lock:
+            self._live.add(container.id)
         try:
-            with self._lock:
-                self._live.add(container_id)
-            return self._attach_and_run(container_id, spec, on_output)
-        finally:
-            with self._lock:
-                self._live.discard(container_id)
-            remove(self.client, container_id)
+            result = self._attach_and_run(container, spec, on_output)
+        except BaseException:
+            self._discard(container, quietly=True)
+            raise
+        self._discard(container)
+        return result
 
     def cancel(self) -> None:
         """Kill every container this sandbox is running; later `run` calls are refused.
@@ -93,7 +111,19 @@ class Sandbox:
         """Remove every container carrying this sandbox's labels; return how many there were."""
         return remove_labeled(self.client, self.labels)
 
-    def _create(self, spec: SandboxSpec) -> str:
+    def _discard(self, container: Container, *, quietly: bool = False) -> None:
+        """Forget a container and remove it. `quietly`: another error is on its way, so a
+        removal error is logged rather than raised in its place."""
+        with self._lock:
+            self._live.discard(container.id)
+        try:
+            remove(self.client, container.id)
+        except SandboxError as exc:
+            if not quietly:
+                raise
+            logger.warning("%s", exc)
+
+    def _create(self, spec: SandboxSpec) -> Container:
         labels = {**self.labels, **spec.labels}
         name = f"{spec.name}-{secrets.token_hex(4)}" if spec.name else None
         try:
@@ -114,9 +144,12 @@ class Sandbox:
                 f"sandbox image {spec.image!r} is not on the Docker engine: build it with "
                 "`toka sandbox build` (scripts/setup does), or set `image:` to one you have"
             ) from exc
-        except (DockerException, RequestException, OSError) as exc:
-            raise SandboxError(f"the Docker engine refused to create the container: {exc}") from exc
-        return created["Id"]
+        except _ENGINE_ERRORS as exc:
+            what = f"container {name}" if name else f"a container of {spec.image}"
+            raise SandboxError(
+                f"the Docker engine refused to create {what}: {engine_said(exc)}"
+            ) from exc
+        return Container(created["Id"], name)
 
     def _start(self, container_id: str) -> None:
         """Start a created container, unless the sandbox is cancelled (then it never runs)."""
@@ -132,7 +165,7 @@ class Sandbox:
                 self._lock.notify_all()
 
     def _attach_and_run(
-        self, container_id: str, spec: SandboxSpec, on_output: OutputCallback | None
+        self, container: Container, spec: SandboxSpec, on_output: OutputCallback | None
     ) -> SandboxResult:
         api = self.client.api
         marker = f"TOKA-RESULT-{secrets.token_hex(8)}"
@@ -150,30 +183,22 @@ class Sandbox:
 
         def on_deadline() -> None:
             timed_out.set()
-            _kill(self.client, container_id)
+            _kill(self.client, container.id)
 
-        try:
+        with engine_errors("attaching to", container):
             stream = api.attach_socket(
-                container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+                container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
             )
-        except (DockerException, RequestException, OSError) as exc:
-            raise SandboxError(f"the Docker engine could not attach to the container: {exc}") from exc
-        try:
-            self._start(container_id)
-        except (DockerException, RequestException, OSError) as exc:
-            stream.close()
-            raise SandboxError(f"the Docker engine could not start the container: {exc}") from exc
-        except SandboxCancelled:
-            stream.close()
-            raise
-        started = time.monotonic()
         timer = threading.Timer(spec.timeout, on_deadline)
         timer.daemon = True
-        timer.start()
         try:
+            with engine_errors("starting", container):
+                self._start(container.id)
+            started = time.monotonic()
+            timer.start()
             _send(stream, payload)
             reported = False
-            for number, chunk in frames_iter(stream, tty=False):
+            for number, chunk in _frames(stream, container):
                 name = _STREAMS.get(number)
                 if name is None:
                     continue
@@ -185,16 +210,21 @@ class Sandbox:
                         reported, chunk = True, chunk[:at]
                 if on_output is not None and chunk:
                     on_output(name, chunk)
-            status = api.wait(container_id, timeout=max(spec.timeout, 30))
+            with engine_errors("waiting for", container):
+                status = api.wait(container.id, timeout=max(spec.timeout, 30))
             duration = time.monotonic() - started
         finally:
             timer.cancel()
-            stream.close()
-        state = api.inspect_container(container_id)["State"]
+            with contextlib.suppress(OSError):
+                stream.close()
+        with engine_errors("inspecting", container):
+            state = api.inspect_container(container.id)["State"]
+        if state.get("Status") in ("removing", "dead") and not (timed_out.is_set() or self.cancelled):
+            raise SandboxError(f"container {container} was removed while its task ran")
         report, stderr = _split_report(bytes(out["stderr"]), marker)
         return _result(
             spec,
-            container_id,
+            container.id,
             report=report,
             stdout=bytes(out["stdout"]),
             stderr=stderr,
@@ -204,6 +234,31 @@ class Sandbox:
             cancelled=self.cancelled and not timed_out.is_set(),
             duration=min(duration, spec.timeout) if timed_out.is_set() else duration,
         )
+
+
+@contextlib.contextmanager
+def engine_errors(doing: str, container: Container) -> Iterator[None]:
+    """Turn an error of the engine (or of the connection to it) into a one-line `SandboxError`
+    saying what the engine said, doing what, to which container."""
+    try:
+        yield
+    except _ENGINE_ERRORS as exc:
+        raise SandboxError(
+            f"Docker engine error while {doing} container {container}: {engine_said(exc)}"
+        ) from exc
+
+
+def engine_said(exc: BaseException) -> str:
+    """The engine's own words from an error, in one line."""
+    explanation = getattr(exc, "explanation", None)  # an APIError's message from the engine
+    text = str(explanation or exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _frames(stream: Any, container: Container) -> Iterator[tuple[int, bytes]]:
+    """The attach stream's (stream number, bytes) frames, failing as `engine_errors` does."""
+    with engine_errors("reading the output of", container):
+        yield from frames_iter(stream, tty=False)
 
 
 def host_settings(spec: SandboxSpec) -> dict[str, Any]:
@@ -312,7 +367,7 @@ def _result(
 
 
 def _kill(client: docker.DockerClient, container_id: str) -> None:
-    with contextlib.suppress(*_CLEANUP_ERRORS):  # already stopped or gone: removal follows
+    with contextlib.suppress(*_ENGINE_ERRORS):  # already stopped or gone: removal follows
         client.api.kill(container_id)
 
 
@@ -329,7 +384,7 @@ def remove(client: docker.DockerClient, container_id: str, attempts: int = 5) ->
             if exc.status_code == 409 and "in progress" in str(exc):
                 return
             last = exc
-        except _CLEANUP_ERRORS as exc:
+        except _ENGINE_ERRORS as exc:
             last = exc
         time.sleep(0.2 * (attempt + 1))
     raise SandboxError(f"could not remove container {container_id[:12]}: {last}")
@@ -354,7 +409,7 @@ def remove_orphans(client: docker.DockerClient) -> list[str]:
     removed now is tried again by the next run."""
     try:
         found = client.api.containers(all=True, filters={"label": [f"{LABEL_MANAGED}=1"]})
-    except _CLEANUP_ERRORS:
+    except _ENGINE_ERRORS:
         return []
     removed = []
     for container in found:
