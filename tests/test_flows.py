@@ -9,12 +9,19 @@ import signal
 import subprocess
 import textwrap
 import threading
-import time
+import uuid
 from pathlib import Path
 from uuid import UUID
 
 import pytest
-from conftest import EXAMPLES, REPO, TOKA, run_toka, toka_containers, write_config
+from conftest import EXAMPLES, REPO, TOKA, run_toka, write_config
+from own_runs import (  # noqa: F401 (no_leftover_containers: this module's leak check)
+    flow_run_id_of,
+    no_leftover_containers,
+    remove_run_containers,
+    seconds_until_gone,
+    wait_for_running_container,
+)
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import TaskRun
@@ -311,26 +318,71 @@ def test_unreachable_docker_engine_fails_every_task_with_the_reason(
     tmp_path, workspace_root, monkeypatch
 ):
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/absent.sock")
-    result = run(EXAMPLES / "quickstart.yaml", workspace_root=workspace_root)
-    assert result.state.is_failed()
-    first = result.outcomes[0]
-    assert first.status == "failed"
-    assert first.message.startswith("sandbox error: cannot reach the Docker engine at unix://")
-
-
-def test_cancelling_the_flow_run_removes_its_containers(tmp_path, workspace_root, docker_client):
     path = config(
         tmp_path,
         """
-        name: cancel-me
+        name: no-engine
         agents:
-          - name: long
-            tasks: [{name: wait, code: {language: shell, source: "echo started; sleep 120"}}]
+          - name: one
+            tasks: [{name: work, code: {language: shell, source: "true"}}]
+          - name: two
+            tasks:
+              - {name: first, code: {language: shell, source: "true"}}
+              - {name: second, code: {language: shell, source: "true"}}
           - name: after
-            requires: [long]
-            tasks: [{name: never, code: {language: shell, source: "true"}}]
+            requires: [one]
+            tasks: [{name: use, code: {language: shell, source: "true"}}]
         """,
     )
+    result = run(path, workspace_root=workspace_root)
+    assert result.state.is_failed()
+    reason = f"sandbox error: cannot reach the Docker engine at unix://{tmp_path}/absent.sock: "
+    outcomes = {o.task_id: o for o in result.outcomes}
+    assert list(outcomes) == ["one/work", "two/first", "two/second", "after/use"]
+    # Every task that ran failed with the reason; every other one names it.
+    for ran in ("one/work", "two/first"):
+        assert outcomes[ran].status == "failed", outcomes[ran]
+        assert outcomes[ran].message.startswith(reason), outcomes[ran].message
+    first_error = outcomes["two/first"].message
+    assert (outcomes["two/second"].status, outcomes["two/second"].message) == (
+        "skipped",
+        f"not run: earlier task two/first failed: {first_error}",
+    )
+    assert (outcomes["after/use"].status, outcomes["after/use"].message) == (
+        "skipped",
+        f"not run: required agent 'one' failed: one/work: {outcomes['one/work'].message}",
+    )
+    states = {name: task_run.state for name, task_run in task_runs(result.flow_run_id).items()}
+    assert states["one/work"].is_failed() and states["two/first"].is_failed()
+    assert states["one/work"].message.startswith(reason)
+    assert states["two/second"].name == states["after/use"].name == "Skipped"
+
+
+LONG_TASK = """
+name: {name}
+agents:
+  - name: long
+    limits: {{timeout: 10m}}
+    tasks: [{{name: wait, code: {{language: shell, source: "echo started; sleep 600"}}}}]
+  - name: after
+    requires: [long]
+    tasks: [{{name: never, code: {{language: shell, source: "true"}}}}]
+"""
+"""A task that would run for ten minutes unless the run's end kills it."""
+
+GONE_WITHIN = 15.0
+"""Seconds within which a cancelled or signalled run's containers must be gone."""
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def test_cancelling_the_flow_run_removes_its_containers_within_seconds(
+    tmp_path, workspace_root, docker_client, capfd
+):
+    name = unique("cancel-me")
+    path = write_config(tmp_path, LONG_TASK.format(name=name))
     holder = {}
     # The thread must see this test's Prefect settings: a new thread starts with none.
     context = contextvars.copy_context()
@@ -339,53 +391,63 @@ def test_cancelling_the_flow_run_removes_its_containers(tmp_path, workspace_root
         args=(lambda: holder.setdefault("result", run(path, workspace_root=workspace_root)),),
     )
     thread.start()
-    with get_client(sync_client=True) as client:
-        deadline = time.monotonic() + 120  # generous: SQLite's 503 retries can delay the start
-        while not (containers := toka_containers(docker_client)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert containers, "the task never started a container"
-        run_id = docker_client.api.inspect_container(containers[0])["Config"]["Labels"][
-            "org.toka-agents.run"
-        ]
-        client.set_flow_run_state(UUID(run_id), Cancelling(), force=True)
-    thread.join(timeout=60)
-    assert not thread.is_alive()
-    result = holder["result"]
-    assert result.state.is_cancelled()
-    status = {o.task_id: o.status for o in result.outcomes}
-    assert status == {"long/wait": "cancelled", "after/never": "cancelled"}
-    assert not toka_containers(docker_client)
-
-
-def test_sigterm_removes_containers(tmp_path, docker_client, prefect_api):
-    path = config(
-        tmp_path,
-        """
-        name: terminate-me
-        agents:
-          - name: long
-            tasks: [{name: wait, code: {language: shell, source: "sleep 120"}}]
-        """,
-    )
-    process = subprocess.Popen(
-        [TOKA, "orchestrate", str(path), "--workspace-dir", str(tmp_path / "runs")],
-        env={**os.environ, "PREFECT_API_URL": prefect_api},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=REPO,
-    )
+    flow_run_id = flow_run_id_of(name)
     try:
-        deadline = time.monotonic() + 120
-        while not toka_containers(docker_client) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert toka_containers(docker_client), "no container started"
+        wait_for_running_container(docker_client, flow_run_id)
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
+        took = seconds_until_gone(docker_client, flow_run_id, GONE_WITHIN)
+        assert took is not None, f"the run's containers outlived the cancel by {GONE_WITHIN:.0f} s"
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+    finally:
+        remove_run_containers(docker_client, flow_run_id)  # lets a failed run end, too
+        thread.join(timeout=60)
+    result = holder["result"]
+    assert result.flow_run_id == flow_run_id
+    assert result.state.is_cancelled(), result.state
+    assert {o.task_id: o.status for o in result.outcomes} == {
+        "long/wait": "cancelled",
+        "after/never": "cancelled",
+    }
+    [wait] = task_runs(flow_run_id).values()  # `after` never got a task run
+    assert wait.name == "long/wait" and wait.state.is_cancelled(), wait.state
+    assert wait.state.message == "cancelled: the run was cancelled"
+    printed = capfd.readouterr()
+    assert "Traceback" not in printed.out + printed.err, printed.err[-3000:]
+
+
+def test_sigterm_removes_containers_within_seconds(tmp_path, docker_client, prefect_api):
+    name = unique("terminate-me")
+    path = write_config(tmp_path, LONG_TASK.format(name=name))
+    stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
+    with stdout.open("w") as out, stderr.open("w") as err:
+        process = subprocess.Popen(
+            [TOKA, "orchestrate", str(path), "--workspace-dir", str(tmp_path / "runs")],
+            env={**os.environ, "PREFECT_API_URL": prefect_api},
+            stdout=out,
+            stderr=err,
+            cwd=REPO,
+        )
+    flow_run_id = None
+    try:
+        flow_run_id = flow_run_id_of(name)
+        wait_for_running_container(docker_client, flow_run_id)
         process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=60)
+        took = seconds_until_gone(docker_client, flow_run_id, GONE_WITHIN)
+        process.wait(timeout=60)
     finally:
         process.kill()
-    assert process.returncode != 0
-    assert not toka_containers(docker_client), output
+        process.wait()
+        if flow_run_id is not None:
+            remove_run_containers(docker_client, flow_run_id)
+    printed = stdout.read_text() + stderr.read_text()
+    assert took is not None, f"the run's containers outlived SIGTERM by {GONE_WITHIN:.0f} s: {printed}"
+    assert process.returncode != 0, printed
+    assert "Traceback" not in printed, printed
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+    assert state.is_final(), state  # the run says how it ended: Crashed, by the signal
 
 
 def test_cli_orchestrate_prints_where_the_results_are(tmp_path, prefect_api):
