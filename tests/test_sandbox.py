@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import toka_containers
+from pydantic import ValidationError
 
 from toka_agents.errors import SandboxError
 from toka_agents.sandbox import Sandbox, SandboxCancelled, SandboxSpec, connect, create_workspace
@@ -111,13 +112,77 @@ except OSError as exc:
 
 def test_runs_as_non_root_with_no_capabilities(sandbox, spec):
     result = sandbox.run(
-        spec("id -u; id -g; grep -E '^(CapEff|CapPrm|NoNewPrivs)' /proc/self/status", language="shell")
+        spec(
+            "id -u; id -G; grep -E '^(Uid|CapEff|CapPrm|CapAmb|NoNewPrivs)' /proc/self/status;"
+            "grep -E '^Uid' /proc/1/status | sed 's/^/supervisor /'",
+            language="shell",
+        )
     )
+    print(result.stdout)
     lines = result.stdout.split("\n")
-    assert lines[0] == "10001" and lines[1] == "10001"
+    assert lines[0] == "10001" and lines[1] == "10001"  # and no supplementary group
+    assert "\nUid:\t10001\t10001\t10001\t10001\n" in result.stdout
     assert "CapPrm:\t0000000000000000" in result.stdout
     assert "CapEff:\t0000000000000000" in result.stdout
+    assert "CapAmb:\t0000000000000000" in result.stdout
     assert "NoNewPrivs:\t1" in result.stdout
+    assert "supervisor Uid:\t0\t0\t0\t0" in result.stdout  # another user than the code
+
+
+@pytest.mark.parametrize("user", ["0:0", "0:10001", "10001:0", "sandbox", "10001"])
+def test_the_code_user_is_a_uid_and_gid_never_root(spec, user):
+    with pytest.raises(ValidationError, match="user"):
+        spec("print(1)", user=user)
+
+
+REACH_THE_SUPERVISOR = """
+import os
+
+def attempt(what, action):
+    try:
+        action()
+        print(what, "allowed")
+    except OSError as exc:
+        print(what, type(exc).__name__)
+
+attempt("memory", lambda: open("/proc/1/mem", "rb").close())
+attempt("fds", lambda: os.listdir("/proc/1/fd"))
+attempt("stdout", lambda: open("/proc/1/fd/1", "wb").close())
+attempt("environ", lambda: open("/proc/1/environ", "rb").read())
+attempt("signal", lambda: os.kill(1, 0))
+"""
+
+
+def test_the_code_cannot_reach_the_supervisor(sandbox, spec):
+    result = sandbox.run(spec(REACH_THE_SUPERVISOR))
+    print(result.stdout, result.stderr)
+    assert result.ok, result.failure
+    assert result.stdout == (
+        "memory PermissionError\nfds PermissionError\nstdout PermissionError\n"
+        "environ PermissionError\nsignal PermissionError\n"
+    )
+
+
+def test_output_written_past_the_supervisor_does_not_arrive(sandbox, spec):
+    arrived = {"stdout": 0, "stderr": 0}
+
+    def count(stream: str, data: bytes) -> None:
+        arrived[stream] += len(data)
+
+    source = """
+try:
+    with open("/proc/1/fd/1", "wb") as supervisors_stdout:
+        for _ in range(20):
+            supervisors_stdout.write(b"x" * 1024 * 1024)
+    print("wrote 20 MiB")
+except OSError as exc:
+    print("refused:", type(exc).__name__)
+"""
+    result = sandbox.run(spec(source), on_output=count)
+    print(f"arrived {arrived}; result stdout_bytes={result.stdout_bytes}: {result.stdout!r}")
+    assert result.stdout == "refused: PermissionError\n"
+    assert arrived == {"stdout": len(result.stdout), "stderr": 0}
+    assert result.stdout_bytes == len(result.stdout)
 
 
 def test_root_file_system_is_read_only_and_tmp_is_writable(sandbox, spec):
@@ -168,7 +233,9 @@ def test_output_streams_while_the_code_runs(sandbox, spec):
     assert result.ok
     text = b"".join(data for _, data, _ in seen)
     assert text == b"early\nlate\n"
-    assert seen[0][1] == b"early\n"  # arrived on its own, before the code slept
+    # "early" (whose newline an unbuffered print writes apart) arrived before "late" was printed
+    late = next(index for index, (_, data, _) in enumerate(seen) if b"late" in data)
+    assert b"".join(data for _, data, _ in seen[:late]) == b"early\n"
 
 
 def test_container_settings_come_from_the_spec(sandbox, spec, docker_client):
@@ -189,12 +256,13 @@ def test_container_settings_come_from_the_spec(sandbox, spec, docker_client):
     assert host["PidsLimit"] == 33
     assert host["ReadonlyRootfs"] is True
     assert host["CapDrop"] == ["ALL"]
+    assert host["CapAdd"] == ["SETUID", "SETGID"]  # the supervisor's, to start the code as 10001
     assert host["SecurityOpt"] == ["no-new-privileges"]
     assert host["NetworkMode"] == "none"
     assert "/tmp" in host["Tmpfs"]
     [mount] = inspected["Mounts"]
     assert mount["Destination"] == "/workspace" and mount["RW"] is False
-    assert inspected["Config"]["User"] == "10001:10001"
+    assert inspected["Config"]["User"] == "0:0"  # the supervisor; the code runs as 10001:10001
 
 
 @pytest.fixture

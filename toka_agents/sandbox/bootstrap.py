@@ -2,12 +2,16 @@
 
 It reads one JSON header line and then the code from stdin, runs the code as a child
 process, passes its stdout and stderr through up to a byte cap (counting what it cuts),
-and finally writes one result line to stderr: `<marker> {json}` with the exit status,
+and finally writes one result line to stderr: a NUL, `<marker> {json}`, with the exit status,
 the cgroup's peak memory, the child's CPU time, the byte counts, and whether the kernel
 killed anything for memory. The host strips that line. The host kills the container at the
 time limit; should the host die first, the header's `deadline` (seconds) ends the container
 a little later. It uses only the standard library and must run on any Python 3.8+ in any
 image; it is never imported by toka-agents itself.
+
+The supervisor runs as root with only CAP_SETUID and CAP_SETGID; the code runs as the
+header's `user` with no capabilities. Being another user, the code can neither read this
+process's memory (and forge the report) nor write to its file descriptors (and pass the cap).
 """
 
 import json
@@ -65,14 +69,38 @@ def remaining(deadline):
     return left
 
 
+def task_user(text):
+    """(uid, gid) from the header's `uid:gid`."""
+    uid, _, gid = text.partition(":")
+    return int(uid), int(gid or uid)
+
+
+def start_task(argv, cwd, user):
+    """Start the code as `user`, in no supplementary group."""
+    uid, gid = user
+    options = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    if sys.version_info >= (3, 9):  # noqa: UP036 (it runs on the image's Python, 3.8 included)
+        options.update(user=uid, group=gid, extra_groups=[])
+    else:
+
+        def become_user():
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+
+        options["preexec_fn"] = become_user
+    return subprocess.Popen(argv, cwd=cwd, **options)
+
+
 def main():
+    os.umask(0o022)  # the code, another user, must be able to read the file it runs
     stdin = sys.stdin.buffer
     header = json.loads(stdin.readline())
     code = stdin.read()
     cap = int(header["output_limit"])
     deadline = time.monotonic() + float(header["deadline"]) if header.get("deadline") else None
 
-    os.makedirs("/tmp/toka", exist_ok=True)
+    os.makedirs("/tmp/toka", mode=0o755, exist_ok=True)
     if header["language"] == "python":
         path, argv = "/tmp/toka/task.py", [sys.executable, "/tmp/toka/task.py"]
     else:
@@ -81,9 +109,7 @@ def main():
         handle.write(code)
 
     cwd = header.get("cwd") or "/tmp"
-    child = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd
-    )
+    child = start_task(argv, cwd, task_user(header["user"]))
     sinks = {child.stdout.fileno(): sys.stdout.buffer, child.stderr.fileno(): sys.stderr.buffer}
     names = {child.stdout.fileno(): "stdout", child.stderr.fileno(): "stderr"}
     total = {"stdout": 0, "stderr": 0}
@@ -121,7 +147,7 @@ def main():
         "stderr_tail": tails["stderr"].decode("utf-8", "replace"),
         "oom_kills": oom_kills(),
     }
-    line = "\n" + header["marker"] + " " + json.dumps(result) + "\n"
+    line = "\0" + header["marker"] + " " + json.dumps(result) + "\n"
     sys.stderr.buffer.write(line.encode())
     sys.stderr.buffer.flush()
     return 0

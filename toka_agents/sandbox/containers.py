@@ -1,10 +1,11 @@
 """Runs code in a fresh container per call and removes it whatever happens.
 
 The container's settings come from a `SandboxSpec` and nowhere else: no network unless
-asked, memory/cpu/pids limits, a read-only root file system with a tmpfs /tmp, an
-unprivileged user with every Linux capability dropped and no-new-privileges. The code goes
-in over the attach socket's stdin to the supervisor in `bootstrap.py`; its output comes back
-on the same socket as it is printed; a timer kills the container at the wall-clock limit.
+asked, memory/cpu/pids limits, a read-only root file system with a tmpfs /tmp, and
+no-new-privileges. The code goes in over the attach socket's stdin to the supervisor in
+`bootstrap.py`, which runs it as the spec's unprivileged user with no capabilities at all;
+its output comes back on the same socket as it is printed, kept by `output.Capture`; a timer
+kills the container at the wall-clock limit.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -28,14 +29,18 @@ from docker.utils.socket import frames_iter
 from requests.exceptions import RequestException
 
 from toka_agents.errors import SandboxError
+from toka_agents.sandbox.output import Capture, Captured, OutputCallback
 from toka_agents.sandbox.owners import LABEL_OWNER, current_owner, is_orphaned
 from toka_agents.sandbox.spec import SandboxResult, SandboxSpec
 
-OutputCallback = Callable[[str, bytes], None]
-"""Called with ("stdout" | "stderr", bytes) as the code prints."""
-
 LABEL_MANAGED = "org.toka-agents.managed"
 BOOTSTRAP = resources.files("toka_agents.sandbox").joinpath("bootstrap.py").read_text()
+SUPERVISOR_USER = "0:0"
+"""The supervisor (PID 1) runs as another user than the code, so the code cannot reach its
+memory or file descriptors (and through them the output cap and the report)."""
+SUPERVISOR_CAPABILITIES = ["SETUID", "SETGID"]
+"""All the supervisor keeps of root: enough to start the code as `SandboxSpec.user`. No
+other capability (not even reading files it does not own), and the code has none at all."""
 _STREAMS = {1: "stdout", 2: "stderr"}
 _ENGINE_ERRORS = (DockerException, RequestException, OSError)
 DEADLINE_GRACE = 5.0
@@ -130,7 +135,7 @@ class Sandbox:
             created = self.client.api.create_container(
                 spec.image,
                 command=["python3", "-c", BOOTSTRAP],
-                user=spec.user,
+                user=SUPERVISOR_USER,
                 stdin_open=True,  # with detach=False the SDK also sets StdinOnce
                 environment=spec.env,
                 labels=labels,
@@ -173,12 +178,12 @@ class Sandbox:
             "language": spec.language,
             "output_limit": spec.output_limit,
             "marker": marker,
+            "user": spec.user,
             "cwd": "/workspace" if spec.workspace else "/tmp",
             "deadline": spec.timeout + DEADLINE_GRACE,
         }
         payload = json.dumps(header).encode() + b"\n" + spec.source.encode()
-        marker_line = b"\n" + marker.encode()
-        out = {"stdout": bytearray(), "stderr": bytearray()}
+        capture = Capture(spec.output_limit, b"\0" + marker.encode(), on_output)
         timed_out = threading.Event()
 
         def on_deadline() -> None:
@@ -197,19 +202,9 @@ class Sandbox:
             started = time.monotonic()
             timer.start()
             _send(stream, payload)
-            reported = False
             for number, chunk in _frames(stream, container):
-                name = _STREAMS.get(number)
-                if name is None:
-                    continue
-                out[name] += chunk
-                if name == "stderr":
-                    if reported:
-                        continue
-                    if (at := chunk.find(marker_line)) >= 0:
-                        reported, chunk = True, chunk[:at]
-                if on_output is not None and chunk:
-                    on_output(name, chunk)
+                if number in _STREAMS:
+                    capture.add(_STREAMS[number], chunk)
             with engine_errors("waiting for", container):
                 status = api.wait(container.id, timeout=max(spec.timeout, 30))
             duration = time.monotonic() - started
@@ -221,13 +216,10 @@ class Sandbox:
             state = api.inspect_container(container.id)["State"]
         if state.get("Status") in ("removing", "dead") and not (timed_out.is_set() or self.cancelled):
             raise SandboxError(f"container {container} was removed while its task ran")
-        report, stderr = _split_report(bytes(out["stderr"]), marker)
         return _result(
             spec,
             container.id,
-            report=report,
-            stdout=bytes(out["stdout"]),
-            stderr=stderr,
+            capture.finish(),
             status=status.get("StatusCode"),
             oom_killed=bool(state.get("OOMKilled")),
             timed_out=timed_out.is_set(),
@@ -282,6 +274,7 @@ def host_settings(spec: SandboxSpec) -> dict[str, Any]:
         "read_only": True,
         "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={spec.tmp_size},mode=1777"},
         "cap_drop": ["ALL"],
+        "cap_add": SUPERVISOR_CAPABILITIES,
         "security_opt": ["no-new-privileges"],
         "mounts": mounts,
         # Output is read from the attach socket; keeping a log file too would only use disk.
@@ -299,70 +292,42 @@ def _send(stream: Any, payload: bytes) -> None:
         pass  # the container is already gone (killed, or no python3 in the image): its result says why
 
 
-def _split_report(stderr: bytes, marker: str) -> tuple[dict[str, Any] | None, bytes]:
-    at = stderr.rfind(b"\n" + marker.encode())
-    if at < 0:
-        return None, stderr
-    line = stderr[at + len(marker) + 1 :].strip()
-    try:
-        return json.loads(line), stderr[:at]
-    except ValueError:
-        return None, stderr[:at]
-
-
 def _result(
     spec: SandboxSpec,
     container_id: str,
+    output: Captured,
     *,
-    report: dict[str, Any] | None,
-    stdout: bytes,
-    stderr: bytes,
     status: int | None,
     oom_killed: bool,
     timed_out: bool,
     cancelled: bool,
     duration: float,
 ) -> SandboxResult:
-    text_out = stdout[: spec.output_limit].decode("utf-8", "replace")
-    text_err = stderr[: spec.output_limit].decode("utf-8", "replace")
-    common = {
-        "stdout": text_out,
-        "stderr": text_err,
-        "output_limit": spec.output_limit,
-        "duration": duration,
-        "timed_out": timed_out,
-        "cancelled": cancelled,
-        "timeout": spec.timeout,
-        "memory_limit": spec.memory,
-        "container_id": container_id,
-    }
-    if report is None:
-        error = None
-        if not (timed_out or cancelled or oom_killed):
-            last = text_err.strip().splitlines()[-1:] or ["no output"]
-            error = (
-                f"the sandbox supervisor did not report (container exit code {status}): {last[0][:300]}"
-            )
-        return SandboxResult(
-            exit_code=status,
-            stdout_bytes=len(stdout),
-            stderr_bytes=len(stderr),
-            stdout_tail=text_out[-4096:],
-            stderr_tail=text_err[-4096:],
-            oom_killed=oom_killed,
-            error=error,
-            **common,
-        )
+    report = output.report
+    stderr_text = output.stderr.decode("utf-8", "replace")
+    error = output.report_error
+    if report is None and error is None and not (timed_out or cancelled or oom_killed):
+        last = stderr_text.strip().splitlines()[-1:] or ["no output"]
+        error = f"the sandbox supervisor did not report (container exit code {status}): {last[0][:300]}"
     return SandboxResult(
-        exit_code=report["exit_code"],
-        stdout_bytes=report["stdout_bytes"],
-        stderr_bytes=report["stderr_bytes"],
-        stdout_tail=report["stdout_tail"],
-        stderr_tail=report["stderr_tail"],
-        peak_memory=report["peak_memory"],
-        cpu_seconds=report["cpu_seconds"],
-        oom_killed=oom_killed or bool(report.get("oom_kills")),
-        **common,
+        exit_code=report.exit_code if report else status,
+        stdout=output.stdout.decode("utf-8", "replace"),
+        stderr=stderr_text,
+        stdout_bytes=output.stdout_bytes,
+        stderr_bytes=output.stderr_bytes,
+        stdout_tail=output.stdout_tail.decode("utf-8", "replace"),
+        stderr_tail=output.stderr_tail.decode("utf-8", "replace"),
+        peak_memory=report.peak_memory if report else None,
+        cpu_seconds=report.cpu_seconds if report else None,
+        oom_killed=oom_killed or bool(report and report.oom_kills),
+        error=error,
+        output_limit=spec.output_limit,
+        duration=duration,
+        timed_out=timed_out,
+        cancelled=cancelled,
+        timeout=spec.timeout,
+        memory_limit=spec.memory,
+        container_id=container_id,
     )
 
 

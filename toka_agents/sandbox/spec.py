@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from toka_agents.config.limits import format_bytes, format_seconds
 
 SANDBOX_USER = "10001:10001"
-"""Every container runs as this unprivileged user, whatever the image says."""
+"""The code runs as this unprivileged user, whatever the image says."""
 
 
 class SandboxSpec(BaseModel):
@@ -33,7 +33,11 @@ class SandboxSpec(BaseModel):
     name: str | None = Field(None, description="Container name prefix, for people reading `docker ps`.")
     output_limit: int = Field(1024 * 1024, gt=0, description="Bytes kept of stdout and of stderr.")
     tmp_size: int = Field(64 * 1024 * 1024, gt=0, description="Size of the writable /tmp.")
-    user: str = SANDBOX_USER
+    user: str = Field(
+        SANDBOX_USER,
+        pattern=r"^[1-9][0-9]*:[1-9][0-9]*$",
+        description="`uid:gid` the code runs as; never root, and never the supervisor's user.",
+    )
 
 
 class SandboxResult(BaseModel):
