@@ -169,14 +169,47 @@ AgentTask = Annotated[
 TASK_TAGS = frozenset({"code-task", "llm-task"})
 
 
-class LlmSettings(_Model):
-    """Which model LLM tasks use and how to reach it."""
+class TokenPrice(_Model):
+    """What a million tokens cost, in the provider's currency."""
 
-    provider: str = Field(description="openai (also Ollama, vLLM), or anthropic.")
-    model: str
-    base_url: str | None = None
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+class LlmSettings(_Model):
+    """Which model LLM tasks use, how to reach it, and how far a task may go with it.
+
+    The key itself is never part of the settings: they name where it is (`api_key_env`, an
+    environment variable, or `api_key_secret`, a Prefect Secret block).
+    """
+
+    provider: Literal["openai", "anthropic"] = Field(
+        description="openai: Chat Completions (OpenAI, Ollama, vLLM, LM Studio, LiteLLM); "
+        "anthropic: the Messages API."
+    )
+    model: str = Field(min_length=1)
+    base_url: str | None = Field(
+        None,
+        description="The API's root, as the official SDKs take it: https://api.openai.com/v1, "
+        "http://localhost:11434/v1 (Ollama), https://api.anthropic.com. Default: the provider's.",
+    )
     api_key_env: str | None = Field(None, description="Environment variable holding the key.")
-    timeout: Duration | None = None
+    api_key_secret: str | None = Field(
+        None, description="Name of a Prefect Secret block holding the key."
+    )
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int = Field(4096, gt=0, description="Most tokens the model may answer with, per call.")
+    timeout: Duration | None = Field(None, description="Limit of one request: 30s, 2m. Default: 2m.")
+    max_retries: int = Field(
+        4, ge=0, description="Retries of one call after 429, 5xx, a lost connection or a timeout."
+    )
+    requests_per_minute: int | None = Field(None, gt=0)
+    tokens_per_minute: int | None = Field(None, gt=0)
+    price_per_million_tokens: TokenPrice | None = None
+    max_steps: int = Field(30, gt=0, description="Most model calls in one task.")
+    max_tokens_per_task: int | None = Field(
+        200_000, gt=0, description="Most input plus output tokens of all model calls in one task."
+    )
     options: dict[str, Any] = {}
 
 
