@@ -87,6 +87,40 @@ def test_timeout_kills_the_container(sandbox, spec, docker_client):
     assert result.stdout == "started\n"
 
 
+@pytest.mark.parametrize("status", [0, 3])
+def test_a_shell_task_ends_with_its_main_process(sandbox, spec, status):
+    result = sandbox.run(spec(f"sleep 30 & echo started; exit {status}", language="shell", timeout=5))
+    print(f"{result.failure or 'ok'}: exit code {result.exit_code} after {result.duration:.1f}s")
+    assert not result.timed_out
+    assert result.exit_code == status
+    assert result.stdout == "started\n"
+    assert result.duration < 5  # the limit a task that waited for `sleep 30` would reach
+
+
+LEAVES_PRINTERS_BEHIND = """
+import subprocess, sys, threading, time
+
+def tick():
+    while True:
+        print("thread tick", flush=True)
+        time.sleep(0.05)
+
+threading.Thread(target=tick, daemon=True).start()
+subprocess.Popen([sys.executable, "-c", "import time\\nwhile True:\\n print('child tick', flush=True)\\n time.sleep(0.05)"])
+time.sleep(0.5)
+print("main done", flush=True)
+"""
+
+
+def test_a_python_task_ends_with_its_main_process_while_others_print(sandbox, spec):
+    result = sandbox.run(spec(LEAVES_PRINTERS_BEHIND, timeout=5))
+    print(f"{result.failure or 'ok'}: exit code {result.exit_code} after {result.duration:.1f}s")
+    assert result.ok and result.exit_code == 0
+    assert "main done\n" in result.stdout
+    assert "thread tick" in result.stdout and "child tick" in result.stdout
+    assert result.duration < 5
+
+
 def test_memory_limit_kills(sandbox, spec):
     result = sandbox.run(spec("x = bytearray(200 * 1024 * 1024)\nprint('survived')", memory=64 * MB))
     assert result.oom_killed

@@ -9,20 +9,29 @@ time limit; should the host die first, the header's `deadline` (seconds) ends th
 a little later. It uses only the standard library and must run on any Python 3.8+ in any
 image; it is never imported by toka-agents itself.
 
+The code's result is its main process's, as with `docker run`: when that process exits,
+the supervisor passes on what it left in the pipes (without waiting for processes it left
+running, which may hold them open), reports, and exits; as PID 1 its exit ends them all.
+
 The supervisor runs as root with only CAP_SETUID and CAP_SETGID; the code runs as the
 header's `user` with no capabilities. Being another user, the code can neither read this
 process's memory (and forge the report) nor write to its file descriptors (and pass the cap).
 """
 
+import fcntl
 import json
 import os
 import resource
 import selectors
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 TAIL = 4096
+POLL = 0.05
+"""Seconds between looks at the main process where its exit cannot be waited for (no pidfd)."""
 
 
 def read_first(paths):
@@ -92,6 +101,53 @@ def start_task(argv, cwd, user):
     return subprocess.Popen(argv, cwd=cwd, **options)
 
 
+def exit_signal(child):
+    """A descriptor that turns readable when `child` exits (pidfd, Linux 5.3+ and Python 3.9+),
+    or None: then the caller looks every `POLL` seconds."""
+    try:
+        return os.pidfd_open(child.pid)
+    except (AttributeError, OSError):  # an older Python or kernel, or a seccomp profile without it
+        return None
+
+
+def waiting(fd):
+    """Bytes waiting in a pipe now."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
+
+
+class Output:
+    """The code's stdout and stderr on their way out: passed on up to the cap, all counted."""
+
+    def __init__(self, child, cap):
+        self.cap = cap
+        self.names = {child.stdout.fileno(): "stdout", child.stderr.fileno(): "stderr"}
+        self.sinks = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+        self.total = {"stdout": 0, "stderr": 0}
+        self.tails = {"stdout": b"", "stderr": b""}
+
+    def forward(self, fd, data):
+        name = self.names[fd]
+        room = self.cap - self.total[name]
+        if room > 0:
+            self.sinks[name].write(data[:room])
+            self.sinks[name].flush()
+        self.total[name] += len(data)
+        self.tails[name] = (self.tails[name] + data)[-TAIL:]
+
+    def drain(self, fd):
+        """Pass on what is in the pipe now, without waiting for more."""
+        left = waiting(fd)
+        while left > 0:
+            data = os.read(fd, min(left, 65536))
+            if not data:
+                return
+            self.forward(fd, data)
+            left -= len(data)
+
+
 def main():
     os.umask(0o022)  # the code, another user, must be able to read the file it runs
     stdin = sys.stdin.buffer
@@ -110,30 +166,30 @@ def main():
 
     cwd = header.get("cwd") or "/tmp"
     child = start_task(argv, cwd, task_user(header["user"]))
-    sinks = {child.stdout.fileno(): sys.stdout.buffer, child.stderr.fileno(): sys.stderr.buffer}
-    names = {child.stdout.fileno(): "stdout", child.stderr.fileno(): "stderr"}
-    total = {"stdout": 0, "stderr": 0}
-    tails = {"stdout": b"", "stderr": b""}
+    output = Output(child, cap)
+    pipes = list(output.names)
     selector = selectors.DefaultSelector()
-    for fd in sinks:
+    for fd in pipes:
         selector.register(fd, selectors.EVENT_READ)
-    while selector.get_map():
-        for key, _ in selector.select(remaining(deadline)):
-            data = os.read(key.fd, 65536)
-            if not data:
-                selector.unregister(key.fd)
+    exited = exit_signal(child)
+    if exited is not None:
+        selector.register(exited, selectors.EVENT_READ)
+    while child.poll() is None:
+        timeout = remaining(deadline)
+        if exited is None:
+            timeout = POLL if timeout is None else min(timeout, POLL)
+        for key, _ in selector.select(timeout):
+            if key.fd == exited:
                 continue
-            name = names[key.fd]
-            room = cap - total[name]
-            if room > 0:
-                sinks[key.fd].write(data[:room])
-                sinks[key.fd].flush()
-            total[name] += len(data)
-            tails[name] = (tails[name] + data)[-TAIL:]
-    try:
-        status = child.wait(remaining(deadline))
-    except subprocess.TimeoutExpired:
-        give_up()
+            data = os.read(key.fd, 65536)
+            if data:
+                output.forward(key.fd, data)
+            else:
+                selector.unregister(key.fd)
+                pipes.remove(key.fd)
+    for fd in pipes:
+        output.drain(fd)
+    status = child.returncode
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 
     result = {
@@ -141,10 +197,10 @@ def main():
         "signal": -status if status < 0 else None,
         "peak_memory": peak_memory() or usage.ru_maxrss * 1024,
         "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 6),
-        "stdout_bytes": total["stdout"],
-        "stderr_bytes": total["stderr"],
-        "stdout_tail": tails["stdout"].decode("utf-8", "replace"),
-        "stderr_tail": tails["stderr"].decode("utf-8", "replace"),
+        "stdout_bytes": output.total["stdout"],
+        "stderr_bytes": output.total["stderr"],
+        "stdout_tail": output.tails["stdout"].decode("utf-8", "replace"),
+        "stderr_tail": output.tails["stderr"].decode("utf-8", "replace"),
         "oom_kills": oom_kills(),
     }
     line = "\0" + header["marker"] + " " + json.dumps(result) + "\n"
