@@ -231,6 +231,19 @@ def test_root_file_system_is_read_only_and_tmp_is_writable(sandbox, spec):
     assert result.stdout.strip().endswith("x")
 
 
+def test_tmp_is_a_tmpfs_of_the_specs_size(sandbox, spec):
+    source = """
+import os
+[kind] = [line.split()[2] for line in open("/proc/mounts") if line.split()[1] == "/tmp"]
+size = os.statvfs("/tmp")
+print(kind, size.f_blocks * size.f_frsize)
+"""
+    result = sandbox.run(spec(source, tmp_size=24 * MB))
+    print(result.stdout, result.stderr)
+    assert result.ok, result.failure
+    assert result.stdout == f"tmpfs {24 * MB}\n"
+
+
 def test_workspace_is_shared_and_read_only_without_write(sandbox, spec):
     wrote = sandbox.run(spec("echo data > shared.txt", language="shell", workspace_writable=True))
     assert wrote.ok
