@@ -19,9 +19,6 @@ from toka_agents.planning import Plan, PlannedTask
 from toka_agents.sandbox import Sandbox, SandboxCancelled, SandboxResult, SandboxSpec
 from toka_agents.sandbox.containers import OutputCallback
 
-NETWORK = "bridge"
-"""The Docker network that agents holding a network capability join."""
-
 Status = Literal["completed", "failed", "skipped", "cancelled", "dry-run"]
 
 
@@ -135,7 +132,7 @@ def sandbox_spec(
         cpus=task.limits.cpu,
         pids=task.limits.pids,
         timeout=task.limits.timeout,
-        network=NETWORK if task.network else None,
+        network=task.docker_network if task.network else None,
         workspace=context.workspace,
         workspace_writable=task.workspace_writable,
         env={

@@ -61,6 +61,9 @@ class PlannedTask(_Frozen):
     image: str
     capabilities: tuple[str, ...] = ()
     network: bool = False
+    docker_network: str | None = None
+    """The Docker network the task's container joins: the run's `sandbox.network` when the
+    task has the network, else None."""
     workspace_writable: bool = False
     env: dict[str, str] = {}
     retries: int = 0
@@ -144,6 +147,7 @@ def _task_json(task: PlannedTask) -> dict[str, Any]:
         },
         "image": task.image,
         "network": task.network,
+        "docker_network": task.docker_network,
         "workspace": "read-write" if task.workspace_writable else "read-only",
         "condition": task.condition,
     }
@@ -453,6 +457,8 @@ def _plan_agent(agent: Agent, orchestration: Orchestration, conditions: set[str]
     image = agent.image or defaults.image or DEFAULT_IMAGE
     env = {**defaults.env, **agent.env}
     retries = agent.retries if "retries" in agent.model_fields_set else defaults.retries
+    # An allowed unsandboxed agent gets the least restricted sandbox there is.
+    network = capabilities.grants_network(granted) or not agent.sandbox
     tasks = []
     for task in agent.tasks:
         if task.condition is not None and task.condition not in conditions:
@@ -473,8 +479,8 @@ def _plan_agent(agent: Agent, orchestration: Orchestration, conditions: set[str]
                 ),
                 image=image,
                 capabilities=granted,
-                # An allowed unsandboxed agent gets the least restricted sandbox there is.
-                network=capabilities.grants_network(granted) or not agent.sandbox,
+                network=network,
+                docker_network=orchestration.sandbox.network if network else None,
                 workspace_writable=capabilities.grants_workspace_write(granted) or not agent.sandbox,
                 env=env,
                 retries=retries,

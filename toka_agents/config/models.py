@@ -7,6 +7,7 @@ cores, seconds) parsed by `config.limits`, capabilities are plain names.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -289,6 +290,36 @@ class Defaults(_Model):
     retries: int = Field(0, ge=0)
 
 
+_DOCKER_NETWORK_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _bridge_network_name(name: str) -> str:
+    if not _DOCKER_NETWORK_PATTERN.fullmatch(name) or len(name) > 128:
+        raise ValueError(
+            f"{name!r} is not a Docker network name: letters, digits, '_', '.' and '-', "
+            "starting with a letter or digit"
+        )
+    if name in ("host", "none"):
+        raise ValueError(
+            f"network {name!r} is refused: agents join a bridge network of their own, "
+            "such as 'bridge' (the default) or one made with `docker network create`"
+        )
+    return name
+
+
+DockerNetwork = Annotated[str, AfterValidator(_bridge_network_name)]
+
+
+class SandboxSettings(_Model):
+    """How the run's sandbox containers are set up."""
+
+    network: DockerNetwork = Field(
+        "bridge",
+        description="The Docker network that agents with a network capability join; agents "
+        "without one have no network at all.",
+    )
+
+
 class Settings(_Model):
     """Orchestration-wide settings, which several files may contribute to."""
 
@@ -301,6 +332,7 @@ class Settings(_Model):
         "ignore", description="`order`: optional dependencies order agents when both are loaded."
     )
     allow_unsandboxed: bool = False
+    sandbox: SandboxSettings = SandboxSettings()
     extra: dict[str, Any] = {}
 
 
