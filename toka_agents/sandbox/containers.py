@@ -352,7 +352,8 @@ def remove(client: docker.DockerClient, container_id: str, attempts: int = 5) ->
         except _ENGINE_ERRORS as exc:
             last = exc
         time.sleep(0.2 * (attempt + 1))
-    raise SandboxError(f"could not remove container {container_id[:12]}: {last}")
+    said = engine_said(last) if last else "no answer"
+    raise SandboxError(f"could not remove container {container_id[:12]}: {said}")
 
 
 def remove_labeled(client: docker.DockerClient, labels: dict[str, str]) -> int:
