@@ -102,5 +102,5 @@ def no_leftover_containers(docker_client, prefect_api) -> Iterator[None]:
             if container["Id"] in before:
                 continue
             if TEST_LABEL in labels or _is_flow_run_of_this_session(client, labels.get(RUN_LABEL, "")):
-                left.append(container["Id"])
+                left.append(f"{container['Id'][:12]} {container['Names']} {container['Status']}")
     assert not left, f"containers left behind: {sorted(left)}"
