@@ -273,3 +273,19 @@ def _wait_for(condition, deadline: float = 10) -> None:
     end = time.monotonic() + deadline
     while not condition() and time.monotonic() < end:
         time.sleep(0.02)
+
+
+def test_cancel_ends_a_request_under_way(provider):
+    cancel = threading.Event()
+    with scripted_server(slow(60, text("far too late")), api_key=KEY) as server:
+        base_url = server.openai_base_url if provider == "openai" else server.anthropic_base_url
+        settings = LlmSettings(provider=provider, model="m", base_url=base_url, timeout="2m")
+        llm = Gateway(settings, api_key=KEY, cancel=cancel)
+        threading.Thread(
+            target=lambda: (_wait_for(lambda: sent(server, provider) == 1), cancel.set())
+        ).start()
+        started = time.monotonic()
+        with llm, pytest.raises(LlmCancelled):
+            llm.complete(ASK, TOOLS)
+        # Without the cancel it waits for the 60 s answer.
+        assert time.monotonic() - started < 30

@@ -40,6 +40,8 @@ RETRY_AFTER_MAX = 60.0
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 """Besides every 5xx: what the official SDKs retry too."""
 REDACTED = "[redacted]"
+CANCEL_POLL = 0.2
+"""Seconds between looks at the cancel flag while a request is under way."""
 
 Acquire = Callable[[int], None]
 """Called before each request with an upper bound of its tokens; returns when it may go."""
@@ -115,7 +117,8 @@ class Gateway:
 
     `acquire`, when given, is called before every request (retries included) with an upper
     bound of the request's tokens: the caller's rate limits wait there. `cancel`, when set,
-    ends waits and further attempts with `LlmCancelled`.
+    ends the call with `LlmCancelled` within `CANCEL_POLL` seconds, in a retry wait or in the
+    middle of a request.
     """
 
     def __init__(
@@ -181,7 +184,7 @@ class Gateway:
             status: int | None = None
             hinted: float | None = None
             try:
-                response = self._client.post(self.url, content=content, headers=headers)
+                response = self._post(content, headers)
             except httpx.TimeoutException:
                 reason = f"no answer within {self.timeout:g}s (llm.timeout)"
             except httpx.TransportError as exc:
@@ -216,6 +219,29 @@ class Gateway:
             if self._cancel.wait(wait):
                 break
         raise LlmCancelled(f"{self.where}: the call was cancelled")
+
+    def _post(self, content: bytes, headers: dict[str, str]) -> httpx.Response:
+        """The request, sent from a thread of its own so that a cancel need not wait for it:
+        the call ends at once, and the thread ends with the request (or when `close` closes
+        the client under it)."""
+        done = threading.Event()
+        outcome: list[Any] = []
+
+        def send() -> None:
+            try:
+                outcome.append(self._client.post(self.url, content=content, headers=headers))
+            except BaseException as exc:  # handed to the caller's thread
+                outcome.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=send, name="toka-llm-request", daemon=True).start()
+        while not done.wait(CANCEL_POLL):
+            self._stop_if_cancelled()
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        response: httpx.Response = outcome[0]
+        return response
 
     def _stop_if_cancelled(self) -> None:
         if self._cancel.is_set():

@@ -1,0 +1,266 @@
+"""The tools an LLM agent works with, and the toolbox that runs its calls.
+
+`run_code(language, source)` runs code in the agent's sandbox. `list_files`, `read_file` and
+`write_file` (offered only to agents that may write the workspace) are themselves small Python
+programs run in that same sandbox, so they see exactly what the agent's code sees, on any
+engine, and never touch the worker's disk. `finish(success, summary)` ends the task with the
+model's verdict.
+
+Paths stay under /workspace: `..`, absolute paths elsewhere and symlinks that point out are
+refused with a tool error the model reads (checked before any container starts, and again
+inside the container, where the symlinks are).
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from toka_agents.llm.messages import ToolCall, ToolSpec
+from toka_agents.sandbox import Sandbox, SandboxResult, SandboxSpec
+
+WORKSPACE = "/workspace"
+OUTPUT_SHOWN = 8_000
+"""Characters of each of stdout and stderr the model reads of a `run_code` (the end of them)."""
+READ_LIMIT = 100_000
+"""Characters of a file `read_file` gives the model."""
+LIST_LIMIT = 500
+"""Entries `list_files` lists."""
+
+Language = Literal["python", "shell"]
+RunCode = Callable[[str, str], SandboxResult]
+"""Runs `source` in `language` in the agent's sandbox, as a code task would."""
+
+RUN_CODE = ToolSpec(
+    name="run_code",
+    description=(
+        "Run a Python 3 program or a POSIX shell script in your sandbox: a fresh container with "
+        "your limits, whose working directory is the shared workspace /workspace. Returns the "
+        "exit code, stdout and stderr. Nothing but /workspace survives between runs."
+    ),
+    parameters={
+        "type": "object",
+        "properties": {
+            "language": {"type": "string", "enum": ["python", "shell"]},
+            "source": {"type": "string", "description": "The whole program."},
+        },
+        "required": ["language", "source"],
+        "additionalProperties": False,
+    },
+)
+_PATH = {"type": "string", "description": "A path in /workspace, relative to it or absolute."}
+LIST_FILES = ToolSpec(
+    name="list_files",
+    description=f"List the files under a directory of /workspace and their sizes, {LIST_LIMIT} at most.",
+    parameters={
+        "type": "object",
+        "properties": {"path": {**_PATH, "default": "."}},
+        "additionalProperties": False,
+    },
+)
+READ_FILE = ToolSpec(
+    name="read_file",
+    description=f"Read a text file of /workspace (its first {READ_LIMIT} characters).",
+    parameters={
+        "type": "object",
+        "properties": {"path": _PATH},
+        "required": ["path"],
+        "additionalProperties": False,
+    },
+)
+WRITE_FILE = ToolSpec(
+    name="write_file",
+    description="Write a text file into /workspace, replacing it if it exists; makes its directories.",
+    parameters={
+        "type": "object",
+        "properties": {"path": _PATH, "content": {"type": "string"}},
+        "required": ["path", "content"],
+        "additionalProperties": False,
+    },
+)
+FINISH = ToolSpec(
+    name="finish",
+    description=(
+        "End the task. `success`: whether the task is done as asked. `summary`: what you did and "
+        "found, for the agents that continue from your work. Nothing after it runs."
+    ),
+    parameters={
+        "type": "object",
+        "properties": {"success": {"type": "boolean"}, "summary": {"type": "string"}},
+        "required": ["success", "summary"],
+        "additionalProperties": False,
+    },
+)
+
+
+def tool_specs(*, may_write: bool) -> list[ToolSpec]:
+    """The tools of an agent; `write_file` only for one that may write the workspace."""
+    return [RUN_CODE, LIST_FILES, READ_FILE, *([WRITE_FILE] if may_write else []), FINISH]
+
+
+class Verdict(BaseModel):
+    """What the model said when it called `finish`."""
+
+    success: bool
+    summary: str
+
+
+class ToolResult(BaseModel):
+    """What a tool call gave back to the model; `verdict` when it was `finish`."""
+
+    content: str
+    is_error: bool = False
+    verdict: Verdict | None = None
+
+
+class Toolbox:
+    """Runs an agent's tool calls. `run_code` is its door to the sandbox."""
+
+    def __init__(self, run_code: RunCode, *, may_write: bool, root: str = WORKSPACE) -> None:
+        self.run_code = run_code
+        self.may_write = may_write
+        self.root = root
+        self.specs = tool_specs(may_write=may_write)
+
+    def run(self, call: ToolCall) -> ToolResult:
+        """Run one call whose name and arguments the gateway has checked against `specs`.
+
+        A refusal or a failure of the tool is a result the model reads; only the sandbox's own
+        errors (`SandboxError`, `SandboxCancelled`) propagate.
+        """
+        args = call.arguments
+        if call.name == "finish":
+            verdict = Verdict(success=args["success"], summary=args["summary"])
+            return ToolResult(content="The task is finished.", verdict=verdict)
+        if call.name == "run_code":
+            return _code_result(self.run_code(args["language"], args["source"]))
+        if call.name in ("list_files", "read_file") or (call.name == "write_file" and self.may_write):
+            path = args.get("path", ".")
+            refusal = self.path_refusal(path)
+            if refusal is not None:
+                return ToolResult(content=refusal, is_error=True)
+            return self._file_tool(call.name, args)
+        return ToolResult(content=f"there is no tool {call.name!r}", is_error=True)
+
+    def path_refusal(self, path: str) -> str | None:
+        """Why `path` is refused before any container starts, or None. Symlinks are checked in
+        the container, where they are."""
+        if "\0" in path:
+            return f"{path!r} is not a path: it holds a NUL character"
+        full = posixpath.normpath(posixpath.join(self.root, path))
+        if full != self.root and not full.startswith(self.root + "/"):
+            return f"{path!r} is outside {WORKSPACE}: the file tools see only {WORKSPACE}"
+        return None
+
+    def _file_tool(self, name: str, args: dict[str, Any]) -> ToolResult:
+        result = self.run_code("python", file_tool_source(name, args, self.root))
+        if not result.ok:
+            return ToolResult(content=f"{name} failed in the sandbox: {result.failure}", is_error=True)
+        try:
+            answer = json.loads(result.stdout)
+        except json.JSONDecodeError:
+            return ToolResult(content=f"{name} gave no answer: {result.stdout[-300:]!r}", is_error=True)
+        if "error" in answer:
+            return ToolResult(content=str(answer["error"]), is_error=True)
+        return ToolResult(content=str(answer["content"]))
+
+
+def sandbox_runner(sandbox: Sandbox, spec: SandboxSpec) -> RunCode:
+    """`run_code` for a toolbox: each call runs in a new container set up like `spec`."""
+
+    def run_code(language: str, source: str) -> SandboxResult:
+        return sandbox.run(spec.model_copy(update={"language": language, "source": source}))
+
+    return run_code
+
+
+def _code_result(result: SandboxResult) -> ToolResult:
+    failure = result.failure
+    lines = [f"exit code {result.exit_code}" if failure is None else failure]
+    for name, text in (("stdout", result.stdout), ("stderr", result.stderr)):
+        if text:
+            cut = len(text) - OUTPUT_SHOWN
+            shown = text[-OUTPUT_SHOWN:] if cut > 0 else text
+            lines.append(
+                f"--- {name}" + (f" (its first {cut} characters cut)" if cut > 0 else "") + " ---"
+            )
+            lines.append(shown.rstrip("\n"))
+    return ToolResult(content="\n".join(lines), is_error=failure is not None)
+
+
+def file_tool_source(name: str, args: dict[str, Any], root: str = WORKSPACE) -> str:
+    """The Python program that carries out one file tool call inside the sandbox."""
+    request = json.dumps({"tool": name, "args": args, "root": root})
+    return f"REQUEST = {request!r}\n{_FILE_TOOL}"
+
+
+_FILE_TOOL = f"""
+import json, os, sys
+
+request = json.loads(REQUEST)
+ROOT, TOOL, ARGS = os.path.realpath(request["root"]), request["tool"], request["args"]
+
+
+def answer(**fields):
+    print(json.dumps(fields))
+    sys.exit(0)
+
+
+def inside(path):
+    full = os.path.realpath(os.path.join(ROOT, path))
+    if full != ROOT and not full.startswith(ROOT + "/"):
+        answer(error=f"{{path!r}} leads outside {WORKSPACE}: the file tools see only {WORKSPACE}")
+    return full
+
+
+def shown(full):
+    return os.path.relpath(full, ROOT)
+
+
+path = ARGS.get("path", ".")
+full = inside(path)
+if TOOL == "list_files":
+    if not os.path.isdir(full):
+        answer(error=f"{{path!r}} is not a directory")
+    lines = []
+    for directory, dirs, files in os.walk(full):
+        dirs.sort()
+        for entry in [*(d + "/" for d in dirs), *sorted(files)]:
+            if len(lines) == {LIST_LIMIT}:
+                lines.append(f"... (more than {LIST_LIMIT} entries)")
+                answer(content="\\n".join(lines))
+            item = os.path.join(directory, entry.rstrip("/"))
+            name = shown(item) + ("/" if entry.endswith("/") else "")
+            if os.path.islink(item):
+                name += " -> " + os.readlink(item)
+            elif not entry.endswith("/"):
+                name += f"  ({{os.path.getsize(item)}} bytes)"
+            lines.append(name)
+    answer(content="\\n".join(lines) if lines else "(empty)")
+if TOOL == "read_file":
+    if not os.path.isfile(full):
+        answer(error=f"{{path!r}} is not a file")
+    with open(full, "rb") as handle:
+        data = handle.read({READ_LIMIT} * 4 + 1).decode("utf-8", errors="replace")
+    size = os.path.getsize(full)
+    if len(data) > {READ_LIMIT}:
+        data = data[:{READ_LIMIT}] + f"\\n... (cut: the file has {{size}} bytes)"
+    answer(content=data)
+if TOOL == "write_file":
+    if os.path.isdir(full):
+        answer(error=f"{{path!r}} is a directory")
+    try:
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        full = inside(path)
+        data = ARGS["content"].encode("utf-8")
+        with open(full, "wb") as handle:
+            handle.write(data)
+    except OSError as exc:
+        answer(error=f"cannot write {{path!r}}: {{exc.strerror}}")
+    answer(content=f"wrote {{len(data)}} bytes to {{shown(full)}}")
+answer(error=f"no file tool {{TOOL!r}}")
+"""
