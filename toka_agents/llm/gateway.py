@@ -187,7 +187,7 @@ class Gateway:
                 response = self._post(content, headers)
             except httpx.TimeoutException:
                 reason = f"no answer within {self.timeout:g}s (llm.timeout)"
-            except httpx.TransportError as exc:
+            except httpx.RequestError as exc:
                 reason = f"connection failed: {self._redact(str(exc) or type(exc).__name__)}"
             else:
                 if response.is_success:
