@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from uuid import UUID
 
 import cyclopts
-from cyclopts import Parameter
+from cyclopts import Parameter, validators
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 from rich.console import Console
 from rich.table import Table
@@ -36,6 +36,7 @@ app = cyclopts.App(
     help="Run teams of agents on Prefect: orchestration configs become Prefect flows, "
     "agent code runs in Docker sandboxes.",
     version=__version__,
+    suppress_keyboard_interrupt=False,  # `main` says "interrupted" and exits 130
 )
 sandbox_app = cyclopts.App(name="sandbox", help="The Docker sandbox: its image and its containers.")
 app.command(sandbox_app)
@@ -159,7 +160,10 @@ def orchestrate(
     dry_run: Annotated[
         bool, Parameter(negative="", help="Walk the DAG without running any code.")
     ] = False,
-    max_concurrent_agents: Annotated[int | None, Parameter(help="Overrides the config's bound.")] = None,
+    max_concurrent_agents: Annotated[
+        int | None,
+        Parameter(help="Overrides the config's bound (at least 1).", validator=validators.Number(gte=1)),
+    ] = None,
     optional_dependencies: OptionalDependencies = None,
     allow_unsandboxed: AllowUnsandboxed = False,
     workspace_dir: Annotated[

@@ -1,0 +1,181 @@
+"""`toka orchestrate` from the command line, as a subprocess against the session's Prefect
+server: Ctrl-C, --dry-run, --conditions and --max-concurrent-agents each do what README says."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import textwrap
+import time
+from uuid import UUID
+
+import pytest
+from conftest import REPO, TOKA, run_toka, write_config
+from own_runs import (  # noqa: F401 (no_leftover_containers: this module's leak check)
+    flow_run_id_of,
+    no_leftover_containers,
+    remove_run_containers,
+    seconds_until_gone,
+    wait_for_running_container,
+)
+from test_flows import GONE_WITHIN, LONG_TASK, task_runs, unique
+
+from toka_agents.compiling import RUN_LABEL
+
+pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
+
+
+def orchestrate(prefect_api: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_toka("orchestrate", *args, env={"PREFECT_API_URL": prefect_api})
+
+
+def flow_run_of(printed: str) -> UUID:
+    [flow_run_id] = re.findall(r"^Flow run: (\S+)$", printed, re.MULTILINE)
+    return UUID(flow_run_id)
+
+
+def test_ctrl_c_exits_130_says_interrupted_and_removes_the_runs_containers(
+    tmp_path, docker_client, prefect_api
+):
+    name = unique("interrupt-me")
+    path = write_config(tmp_path, LONG_TASK.format(name=name))
+    stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
+    with stdout.open("w") as out, stderr.open("w") as err:
+        process = subprocess.Popen(
+            [TOKA, "orchestrate", str(path), "--workspace-dir", str(tmp_path / "runs")],
+            env={**os.environ, "PREFECT_API_URL": prefect_api},
+            stdout=out,
+            stderr=err,
+            cwd=REPO,
+        )
+    flow_run_id = None
+    try:
+        flow_run_id = flow_run_id_of(name)
+        wait_for_running_container(docker_client, flow_run_id)
+        process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        took = seconds_until_gone(docker_client, flow_run_id, GONE_WITHIN)
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+        if flow_run_id is not None:
+            remove_run_containers(docker_client, flow_run_id)
+    printed, complaints = stdout.read_text(), stderr.read_text()
+    assert took is not None, f"the run's containers outlived Ctrl-C by {GONE_WITHIN:.0f} s: {complaints}"
+    assert process.returncode == 130, printed + complaints
+    assert complaints.splitlines()[-1] == "interrupted", complaints
+    assert "Traceback" not in printed + complaints, complaints
+
+
+def test_dry_run_walks_the_plan_in_prefect_and_runs_no_container(tmp_path, docker_client, prefect_api):
+    path = write_config(
+        tmp_path,
+        textwrap.dedent(
+            f"""
+            name: {unique("dry")}
+            agents:
+              - name: first
+                tasks: [{{name: say, code: {{language: shell, source: "echo hi"}}}}]
+              - name: second
+                requires: [first]
+                tasks: [{{name: say, code: {{language: python, source: "print('hi')"}}}}]
+            """
+        ),
+    )
+    since = int(time.time()) - 1
+    result = orchestrate(prefect_api, str(path), "--dry-run", "--workspace-dir", str(tmp_path / "runs"))
+    until = int(time.time()) + 1
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Run: Completed: 2 agents, 2 of 2 tasks done" in result.stdout
+    assert "Workspace" not in result.stdout and not (tmp_path / "runs").exists()
+    flow_run_id = flow_run_of(result.stdout)
+
+    runs = task_runs(flow_run_id)
+    assert {name: (r.state.name, r.state.message) for name, r in runs.items()} == {
+        "first/say": ("DryRun", "dry run: would run shell code in toka-sandbox:1"),
+        "second/say": ("DryRun", "dry run: would run python code in toka-sandbox:1"),
+    }
+    # The engine saw no container of this run at all, not even one created and removed.
+    events = docker_client.events(
+        since=since,
+        until=until,
+        filters={"type": "container", "label": f"{RUN_LABEL}={flow_run_id}"},
+        decode=True,
+    )
+    assert list(events) == []
+
+
+CONDITIONAL = """
+name: {name}
+agents:
+  - name: shipper
+    tasks:
+      - {{name: build, code: {{language: shell, source: "echo build"}}}}
+      - name: publish
+        condition: release
+        code: {{language: shell, source: "echo publish"}}
+"""
+
+
+def test_conditions_choose_the_conditional_tasks_that_run(tmp_path, prefect_api):
+    path = write_config(tmp_path, CONDITIONAL.format(name=unique("conditional")))
+    workspaces = str(tmp_path / "runs")
+
+    plain = orchestrate(prefect_api, str(path), "--workspace-dir", workspaces)
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    assert "Run: Completed: 1 agents, 1 of 1 tasks done" in plain.stdout
+    assert list(task_runs(flow_run_of(plain.stdout))) == ["shipper/build"]
+
+    release = orchestrate(
+        prefect_api, str(path), "--conditions", "release", "--workspace-dir", workspaces
+    )
+    assert release.returncode == 0, release.stdout + release.stderr
+    assert "Run: Completed: 1 agents, 2 of 2 tasks done" in release.stdout
+    runs = task_runs(flow_run_of(release.stdout))
+    assert sorted(runs) == ["shipper/build", "shipper/publish"]
+    assert all(r.state.is_completed() for r in runs.values())
+
+
+# Each agent waits a while for company: agents that are allowed to overlap do.
+LOOK_FOR_COMPANY = """
+import os, time
+me = os.environ["TOKA_AGENT"]
+os.makedirs("running", exist_ok=True)
+open(f"running/{me}", "w").close()
+deadline = time.monotonic() + 3
+while time.monotonic() < deadline and os.listdir("running") == [me]:
+    time.sleep(0.05)
+company = sorted(set(os.listdir("running")) - {me})
+os.remove(f"running/{me}")
+print("company:", " ".join(company) or "none")
+"""
+
+
+def test_max_concurrent_agents_overrides_the_configs_bound(tmp_path, prefect_api):
+    (tmp_path / "look.py").write_text(textwrap.dedent(LOOK_FOR_COMPANY))
+    agents = "".join(
+        f"""
+  - name: {name}
+    capabilities: [filesystem-write]
+    tasks: [{{name: look, code: {{language: python, file: look.py}}}}]"""
+        for name in ("a", "b", "c")
+    )
+    path = write_config(
+        tmp_path, f"name: {unique('bounded')}\nmax_concurrent_agents: 3\nagents:{agents}\n"
+    )
+    result = orchestrate(
+        prefect_api, str(path), "--max-concurrent-agents", "1", "--workspace-dir", str(tmp_path / "runs")
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    runs = sorted(task_runs(flow_run_of(result.stdout)).values(), key=lambda r: r.start_time)
+    assert sorted(r.name for r in runs) == ["a/look", "b/look", "c/look"]
+    for earlier, later in zip(runs, runs[1:], strict=False):
+        assert later.start_time >= earlier.end_time, f"{earlier.name} and {later.name} overlapped"
+
+    bad = orchestrate(prefect_api, str(path), "--max-concurrent-agents", "0")
+    assert bad.returncode != 0
+    assert 'Invalid value "0" for --max-concurrent-agents. Must be >= 1.' in bad.stderr
+    assert "Traceback" not in bad.stdout + bad.stderr and "Flow run" not in bad.stdout
