@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from collections.abc import Iterator
 from uuid import UUID
 
@@ -24,6 +25,9 @@ from toka_agents.sandbox import LABEL_MANAGED
 
 TEST_LABEL = "org.toka-agents.test"
 """Carried by the containers that tests make themselves to stand for a run's."""
+
+THIS_SESSION = f"session-{uuid.uuid4().hex[:12]}"
+"""The value of TEST_LABEL on the containers this test session makes (other suites use it too)."""
 
 START_DEADLINE = 120.0
 """Seconds a run may take to start its first container: SQLite's 503 retries can delay it."""
@@ -101,6 +105,7 @@ def no_leftover_containers(docker_client, prefect_api) -> Iterator[None]:
             labels = container.get("Labels") or {}
             if container["Id"] in before:
                 continue
-            if TEST_LABEL in labels or _is_flow_run_of_this_session(client, labels.get(RUN_LABEL, "")):
+            mine = labels.get(TEST_LABEL) == THIS_SESSION
+            if mine or _is_flow_run_of_this_session(client, labels.get(RUN_LABEL, "")):
                 left.append(f"{container['Id'][:12]} {container['Names']} {container['Status']}")
     assert not left, f"containers left behind: {sorted(left)}"

@@ -15,7 +15,13 @@ import uuid
 import docker
 import pytest
 from conftest import REPO, TOKA, run_toka, write_config
-from own_runs import TEST_LABEL, flow_run_id_of, no_leftover_containers, run_containers  # noqa: F401
+from own_runs import (  # noqa: F401 (no_leftover_containers: this module's leak check)
+    TEST_LABEL,
+    THIS_SESSION,
+    flow_run_id_of,
+    no_leftover_containers,
+    run_containers,
+)
 
 from toka_agents import run
 from toka_agents.compiling import RUN_LABEL
@@ -46,7 +52,7 @@ def test_an_owner_is_orphaned_only_when_its_process_on_this_host_is_gone():
 
 def park(docker_client, image: str, owner: str, flow_run_id: str | None = None) -> str:
     """A container that looks like one of a run's, owned by `owner`."""
-    labels = {LABEL_MANAGED: "1", LABEL_OWNER: owner, TEST_LABEL: "leftovers"}
+    labels = {LABEL_MANAGED: "1", LABEL_OWNER: owner, TEST_LABEL: THIS_SESSION}
     if flow_run_id is not None:
         labels[RUN_LABEL] = flow_run_id
     return docker_client.containers.run(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 from conftest import run_toka, write_config
-from own_runs import TEST_LABEL, no_leftover_containers  # noqa: F401 (this module's leak check)
+from own_runs import TEST_LABEL, THIS_SESSION, no_leftover_containers  # noqa: F401 (this module's leak check)
 
 from toka_agents import run
 
@@ -33,7 +33,7 @@ def http_server(docker_client, sandbox_image) -> Iterator[HttpServer]:
     it that serves one file holding a token nobody else knows."""
     suffix = uuid.uuid4().hex[:8]
     name, host, token = f"toka-test-net-{suffix}", f"toka-test-http-{suffix}", uuid.uuid4().hex
-    network = docker_client.networks.create(name, internal=True, labels={TEST_LABEL: "network"})
+    network = docker_client.networks.create(name, internal=True, labels={TEST_LABEL: THIS_SESSION})
     server = None
     try:
         serve = (
@@ -47,7 +47,7 @@ def http_server(docker_client, sandbox_image) -> Iterator[HttpServer]:
             detach=True,
             network=name,
             user="10001:10001",
-            labels={TEST_LABEL: "network"},  # not a toka-agents container: removed below
+            labels={TEST_LABEL: THIS_SESSION},  # not a toka-agents container: removed below
         )
         deadline = time.monotonic() + 30
         while b"Serving HTTP" not in server.logs():

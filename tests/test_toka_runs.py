@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import write_config
+from own_runs import no_leftover_containers  # noqa: F401 (this module's leak check)
 from test_flows import artifacts, task_runs
 from test_toka_specs import BASE, V03, V10_SPEC
 
