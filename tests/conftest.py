@@ -110,12 +110,23 @@ def toka_containers(client) -> list[str]:
     return [c["Id"] for c in client.api.containers(all=True, filters={"label": [LABEL]})]
 
 
+def own_containers(client) -> list[str]:
+    """This process's toka-agents containers (its owner label): what its in-process runs made.
+
+    Other suites and runs share the engine, so leak checks never count all toka containers.
+    """
+    from toka_agents.sandbox.owners import LABEL_OWNER, current_owner
+
+    labels = [LABEL, f"{LABEL_OWNER}={current_owner()}"]
+    return [c["Id"] for c in client.api.containers(all=True, filters={"label": labels})]
+
+
 @pytest.fixture
 def no_leftover_containers(docker_client) -> Iterator[None]:
-    """Fails the test if it leaves any toka-agents container behind."""
-    before = set(toka_containers(docker_client))
+    """Fails the test if its in-process runs leave any container behind."""
+    before = set(own_containers(docker_client))
     yield
-    left = set(toka_containers(docker_client)) - before
+    left = set(own_containers(docker_client)) - before
     assert not left, f"containers left behind: {sorted(left)}"
 
 
