@@ -15,10 +15,10 @@ import functools
 import heapq
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from prefect import Flow, Task, flow, get_client, get_run_logger, tags
@@ -58,18 +58,15 @@ def _run_agent_task(
     label: str,
     planned: PlannedTask,
     context: ExecutionContext,
-    skip_reason: str | None,
     upstream: tuple[str, ...] = (),
     upstream_results: dict[str, TaskOutcome] | None = None,
     previous: PrefectFuture[Any] | None = None,
 ) -> State[TaskOutcome]:
-    if skip_reason is None and previous is not None and not previous.state.is_completed():
-        skip_reason = _after_failure_of(upstream[-1], previous.state.message)
-    if skip_reason is not None:
-        outcome = executor.skipped(planned, skip_reason)
+    if previous is not None and not previous.state.is_completed():
+        outcome = executor.skipped(planned, _after_failure_of(upstream[-1], previous.state.message))
     else:
-        output = reporting.output_logger(get_run_logger())
-        outcome = executor.run_task(planned, context, output, upstream_results)
+        with reporting.OutputLog(get_run_logger()) as output:
+            outcome = executor.run_task(planned, context, output, upstream_results)
     return reporting.task_state(outcome)
 
 
@@ -208,17 +205,38 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
         dry_run=options.dry_run,
         labels=labels,
     )
-    watcher = CancellationWatcher(flow_run.id, options.cancel_poll_seconds, sandbox)
+    watcher = CancellationWatcher(flow_run.id, options.cancel_poll_seconds, sandbox, logger)
     watcher.start()
+    scheduler = Scheduler(schedule, context, report, watcher, flow_run.id)
     try:
-        outcomes = Scheduler(schedule, context, report, watcher).run()
+        scheduler.run()
     finally:
+        # Each step here logs its own errors: none may hide the run's own error or skip
+        # the summary.
         watcher.stop()
         if sandbox is not None:
-            sandbox.cancel()  # stops anything still running when we leave early
-            sandbox.remove_leftovers()
-    report.finish(outcomes)
+            _end_sandbox(sandbox, logger)
+        report.finish(scheduler.results())
+    outcomes = scheduler.results()
     return reporting.run_state(plan, outcomes, workspace, cancelled=watcher.cancelled.is_set())
+
+
+def _end_sandbox(sandbox: Sandbox, logger: reporting.RunLogger) -> None:
+    """Stop whatever still runs (a run left early) and remove the run's containers."""
+    try:
+        sandbox.cancel()
+        sandbox.remove_leftovers()
+    except Exception as exc:  # the engine is the one that failed; the run's result stands
+        logger.error(
+            "could not remove the run's sandbox containers: %s. The next run on this host "
+            "or `toka sandbox clean` removes them.",
+            _one_line(exc),
+        )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
 
 
 class CancellationWatcher:
@@ -226,13 +244,21 @@ class CancellationWatcher:
     run's containers so its tasks end at once and no new ones start.
 
     Runs started by a Prefect worker are also cancelled by signal; this covers runs started
-    in-process, such as `toka orchestrate`, which no worker supervises.
+    in-process, such as `toka orchestrate`, which no worker supervises. When the API cannot
+    be reached it says so and keeps asking: a cancel sent meanwhile lands once it answers.
     """
 
-    def __init__(self, flow_run_id: UUID, interval: float, sandbox: Sandbox | None) -> None:
+    def __init__(
+        self,
+        flow_run_id: UUID,
+        interval: float,
+        sandbox: Sandbox | None,
+        logger: reporting.RunLogger,
+    ) -> None:
         self.flow_run_id = flow_run_id
         self.interval = interval
         self.sandbox = sandbox
+        self.logger = logger
         self.cancelled = threading.Event()
         self._stop = threading.Event()
         context = contextvars.copy_context()  # the thread must see this run's Prefect settings
@@ -246,21 +272,77 @@ class CancellationWatcher:
         self._thread.join(timeout=5)
 
     def _watch(self) -> None:
-        with get_client(sync_client=True) as client:
-            while not self._stop.wait(self.interval):
-                try:
+        failures = 0
+        while not self._stop.wait(self.interval):
+            try:
+                with get_client(sync_client=True) as client:
                     state = client.read_flow_run(self.flow_run_id).state
-                except Exception:  # a flaky API read must not end the run; try again
-                    continue
-                if state is not None and (state.is_cancelling() or state.is_cancelled()):
-                    self.cancelled.set()
-                    if self.sandbox is not None:
-                        self.sandbox.cancel()
-                    return
+            except Exception as exc:  # the API is away for now; the run goes on meanwhile
+                failures += 1
+                if failures == 1 or failures % 30 == 0:
+                    self.logger.warning(
+                        "cannot read this flow run's state to watch for a cancel "
+                        "(%d attempt(s) so far): %s; trying again every %gs",
+                        failures,
+                        _one_line(exc),
+                        self.interval,
+                    )
+                continue
+            if failures:
+                self.logger.info("the Prefect API answers again after %d failed attempt(s)", failures)
+                failures = 0
+            if state is not None and (state.is_cancelling() or state.is_cancelled()):
+                self.cancelled.set()
+                if self.sandbox is not None:
+                    self.sandbox.cancel()
+                return
+
+
+AgentStatus = Literal["waiting", "ready", "running", "completed", "failed", "skipped", "cancelled"]
+_WHAT_HAPPENED = {"failed": "failed", "skipped": "did not run", "cancelled": "was cancelled"}
+
+
+@dataclass
+class AgentRun:
+    """One agent's way through a run: plain data that only the scheduler's loop changes."""
+
+    agent: PlannedAgent
+    waiting_for: set[str]
+    status: AgentStatus = "waiting"
+    cause: str = ""  # why it did not complete, for the messages of the agents below it
+    submitted: int = 0  # how many of its tasks have task runs
+    last: UUID | None = None  # its latest task run
+    running: PrefectFuture[Any] | None = None  # its latest task run, while the agent runs
+    last_outcome: TaskOutcome | None = None
+    handed_on: dict[str, TaskOutcome] = field(default_factory=dict)
+
+    @property
+    def settled(self) -> bool:
+        return self.status in ("completed", "failed", "skipped", "cancelled")
+
+    @property
+    def unsubmitted(self) -> list[PlannedTask]:
+        return self.agent.tasks[self.submitted :]
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How an agent ended: its status, a message for people, and the cause handed downstream."""
+
+    status: AgentStatus
+    message: str
+    cause: str = ""
 
 
 class Scheduler:
-    """Starts agents as their requirements complete, within the concurrency bound."""
+    """Starts agents as their requirements complete, within the concurrency bound.
+
+    One loop takes finished task runs off a queue and decides what each agent does next.
+    Settling an agent (completed, failed, skipped, cancelled) releases the agents that wait
+    for it through a worklist, never through recursion, so a chain of any depth is settled
+    in one pass. Tasks that cannot run get their Skipped task runs straight from the API,
+    without a trip through the task engine.
+    """
 
     def __init__(
         self,
@@ -268,35 +350,35 @@ class Scheduler:
         context: ExecutionContext,
         report: reporting.RunReport,
         watcher: CancellationWatcher,
+        flow_run_id: UUID,
     ) -> None:
         self.schedule = schedule
-        self.plan = schedule.plan
-        self.agents = schedule.agents
         self.context = context
         self.report = report
         self.watcher = watcher
-        self.waiting = {name: set(before) for name, before in schedule.waiting_for.items()}
-        self.status: dict[str, str] = {}  # agent -> completed | failed | skipped | cancelled
-        self.cause: dict[str, str] = {}  # agent -> the failure that stopped it, for downstream messages
-        self.last_future: dict[str, PrefectFuture[Any]] = {}
-        self.task_label: dict[UUID, str] = {}
-        self.last_outcome: dict[str, TaskOutcome] = {}
-        self.handed_on: dict[str, dict[str, TaskOutcome]] = {}
+        self.flow_run_id = flow_run_id
+        self.agents = {
+            name: AgentRun(schedule.agents[name], set(before))
+            for name, before in schedule.waiting_for.items()
+        }
         self.outcomes: dict[str, TaskOutcome] = {}
         self.finished: queue.Queue[tuple[PlannedTask, PrefectFuture[Any]]] = queue.Queue()
-        self.pending = 0
-        self.running: set[str] = set()
         self.ready: list[tuple[int, int, str]] = []
-        self.next_task: dict[str, int] = {}  # agent -> index of its first task not yet submitted
+        self.pending = 0  # task runs submitted and not yet taken off `finished`
+        self.running = 0  # agents whose status is "running"
+        self.labels: dict[UUID, str] = {}  # task run id -> its task's id, for upstream names
 
     def run(self) -> list[TaskOutcome]:
         # A running agent holds two workers: its running task, and its next one waiting for it.
-        workers = 2 * self.plan.max_concurrent_agents + 1
-        with ThreadPoolTaskRunner(max_workers=workers) as self.runner:
+        workers = 2 * self.schedule.plan.max_concurrent_agents + 1
+        with (
+            ThreadPoolTaskRunner(max_workers=workers) as self.runner,
+            get_client(sync_client=True) as self.client,
+        ):
             try:
-                for name, before in self.waiting.items():
-                    if not before:
-                        self._make_ready(name)
+                first = [run for run in self.agents.values() if not run.waiting_for]
+                for run, ending in self._release(first):
+                    self._settle(run, ending)
                 while True:
                     self._start_ready_agents()
                     if self.pending == 0:
@@ -304,7 +386,7 @@ class Scheduler:
                     try:
                         planned, future = self.finished.get(timeout=0.5)
                     except queue.Empty:
-                        continue
+                        continue  # a cancel may have arrived: ready agents are cancelled above
                     self.pending -= 1
                     self._on_task_done(planned, future)
             except BaseException:
@@ -313,144 +395,185 @@ class Scheduler:
                 if self.context.sandbox is not None:
                     self.context.sandbox.cancel()
                 raise
-        return sorted(self.outcomes.values(), key=lambda o: self.schedule.task_position[o.task_id])
+        return self.results()
 
-    def _make_ready(self, name: str) -> None:
-        agent = self.agents[name]
-        if self.watcher.cancelled.is_set():
-            self._cancel_rest(agent, 0)
-            return
-        failed = [n for n in agent.requires if self.status.get(n) != "completed"]
-        if failed:
-            upstream = failed[0]
-            word = {"failed": "failed", "skipped": "did not run", "cancelled": "was cancelled"}
-            cause = self.cause[upstream]
-            reason = f"not run: required agent {upstream!r} {word[self.status[upstream]]}: {cause}"
-            self._skip_agent(agent, reason, cause=cause)
-            return
-        heapq.heappush(self.ready, (PRIORITY_RANK[agent.priority], self.schedule.position[name], name))
+    def results(self) -> list[TaskOutcome]:
+        """Every outcome so far, in plan order."""
+        position = self.schedule.task_position
+        return sorted(self.outcomes.values(), key=lambda o: position[o.task_id])
 
     def _start_ready_agents(self) -> None:
-        while self.ready and len(self.running) < self.plan.max_concurrent_agents:
+        """Start ready agents, highest priority first, while the bound allows."""
+        bound = self.schedule.plan.max_concurrent_agents
+        while self.ready and self.running < bound:
             _, _, name = heapq.heappop(self.ready)
-            agent = self.agents[name]
+            run = self.agents[name]
             if self.watcher.cancelled.is_set():
-                self._cancel_rest(agent, 0)
+                self._settle(run, self._cancel_unsubmitted(run))
                 continue
-            if not agent.tasks:
-                self._finish_agent(agent, "completed", "no tasks to run", cause="")
+            if not run.agent.tasks:
+                self._settle(run, Ending("completed", "no tasks to run"))
                 continue
-            self.running.add(name)
-            finished = self.finished_upstream(agent)
-            self.handed_on[name] = {n: self.last_outcome[n] for n in finished if n in self.last_outcome}
-            upstream = [self.last_future[n] for n in finished if n in self.last_future]
-            first = self._submit(agent, agent.tasks[0], upstream, skip_reason=None)
-            self.next_task[name] = 1
-            self._submit_next(agent, first)
+            run.status = "running"
+            self.running += 1
+            self.report.agent_started(run.agent)
+            upstream = [self.agents[n] for n in self._finished_upstream(run.agent)]
+            run.handed_on = {u.agent.name: u.last_outcome for u in upstream if u.last_outcome}
+            self._submit(run, [u.last for u in upstream if u.last is not None])
+            self._submit_next(run)
 
-    def _submit_next(self, agent: PlannedAgent, previous: PrefectFuture[Any]) -> None:
-        """Submit the agent's next task to wait for `previous`: its task run then exists, and
-        starts the moment `previous` ends, instead of after a round trip through the scheduler.
-        If `previous` fails, it ends Skipped."""
-        index = self.next_task[agent.name]
-        if index < len(agent.tasks):
-            self._submit(agent, agent.tasks[index], [previous], skip_reason=None, previous=previous)
-            self.next_task[agent.name] = index + 1
-
-    def finished_upstream(self, agent: PlannedAgent) -> list[str]:
+    def _finished_upstream(self, agent: PlannedAgent) -> list[str]:
         """Agents this one waits for, and those it optionally depends on that have finished."""
         waited = self.schedule.waiting_for[agent.name]
-        optional = [n for n in agent.optional_requires if n in self.status and n not in waited]
+        optional = [
+            n
+            for n in agent.optional_requires
+            if n in self.agents and self.agents[n].settled and n not in waited  # absent: not loaded
+        ]
         return [*waited, *optional]
 
     def _submit(
-        self,
-        agent: PlannedAgent,
-        planned: PlannedTask,
-        upstream: list[PrefectFuture[Any]],
-        skip_reason: str | None,
-        previous: PrefectFuture[Any] | None = None,
-    ) -> PrefectFuture[Any]:
-        task = agent_task if planned.retries == 0 or skip_reason else _with_retries(planned.retries)
+        self, run: AgentRun, upstream: list[UUID], previous: PrefectFuture[Any] | None = None
+    ) -> None:
+        """Submit the agent's next task to the task runner. With `previous`, its task run
+        waits for that one and starts the moment it ends (ending Skipped if it failed),
+        instead of after a round trip through the scheduler."""
+        planned = run.unsubmitted[0]
+        task = agent_task if planned.retries == 0 else _with_retries(planned.retries)
         # Upstream task runs are final when a task is submitted, except `previous`, which
         # Prefect waits for; recording them all as inputs makes them upstream relations.
-        with tags(*self.schedule.tags[agent.name]):
+        with tags(*self.schedule.tags[run.agent.name]):
             future = self.runner.submit(
                 task,
                 parameters={
                     "label": planned.id,
                     "planned": quote(planned),
                     "context": quote(self.context),
-                    "skip_reason": skip_reason,
-                    "upstream": tuple(self.task_label[f.task_run_id] for f in upstream),
-                    "upstream_results": quote(self.handed_on.get(agent.name, {})),
+                    "upstream": tuple(self.labels[u] for u in upstream),
+                    "upstream_results": quote(run.handed_on),
                     "previous": quote(previous),
                 },
                 wait_for=[allow_failure(previous)] if previous is not None else None,
-                dependencies={"upstream": {TaskRunResult(id=f.task_run_id) for f in upstream}},
+                dependencies={"upstream": {TaskRunResult(id=u) for u in upstream}},
             )
+        run.submitted += 1
+        run.last, run.running = future.task_run_id, future
         self.pending += 1
-        self.last_future[agent.name] = future
-        self.task_label[future.task_run_id] = planned.id
+        self.labels[future.task_run_id] = planned.id
         future.add_done_callback(lambda done: self.finished.put((planned, done)))
-        return future
+
+    def _submit_next(self, run: AgentRun) -> None:
+        """Submit the agent's next task, if it has one, to wait for its latest."""
+        if run.unsubmitted:
+            assert run.last is not None and run.running is not None
+            self._submit(run, [run.last], previous=run.running)
+
+    def _skip_unsubmitted(self, run: AgentRun, reason: str, upstream: list[UUID]) -> None:
+        """Give each task not yet submitted a Skipped task run, each after the one before."""
+        for planned in run.unsubmitted:
+            outcome = executor.skipped(planned, reason)
+            created = self.client.create_task_run(
+                agent_task,
+                self.flow_run_id,
+                dynamic_key=f"skipped:{planned.id}",
+                name=planned.id,
+                extra_tags=self.schedule.tags[run.agent.name],
+                state=reporting.task_state(outcome, with_data=False),
+                task_inputs={"upstream": [TaskRunResult(id=u) for u in upstream]},
+            )
+            self.labels[created.id] = planned.id
+            self.outcomes[planned.id] = outcome
+            upstream = [created.id]
+            run.submitted += 1
+            run.last = created.id
 
     def _on_task_done(self, planned: PlannedTask, future: PrefectFuture[Any]) -> None:
-        future.wait()
-        state = future.state
-        outcome = state.result(raise_on_failure=False) if state.is_final() else None
-        if not isinstance(outcome, TaskOutcome):
-            outcome = self._outcome_of_prefect_state(planned, state)
+        """Record a finished task run and decide what its agent does next."""
+        outcome = self._outcome(planned, future)
         self.outcomes[planned.id] = outcome
-        self.last_outcome[planned.agent] = outcome
         self.report.task_finished(outcome)
-        agent = self.agents[planned.agent]
-        if agent.name not in self.running:
-            return  # a task of an agent that is already settled
-        cancelled = outcome.status == "cancelled" or self.watcher.cancelled.is_set()
-        if outcome.ok and planned.index + 1 < len(agent.tasks) and not cancelled:
-            self._submit_next(agent, self.last_future[agent.name])
-            return
-        self.running.discard(agent.name)
-        if outcome.ok and planned.index + 1 == len(agent.tasks):
-            self._finish_agent(agent, "completed", f"{len(agent.tasks)} tasks done", cause="")
-            return
-        if cancelled:
-            self._cancel_rest(agent, self.next_task[agent.name])
-            return
-        # The task submitted after this one ends Skipped by itself; the rest are skipped here.
-        for later in agent.tasks[self.next_task[agent.name] :]:
-            reason = _after_failure_of(planned.id, outcome.message)
-            self._submit(agent, later, [self.last_future[agent.name]], reason)
-        cause = f"{planned.id}: {outcome.message}"
-        self._finish_agent(agent, "failed", f"failed at {cause}", cause=cause)
+        run = self.agents[planned.agent]
+        run.last_outcome = outcome
+        if run.status != "running":
+            return  # the already submitted next task of an agent that failed
+        ending = self._ending(run, planned, outcome)
+        if ending is None:
+            self._submit_next(run)
+        else:
+            self._settle(run, ending)
 
-    def _outcome_of_prefect_state(self, planned: PlannedTask, state: State[Any]) -> TaskOutcome:
-        """The outcome of a task run that Prefect ended, not our code: a crash, or a task that
-        waited for one the run's cancellation stopped."""
+    def _ending(self, run: AgentRun, planned: PlannedTask, outcome: TaskOutcome) -> Ending | None:
+        """How the agent ends after `planned`, or None when its next task goes on."""
+        if outcome.status == "cancelled" or self.watcher.cancelled.is_set():
+            return self._cancel_unsubmitted(run)
+        if not outcome.ok:
+            # The task submitted after this one ends Skipped by itself; the rest are skipped here.
+            assert run.last is not None
+            self._skip_unsubmitted(run, _after_failure_of(planned.id, outcome.message), [run.last])
+            cause = f"{planned.id}: {outcome.message}"
+            return Ending("failed", f"failed at {cause}", cause)
+        if planned.index + 1 == len(run.agent.tasks):
+            return Ending("completed", f"{len(run.agent.tasks)} tasks done")
+        return None
+
+    def _outcome(self, planned: PlannedTask, future: PrefectFuture[Any]) -> TaskOutcome:
+        try:
+            future.wait()
+            state = future.state
+            outcome = state.result(raise_on_failure=False) if state.is_final() else None
+        except Exception as exc:  # the task engine itself failed, e.g. the API refused it
+            return executor.failed(planned, f"Prefect could not run the task: {_one_line(exc)}")
+        if isinstance(outcome, TaskOutcome):
+            return outcome
+        # Prefect ended the task run, not our code: a crash, or a task that waited for one
+        # the run's cancellation stopped.
         if self.watcher.cancelled.is_set():
             return executor.cancelled(planned, "not run: the run was cancelled")
         return executor.failed(planned, state.message or f"task run ended in state {state.name}")
 
-    def _cancel_rest(self, agent: PlannedAgent, start: int) -> None:
+    def _cancel_unsubmitted(self, run: AgentRun) -> Ending:
         """After a cancel, tasks that did not start get no task runs, only a line in the summary."""
-        self.running.discard(agent.name)
-        for later in agent.tasks[start:]:
+        for later in run.unsubmitted:
             self.outcomes[later.id] = executor.cancelled(later, "not run: the run was cancelled")
-        self._finish_agent(agent, "cancelled", "the run was cancelled", cause="the run was cancelled")
+        run.submitted = len(run.agent.tasks)
+        return Ending("cancelled", "the run was cancelled", "the run was cancelled")
 
-    def _skip_agent(self, agent: PlannedAgent, reason: str, cause: str) -> None:
-        waited = self.schedule.waiting_for[agent.name]
-        upstream = [self.last_future[n] for n in waited if n in self.last_future]
-        for planned in agent.tasks:
-            upstream = [self._submit(agent, planned, upstream, skip_reason=reason)]
-        self._finish_agent(agent, "skipped", reason, cause=cause)
+    def _settle(self, run: AgentRun, ending: Ending) -> None:
+        """End an agent's run, and decide, agent after agent, what the runs waiting for it do."""
+        worklist = [(run, ending)]
+        while worklist:
+            run, ending = worklist.pop()
+            if run.status == "running":
+                self.running -= 1
+            run.status, run.cause, run.running = ending.status, ending.cause, None
+            self.report.agent_finished(run.agent, ending.status, ending.message)
+            released = []
+            for name in self.schedule.dependents[run.agent.name]:
+                later = self.agents[name]
+                later.waiting_for.discard(run.agent.name)
+                if not later.waiting_for:
+                    released.append(later)
+            worklist.extend(self._release(released))
 
-    def _finish_agent(self, agent: PlannedAgent, status: str, message: str, *, cause: str) -> None:
-        self.status[agent.name] = status
-        self.cause[agent.name] = cause
-        self.report.agent_finished(agent, status, message)
-        for later in self.schedule.dependents[agent.name]:
-            self.waiting[later].discard(agent.name)
-            if not self.waiting[later]:
-                self._make_ready(later)
+    def _release(self, runs: list[AgentRun]) -> list[tuple[AgentRun, Ending]]:
+        """Agents whose requirements have all settled: queue those that may run; return how
+        the others end (cancelled, or skipped after a requirement that did not complete)."""
+        endings = []
+        for run in runs:
+            agent = run.agent
+            if self.watcher.cancelled.is_set():
+                endings.append((run, self._cancel_unsubmitted(run)))
+                continue
+            blocked = [self.agents[n] for n in agent.requires if self.agents[n].status != "completed"]
+            if blocked:
+                upstream = blocked[0]
+                what = _WHAT_HAPPENED[upstream.status]
+                reason = f"not run: required agent {upstream.agent.name!r} {what}: {upstream.cause}"
+                waited = [self.agents[n].last for n in self.schedule.waiting_for[agent.name]]
+                self._skip_unsubmitted(run, reason, [u for u in waited if u is not None])
+                endings.append((run, Ending("skipped", reason, upstream.cause)))
+                continue
+            run.status = "ready"
+            rank = (PRIORITY_RANK[agent.priority], self.schedule.position[agent.name], agent.name)
+            heapq.heappush(self.ready, rank)
+        return endings

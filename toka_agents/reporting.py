@@ -8,6 +8,7 @@ every task and the flow run's final state.
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import re
 import threading
@@ -31,33 +32,82 @@ from pydantic import BaseModel
 from toka_agents.config.limits import format_bytes
 from toka_agents.executor import TaskOutcome
 from toka_agents.planning import Plan, PlannedAgent
-from toka_agents.sandbox.containers import OutputCallback
 
 
-def task_state(outcome: TaskOutcome) -> State[TaskOutcome]:
-    """The final state of an agent task's Prefect task run."""
+def task_state(outcome: TaskOutcome, *, with_data: bool = True) -> State[TaskOutcome]:
+    """The final state of an agent task's Prefect task run; `with_data=False` leaves the
+    outcome out, for a task run created in its final state (the scheduler holds the outcome)."""
+    data = outcome if with_data else None
     if outcome.status == "completed":
-        return Completed(message=outcome.message, data=outcome)
+        return Completed(message=outcome.message, data=data)
     if outcome.status == "dry-run":
-        return Completed(name="DryRun", message=outcome.message, data=outcome)
+        return Completed(name="DryRun", message=outcome.message, data=data)
     if outcome.status == "skipped":
-        return Cancelled(name="Skipped", message=outcome.message, data=outcome)
+        return Cancelled(name="Skipped", message=outcome.message, data=data)
     if outcome.status == "cancelled":
-        return Cancelled(message=outcome.message, data=outcome)
-    return Failed(message=outcome.message, data=outcome)
+        return Cancelled(message=outcome.message, data=data)
+    return Failed(message=outcome.message, data=data)
 
 
-def output_logger(logger: logging.Logger | logging.LoggerAdapter[Any]) -> OutputCallback:
-    """Log what a task prints, line by line, as it prints it."""
-    partial = {"stdout": b"", "stderr": b""}
+RunLogger = logging.Logger | logging.LoggerAdapter[Any]
 
-    def on_output(stream: str, data: bytes) -> None:
-        *lines, partial[stream] = (partial[stream] + data).split(b"\n")
-        for line in lines:
-            text = line.decode("utf-8", "replace").rstrip()
-            logger.info(text if stream == "stdout" else f"[stderr] {text}")
 
-    return on_output
+class OutputLog:
+    """Logs what a task prints, line by line as it prints it, up to `max_lines` lines.
+
+    Past the bound, lines are only counted, and closing says how many more were written (the
+    task's result keeps the tails of both streams). Closing also logs a last line that has
+    no newline. Each byte is looked at once, so logging is linear in the output.
+    """
+
+    def __init__(self, logger: RunLogger, max_lines: int = 2000, max_line_bytes: int = 16384) -> None:
+        self.logger = logger
+        self.max_lines = max_lines
+        self.max_line_bytes = max_line_bytes
+        self.logged = 0
+        self.not_logged = 0
+        self._partial = {"stdout": bytearray(), "stderr": bytearray()}
+
+    def __call__(self, stream: str, data: bytes) -> None:
+        partial = self._partial[stream]
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            partial += data[start:end]
+            self._line(stream, partial)
+            partial.clear()
+            start = end + 1
+        partial += data[start:]
+        if len(partial) > self.max_line_bytes:  # a line without end: log it in pieces
+            self._line(stream, partial)
+            partial.clear()
+
+    def _line(self, stream: str, line: bytearray) -> None:
+        if self.logged >= self.max_lines:
+            self.not_logged += 1
+            return
+        self.logged += 1
+        text = line.decode("utf-8", "replace").rstrip()
+        self.logger.info(text if stream == "stdout" else f"[stderr] {text}")
+
+    def close(self) -> None:
+        for stream, partial in self._partial.items():
+            if partial:
+                self._line(stream, partial)
+                partial.clear()
+        if self.not_logged:
+            self.logger.info(
+                "... %d more output line(s) not logged (at most %d are); the task's result "
+                "keeps the last lines of stdout and stderr",
+                self.not_logged,
+                self.max_lines,
+            )
+            self.not_logged = 0
+
+    def __enter__(self) -> OutputLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def artifact_key(*parts: str) -> str:
@@ -68,6 +118,9 @@ def artifact_key(*parts: str) -> str:
 class RunReport:
     """Progress artifacts and events of one run, updated as its tasks finish.
 
+    An agent gets its progress artifact when it starts, and its workstream with its first
+    agent that starts: agents that never run (skipped, cancelled) say so in their task
+    runs, and a run of thousands of agents does not open with thousands of API calls.
     Artifact writes are API calls; they go, in order, to one writer thread, so that the
     scheduler never waits for them before starting the next task. `finish` waits for them.
     """
@@ -86,26 +139,29 @@ class RunReport:
             for name, members in self._workstreams.items()
         }
         self._progress: dict[str, UUID] = {}
+        self._opened: set[str] = set()  # artifacts whose creation is queued
         self._latest: dict[str, tuple[float, str]] = {}
         self._flush_queued = False
         self._lock = threading.Lock()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="toka-report")
         self._writes: list[Future[None]] = []
         self._context = contextvars.copy_context()  # the flow run the artifacts belong to
-        self._later(self._create_progress_artifacts)
 
     def _later(self, write: Callable[[], None]) -> None:
         self._writes.append(self._writer.submit(self._context.run, write))
 
-    def _create_progress_artifacts(self) -> None:
-        for agent in self.plan.agents:
-            percent, text = _agent_progress(agent, 0)
-            self._progress[agent.name] = create_progress_artifact(progress=percent, description=text)
-        for name in self._workstreams:
-            percent, text = self._workstream_progress(name)
-            self._progress[f"workstream:{name}"] = create_progress_artifact(
-                progress=percent, description=text
-            )
+    def agent_started(self, agent: PlannedAgent) -> None:
+        """Open the agent's progress artifact, and its workstream's if it is the first."""
+        for key, progress in (
+            (agent.name, _agent_progress(agent, self._done[agent.name])),
+            (f"workstream:{agent.workstream}", self._workstream_progress(agent.workstream)),
+        ):
+            if key not in self._opened:
+                self._opened.add(key)
+                self._later(functools.partial(self._create_progress_artifact, key, *progress))
+
+    def _create_progress_artifact(self, key: str, percent: float, text: str) -> None:
+        self._progress[key] = create_progress_artifact(progress=percent, description=text)
 
     def task_finished(self, outcome: TaskOutcome) -> None:
         if not outcome.ok:
@@ -127,7 +183,8 @@ class RunReport:
             latest, self._latest = self._latest, {}
             self._flush_queued = False
         for key, (percent, text) in latest.items():
-            update_progress_artifact(self._progress[key], percent, text)
+            if key in self._progress:  # not there: its creation failed, and says so at the end
+                update_progress_artifact(self._progress[key], percent, text)
 
     def _workstream_progress(self, name: str) -> tuple[float, str]:
         done, total = self._workstream_done[name], self._workstream_total[name]
@@ -148,11 +205,15 @@ class RunReport:
 
     def finish(self, outcomes: Iterable[TaskOutcome]) -> None:
         """Wait for the progress writes, then write the run's table artifact: every task with
-        status, duration, peak memory and cpu time."""
+        status, duration, peak memory and cpu time. Never raises: a run whose summary cannot
+        be written keeps its own result, and the log says what failed."""
+        logger = get_run_logger()
         self._writer.shutdown(wait=True)
-        for write in self._writes:
-            if write.exception() is not None:
-                get_run_logger().warning("could not update a progress artifact: %s", write.exception())
+        failed_writes = [write.exception() for write in self._writes if write.exception()]
+        if failed_writes:
+            logger.warning(
+                "could not update %d progress artifact(s): %s", len(failed_writes), failed_writes[0]
+            )
         rows = [
             {
                 "task": outcome.task_id,
@@ -166,18 +227,21 @@ class RunReport:
             for outcome in outcomes
         ]
         where = f" Workspace: {self.workspace}" if self.workspace else ""
-        create_table_artifact(
-            table=rows,
-            key=artifact_key(self.plan.name, "summary"),
-            description=f"Every task of {self.plan.name}.{where}",
-        )
-        notes = agent_notes(self.plan)
-        if notes:
-            create_markdown_artifact(
-                markdown=notes,
-                key=artifact_key(self.plan.name, "agents"),
-                description=f"What the agents of {self.plan.name} carry beyond their tasks",
+        try:
+            create_table_artifact(
+                table=rows,
+                key=artifact_key(self.plan.name, "summary"),
+                description=f"Every task of {self.plan.name}.{where}",
             )
+            notes = agent_notes(self.plan)
+            if notes:
+                create_markdown_artifact(
+                    markdown=notes,
+                    key=artifact_key(self.plan.name, "agents"),
+                    description=f"What the agents of {self.plan.name} carry beyond their tasks",
+                )
+        except Exception as exc:  # the API failed us; the run's result stands
+            logger.error("could not write the run's summary artifact: %s", exc)
 
 
 def agent_notes(plan: Plan) -> str:
