@@ -3,6 +3,7 @@ lands once it answers, and the run's log says the API was away."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -64,10 +65,8 @@ class Relay:
             pass
         finally:
             for sock in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     sock.close()
-                except OSError:
-                    pass
 
 
 @flow(name="watched")

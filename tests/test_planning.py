@@ -7,7 +7,7 @@ import json
 from conftest import EXAMPLES, run_toka
 
 from toka_agents import load, plan
-from toka_agents.config.models import Agent, CodeTask, Orchestration
+from toka_agents.config.models import Agent, CodeTask, LlmOverrides, Orchestration
 
 SHELL = {"language": "shell", "source": "true"}
 
@@ -158,3 +158,39 @@ def test_plan_of_a_long_chain_does_not_recurse():
     agents = [{"name": "a0"}] + [{"name": f"a{i}", "requires": [f"a{i - 1}"]} for i in range(1, 3000)]
     planned = plan(orchestration(*agents))
     assert len(planned.waves) == 3000
+
+
+def test_run_overrides_of_the_llm_replace_the_configs_field_by_field(tmp_path):
+    path = tmp_path / "llm.yaml"
+    path.write_text(
+        "llm: {provider: openai, model: small, base_url: 'http://127.0.0.1:1/v1', api_key_env: KEY}\n"
+        "agents:\n"
+        "  - name: thinker\n"
+        "    tasks: [{name: think, instruction: Think.}]\n"
+        "  - name: other\n"
+        "    llm: {provider: anthropic, model: claude}\n"
+        "    tasks: [{name: think, instruction: Think.}]\n"
+    )
+    overrides = LlmOverrides(model="large", base_url="http://127.0.0.1:2/v1")
+    planned = plan(load(path), llm_overrides=overrides)
+    thinker, other = planned.agent("thinker").llm, planned.agent("other").llm
+    assert (thinker.provider, thinker.model, thinker.base_url, thinker.api_key_env) == (
+        "openai",
+        "large",
+        "http://127.0.0.1:2/v1",
+        "KEY",
+    )
+    assert (other.provider, other.model, other.base_url) == (
+        "anthropic",
+        "large",
+        "http://127.0.0.1:2/v1",
+    )
+    assert plan(load(path)).agent("thinker").llm.model == "small"
+
+
+def test_run_overrides_configure_agents_that_have_no_llm_only_with_provider_and_model(tmp_path):
+    path = tmp_path / "bare.yaml"
+    path.write_text("agents:\n  - name: thinker\n    tasks: [{name: think, instruction: Think.}]\n")
+    assert plan(load(path), llm_overrides=LlmOverrides(model="m")).agent("thinker").llm is None
+    made = plan(load(path), llm_overrides=LlmOverrides(provider="openai", model="m"))
+    assert made.agent("thinker").llm.model == "m"

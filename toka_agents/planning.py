@@ -24,6 +24,7 @@ from toka_agents.config.models import (
     Agent,
     CodeSource,
     CodeTask,
+    LlmOverrides,
     LlmSettings,
     Orchestration,
     Priority,
@@ -160,6 +161,7 @@ def plan(
     optional_dependencies: OptionalMode | None = None,
     max_concurrent_agents: int | None = None,
     allow_unsandboxed: bool | None = None,
+    llm_overrides: LlmOverrides | None = None,
 ) -> Plan:
     """Resolve the graph and fix every task's settings. Raises `ConfigError` on graph problems."""
     allowed = orchestration.allow_unsandboxed if allow_unsandboxed is None else allow_unsandboxed
@@ -194,7 +196,9 @@ def plan(
 
     waves = _waves(agents, ordering, order)
     planned = [
-        _plan_agent(agents[name], orchestration, set(conditions)) for wave in waves for name in wave
+        _plan_agent(agents[name], orchestration, set(conditions), llm_overrides or LlmOverrides())
+        for wave in waves
+        for name in wave
     ]
     return Plan(
         name=orchestration.name,
@@ -230,6 +234,7 @@ def validate(
     optional_dependencies: OptionalMode | None = None,
     max_concurrent_agents: int | None = None,
     allow_unsandboxed: bool | None = None,
+    llm_overrides: LlmOverrides | None = None,
 ) -> Validation:
     """Load and plan, reporting every problem across all files and agents at once."""
     loaded = load_paths(paths)
@@ -249,6 +254,7 @@ def validate(
         optional_dependencies=optional_dependencies,
         max_concurrent_agents=max_concurrent_agents,
         allow_unsandboxed=allowed,
+        llm_overrides=llm_overrides,
     )
     warnings += planned.warnings
     return Validation([], warnings, planned)
@@ -450,7 +456,9 @@ def _granted(agent: Agent, orchestration: Orchestration) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*orchestration.defaults.capabilities, *agent.capabilities]))
 
 
-def _plan_agent(agent: Agent, orchestration: Orchestration, conditions: set[str]) -> PlannedAgent:
+def _plan_agent(
+    agent: Agent, orchestration: Orchestration, conditions: set[str], overrides: LlmOverrides
+) -> PlannedAgent:
     defaults = orchestration.defaults
     agent_limits = agent.limits.over(defaults.limits.over(DEFAULT_LIMITS))
     granted = _granted(agent, orchestration)
@@ -495,7 +503,7 @@ def _plan_agent(agent: Agent, orchestration: Orchestration, conditions: set[str]
         requires=tuple(agent.requires),
         optional_requires=tuple(agent.optional_requires),
         sandbox=agent.sandbox,
-        llm=agent.llm or orchestration.llm,
+        llm=overrides.over(agent.llm or orchestration.llm),
         tasks=tuple(tasks),
         source=agent.origin.file,
         extra=agent.extra,

@@ -214,6 +214,29 @@ class LlmSettings(_Model):
     options: dict[str, Any] = {}
 
 
+class LlmOverrides(_Model):
+    """LLM settings one run sets over the config's (run parameters, CLI flags).
+
+    Each field set replaces that field of every agent's settings; a provider and a model
+    together also configure agents that have none.
+    """
+
+    provider: Literal["openai", "anthropic"] | None = None
+    model: str | None = Field(None, min_length=1)
+    base_url: str | None = None
+    api_key_env: str | None = None
+    api_key_secret: str | None = None
+
+    def over(self, settings: LlmSettings | None) -> LlmSettings | None:
+        """`settings` with these overrides applied; None when neither says which model."""
+        changes = self.model_dump(exclude_none=True)
+        if settings is not None:
+            return settings.model_copy(update=changes)
+        if self.provider is not None and self.model is not None:
+            return LlmSettings(**changes)
+        return None
+
+
 class Origin(_Model):
     """Where an agent was written: its file, dialect, and the key paths of its parts."""
 
