@@ -9,7 +9,16 @@ __version__ = "0.1.0"
 from toka_agents.api import RunResult, run, run_plan
 from toka_agents.compiling import RunOptions, compile_flow, orchestrate
 from toka_agents.config import Orchestration, load
-from toka_agents.errors import ConfigError, ConfigIssue, ExecutionError, SandboxError, TokaError
+from toka_agents.errors import (
+    ConfigError,
+    ConfigIssue,
+    ExecutionError,
+    LlmCancelled,
+    LlmError,
+    MalformedReply,
+    SandboxError,
+    TokaError,
+)
 from toka_agents.executor import TaskOutcome
 from toka_agents.planning import Plan, Validation, plan, validate
 
@@ -17,6 +26,9 @@ __all__ = [
     "ConfigError",
     "ConfigIssue",
     "ExecutionError",
+    "LlmCancelled",
+    "LlmError",
+    "MalformedReply",
     "Orchestration",
     "Plan",
     "RunOptions",

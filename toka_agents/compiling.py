@@ -13,8 +13,11 @@ from __future__ import annotations
 import contextvars
 import functools
 import heapq
+import math
 import queue
+import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,18 +25,23 @@ from typing import Any, Literal
 from uuid import UUID
 
 from prefect import Flow, Task, flow, get_client, get_run_logger, tags
+from prefect.blocks.system import Secret
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRunResult
+from prefect.concurrency.sync import rate_limit
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import allow_failure, quote
+from pydantic import SecretStr
 
 from toka_agents import executor, reporting
-from toka_agents.config.models import PRIORITY_RANK
-from toka_agents.errors import SandboxError
+from toka_agents.config.models import PRIORITY_RANK, LlmSettings
+from toka_agents.errors import LlmError, SandboxError
 from toka_agents.executor import ExecutionContext, TaskOutcome
+from toka_agents.llm.gateway import Acquire, from_environment
+from toka_agents.llm.loop import StepRunner
 from toka_agents.planning import OptionalMode, Plan, PlannedAgent, PlannedTask, validate
 from toka_agents.sandbox import Sandbox, connect, create_workspace, remove_orphans
 
@@ -64,10 +72,40 @@ def _run_agent_task(
 ) -> State[TaskOutcome]:
     if previous is not None and not previous.state.is_completed():
         outcome = executor.skipped(planned, _after_failure_of(upstream[-1], previous.state.message))
+    elif planned.kind == "llm" and not context.dry_run:
+        run = executor.run_llm_task(planned, context, upstream_results, step_runner(planned.id))
+        reporting.conversation_artifact(planned, run.outcome, run.conversation)
+        outcome = run.outcome
     else:
         with reporting.OutputLog(get_run_logger()) as output:
             outcome = executor.run_task(planned, context, output, upstream_results)
     return reporting.task_state(outcome)
+
+
+def _run_step(label: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    return fn(*args)
+
+
+step_task: Task[..., Any] = Task(
+    _run_step,
+    name="agent-step",
+    task_run_name="{label}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=0,  # the gateway retries model calls itself; a tool call is the model's to repeat
+    description="One step of an LLM task: a model call or a tool call.",
+)
+
+
+def step_runner(task_id: str) -> StepRunner:
+    """The agent loop's step runner: each model call and tool call a task run nested under the
+    agent task's run, named like `architect/design · model 3`. A step's error reaches the loop
+    unchanged (Prefect re-raises it after recording the failed task run)."""
+
+    def run(kind: str, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        return step_task(label=f"{task_id} · {name}", fn=quote(fn), args=quote(args))
+
+    return run
 
 
 agent_task: Task[..., State[TaskOutcome]] = Task(
@@ -82,6 +120,117 @@ agent_task: Task[..., State[TaskOutcome]] = Task(
 @functools.cache
 def _with_retries(retries: int) -> Task[..., State[TaskOutcome]]:
     return agent_task.with_options(retries=retries)
+
+
+class LlmSetupError(Exception):
+    """An LLM setting that needs Prefect (a Secret block, a rate limit) could not be set up."""
+
+
+def read_secret_keys(plan: Plan) -> dict[str, SecretStr]:
+    """The API keys of the plan's LLM agents that name a Prefect Secret block, by block name."""
+    names = {
+        agent.llm.api_key_secret
+        for agent in plan.agents
+        if agent.llm is not None
+        and agent.llm.api_key_secret
+        and any(t.kind == "llm" for t in agent.tasks)
+    }
+    keys = {}
+    for name in sorted(names):
+        try:
+            value = Secret.load(name, _sync=True).get()  # type: ignore[call-overload]
+        except Exception as exc:  # missing, of another type, or the API is away
+            raise LlmSetupError(
+                f"the Prefect Secret block {name!r} (llm.api_key_secret) cannot be read: "
+                + _one_line(exc)
+            ) from None
+        if not isinstance(value, str) or not value:
+            raise LlmSetupError(f"the Prefect Secret block {name!r} (llm.api_key_secret) holds no key")
+        keys[name] = SecretStr(value)
+    return keys
+
+
+RATE_LIMIT_BURST_SECONDS = 10
+"""A rate limit lets through at once what it allows in this many seconds, then its steady rate."""
+RATE_LIMIT_CANCEL_CHECK = 1.0
+"""Seconds a call waits for a rate limit between looks at the run's cancel flag."""
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """One of a model's Prefect global concurrency limits, used as a rate limit."""
+
+    name: str
+    per_minute: int
+    unit: Literal["requests", "tokens"]
+
+    @property
+    def slots(self) -> int:
+        return max(1, math.ceil(self.per_minute * RATE_LIMIT_BURST_SECONDS / 60))
+
+    @property
+    def decay(self) -> float:
+        return self.per_minute / 60
+
+
+def rate_limits_of(settings: LlmSettings) -> list[RateLimit]:
+    """The global concurrency limits of a provider's model: one per limit its settings set,
+    shared by every flow run and worker that uses the same provider and model."""
+    model = re.sub(r"[/%&<>]", "-", f"{settings.provider}:{settings.model}")
+    limits = []
+    if settings.requests_per_minute is not None:
+        limits.append(RateLimit(f"toka-llm {model} requests", settings.requests_per_minute, "requests"))
+    if settings.tokens_per_minute is not None:
+        limits.append(RateLimit(f"toka-llm {model} tokens", settings.tokens_per_minute, "tokens"))
+    return limits
+
+
+def _llm_settings_in_use(plan: Plan) -> list[LlmSettings]:
+    found = []
+    for agent in plan.agents:
+        if agent.llm is not None and any(task.kind == "llm" for task in agent.tasks):
+            try:
+                found.append(from_environment(agent.llm))
+            except LlmError:
+                continue  # refused before this: llm_refusal names it
+    return found
+
+
+def upsert_rate_limits(plan: Plan) -> None:
+    """Create or update the global concurrency limits the plan's models are rate-limited by."""
+    limits = {limit.name: limit for s in _llm_settings_in_use(plan) for limit in rate_limits_of(s)}
+    if not limits:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            for limit in limits.values():
+                client.upsert_global_concurrency_limit_by_name(
+                    limit.name, limit.slots, slot_decay_per_second=limit.decay
+                )
+    except Exception as exc:  # the API refused or is away: say so before any task starts
+        raise LlmSetupError(f"cannot set up the LLM rate limits in Prefect: {_one_line(exc)}") from None
+
+
+def rate_limit_hook(settings: LlmSettings, *, cancel: threading.Event) -> Acquire | None:
+    """The gateway's `acquire`: waits on the model's Prefect rate limits before each request.
+    A call's token estimate can exceed a limit's slots; it then occupies them all."""
+    limits = rate_limits_of(settings)
+    if not limits:
+        return None
+
+    def acquire(tokens: int) -> None:
+        for limit in limits:
+            occupy = 1 if limit.unit == "requests" else min(tokens, limit.slots)
+            while not cancel.is_set():  # the gateway ends the call when it sees the cancel
+                try:
+                    rate_limit(
+                        limit.name, occupy=occupy, timeout_seconds=RATE_LIMIT_CANCEL_CHECK, strict=True
+                    )
+                    break
+                except TimeoutError:
+                    continue
+
+    return acquire
 
 
 @dataclass(frozen=True)
@@ -171,6 +320,13 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
     for warning in plan.warnings:
         logger.warning("%s", warning)
     refusal = executor.llm_refusal(plan, dry_run=options.dry_run)
+    api_keys: dict[str, SecretStr] = {}
+    if refusal is None and not options.dry_run:
+        try:
+            api_keys = read_secret_keys(plan)
+            upsert_rate_limits(plan)
+        except LlmSetupError as exc:
+            refusal = str(exc)
     if refusal is not None:
         return reporting.refused_state(refusal)  # type: ignore[return-value]
     workspace = None
@@ -184,7 +340,7 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
     labels = {RUN_LABEL: str(flow_run.id)}
 
     sandbox, sandbox_error = None, None
-    needs_sandbox = not options.dry_run and any(task.kind == "code" for task in plan.tasks)
+    needs_sandbox = not options.dry_run and bool(plan.tasks)  # LLM tasks' tools run in it too
     if needs_sandbox:
         try:
             client = connect(pool_size=2 * plan.max_concurrent_agents + 2)
@@ -204,8 +360,13 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
         sandbox_error=sandbox_error,
         dry_run=options.dry_run,
         labels=labels,
+        agents=dict(schedule.agents),
+        api_keys=api_keys,
     )
-    watcher = CancellationWatcher(flow_run.id, options.cancel_poll_seconds, sandbox, logger)
+    context.rate_limits = functools.partial(rate_limit_hook, cancel=context.cancel)
+    watcher = CancellationWatcher(
+        flow_run.id, options.cancel_poll_seconds, sandbox, logger, llm_cancel=context.cancel
+    )
     watcher.start()
     scheduler = Scheduler(schedule, context, report, watcher, flow_run.id)
     try:
@@ -254,11 +415,13 @@ class CancellationWatcher:
         interval: float,
         sandbox: Sandbox | None,
         logger: reporting.RunLogger,
+        llm_cancel: threading.Event | None = None,
     ) -> None:
         self.flow_run_id = flow_run_id
         self.interval = interval
         self.sandbox = sandbox
         self.logger = logger
+        self.llm_cancel = llm_cancel
         self.cancelled = threading.Event()
         self._stop = threading.Event()
         context = contextvars.copy_context()  # the thread must see this run's Prefect settings
@@ -293,6 +456,8 @@ class CancellationWatcher:
                 failures = 0
             if state is not None and (state.is_cancelling() or state.is_cancelled()):
                 self.cancelled.set()
+                if self.llm_cancel is not None:
+                    self.llm_cancel.set()  # LLM loops stop, a model call under way too
                 if self.sandbox is not None:
                     self.sandbox.cancel()
                 return
@@ -392,6 +557,7 @@ class Scheduler:
             except BaseException:
                 # Interrupted (Ctrl-C, SIGTERM, a bug): kill the containers first, or leaving
                 # the task runner would wait for every running task to reach its timeout.
+                self.context.cancel.set()
                 if self.context.sandbox is not None:
                     self.context.sandbox.cancel()
                 raise

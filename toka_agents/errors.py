@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 
 class TokaError(Exception):
@@ -43,3 +44,39 @@ class SandboxError(TokaError):
 
 class ExecutionError(TokaError):
     """A run cannot start, for example an LLM task with no provider configured."""
+
+
+class LlmError(TokaError):
+    """A model call failed for good: a refusal (4xx), or retries used up. Says the provider's
+    reason; never holds an API key (the gateway redacts it)."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.attempts = attempts
+
+
+class LlmCancelled(LlmError):
+    """The call was cancelled while it waited or ran."""
+
+
+MalformedKind = Literal[
+    "bad JSON", "missing field", "unknown tool", "bad arguments", "arguments off schema"
+]
+
+
+class MalformedReply(LlmError):
+    """The provider answered, but the reply cannot be used. `kind` names what was wrong.
+
+    The agent loop feeds the message back to the model once. The call's tokens were spent
+    all the same, so they travel with the error.
+    """
+
+    def __init__(
+        self, kind: MalformedKind, message: str, *, input_tokens: int = 0, output_tokens: int = 0
+    ) -> None:
+        super().__init__(f"malformed reply ({kind}): {message}")
+        self.kind: MalformedKind = kind
+        self.detail = message
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens

@@ -1,21 +1,32 @@
-"""Runs one agent task: a code task goes to the sandbox; the result becomes a `TaskOutcome`.
+"""Runs one agent task: a code task goes to the sandbox, an LLM task to the agent loop (the LLM
+gateway for the model, the sandbox for its tools); the result becomes a `TaskOutcome`.
 
 The executor never talks to Docker or HTTP itself, and knows nothing of Prefect: it is
-handed a `Sandbox`, and returns plain data that reporting turns into Prefect states.
+handed a `Sandbox`, the API keys compiling read, a step runner and a rate-limit hook, and
+returns plain data that reporting turns into Prefect states.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from toka_agents.config.limits import format_bytes
-from toka_agents.errors import SandboxError
-from toka_agents.planning import Plan, PlannedTask
+from toka_agents.config.models import LlmSettings
+from toka_agents.errors import LlmError, SandboxError
+from toka_agents.llm.gateway import MODEL_ENV, Acquire, Gateway, api_key_from_env, from_environment
+from toka_agents.llm.loop import LoopResult, StepRunner, TaskBrief, run_directly, run_loop
+from toka_agents.llm.messages import Message
+from toka_agents.llm.tools import Toolbox
+from toka_agents.planning import Plan, PlannedAgent, PlannedTask
 from toka_agents.sandbox import Sandbox, SandboxCancelled, SandboxResult, SandboxSpec
 from toka_agents.sandbox.containers import OutputCallback
 
@@ -37,6 +48,16 @@ class TaskOutcome(BaseModel):
     duration: float | None = None
     peak_memory: int | None = None
     cpu_seconds: float | None = None
+    steps: int | None = None
+    """LLM tasks: model calls made."""
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    model_seconds: float | None = None
+    """LLM tasks: seconds spent waiting for the model."""
+    cost: float | None = None
+    """LLM tasks with `price_per_million_tokens`: what the tokens cost."""
+    summary: str | None = None
+    """LLM tasks: the summary the model gave when it called `finish`."""
 
     @property
     def ok(self) -> bool:
@@ -53,6 +74,13 @@ class ExecutionContext:
     sandbox_error: str | None = None
     dry_run: bool = False
     labels: dict[str, str] = field(default_factory=dict)
+    agents: dict[str, PlannedAgent] = field(default_factory=dict)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    """Set when the run is cancelled: LLM tasks stop their loop and the call under way."""
+    api_keys: dict[str, SecretStr] = field(default_factory=dict)
+    """Keys read from Prefect Secret blocks, by block name (`llm.api_key_secret`)."""
+    rate_limits: Callable[[LlmSettings], Acquire | None] | None = None
+    """The rate-limit hook of a model's gateway, when its settings set limits."""
 
 
 def llm_refusal(plan: Plan, *, dry_run: bool) -> str | None:
@@ -77,11 +105,27 @@ def llm_refusal(plan: Plan, *, dry_run: bool) -> str | None:
             "(native YAML) or an [llm] table (orchestration TOML), or run with --dry-run "
             "(flow parameter dry_run) to walk the plan without a model."
         )
-    return (
-        f"{count} LLM task(s) of agents {names} are configured for a provider, but this "
-        "version of toka-agents has no LLM agent loop to run them; run with --dry-run "
-        "(flow parameter dry_run) to walk the plan in Prefect."
-    )
+    problems = []
+    for agent in agents:
+        assert agent.llm is not None
+        problem = environment_problem(agent.llm)
+        if problem is not None and problem not in problems:
+            problems.append(problem)
+    if problems:
+        return f"{count} LLM task(s) of agents {names} cannot reach their model: {'; '.join(problems)}"
+    return None
+
+
+def environment_problem(settings: LlmSettings, environ: Mapping[str, str] = os.environ) -> str | None:
+    """What the environment lacks for `settings` (the key's variable, a model), or None."""
+    if settings.api_key_env is not None and not environ.get(settings.api_key_env):
+        return (
+            f"the environment variable {settings.api_key_env} (llm.api_key_env) that should hold "
+            f"the {settings.provider} API key is not set"
+        )
+    if settings.model is None and not environ.get(MODEL_ENV):
+        return f"no model is named: set llm.model, the environment variable {MODEL_ENV} or --llm-model"
+    return None
 
 
 def run_task(
@@ -98,7 +142,7 @@ def run_task(
     if context.dry_run:
         return _outcome(task, "dry-run", f"dry run: would run {_what(task)}")
     if task.kind != "code" or task.code is None:
-        return _outcome(task, "failed", f"{task.id} is an LLM task, and no LLM agent loop is configured")
+        return run_llm_task(task, context, upstream).outcome
     if context.sandbox is None:
         return _outcome(task, "failed", f"sandbox error: {context.sandbox_error or 'no sandbox'}")
     try:
@@ -110,24 +154,177 @@ def run_task(
     return outcome_from_result(task, result)
 
 
+@dataclass
+class LlmRun:
+    """An LLM task's outcome and its whole conversation, secrets redacted."""
+
+    outcome: TaskOutcome
+    conversation: list[Message] = field(default_factory=list)
+
+
+def run_llm_task(
+    task: PlannedTask,
+    context: ExecutionContext,
+    upstream: dict[str, TaskOutcome] | None = None,
+    runner: StepRunner = run_directly,
+) -> LlmRun:
+    """Carry out an LLM task with the agent loop: the agent's model through the gateway, its
+    tools in the agent's sandbox. Never raises for the task's own failure."""
+    agent = context.agents.get(task.agent)
+    if agent is None or agent.llm is None:
+        return LlmRun(failed(task, f"{task.id} is an LLM task, and its agent has no LLM configured"))
+    if context.sandbox is None:
+        return LlmRun(failed(task, f"sandbox error: {context.sandbox_error or 'no sandbox'}"))
+    try:
+        settings = from_environment(agent.llm)
+        if settings.api_key_secret is not None:
+            key = context.api_keys.get(settings.api_key_secret)
+            if key is None:
+                raise LlmError(f"the Prefect Secret block {settings.api_key_secret!r} was not read")
+        else:
+            key = api_key_from_env(settings)
+    except LlmError as exc:
+        return LlmRun(failed(task, str(exc)))
+    usage = SandboxUsage(context.sandbox, tool_spec(task, context, upstream or {}))
+    toolbox = Toolbox(usage.run_code, may_write=task.workspace_writable)
+    acquire = context.rate_limits(settings) if context.rate_limits is not None else None
+    started = time.monotonic()
+    with Gateway(settings, api_key=key, acquire=acquire, cancel=context.cancel) as gateway:
+        result = run_loop(
+            task_brief(task, agent, upstream or {}),
+            gateway.complete,
+            toolbox,
+            max_steps=settings.max_steps,
+            max_tokens=settings.max_tokens_per_task,
+            timeout=task.limits.timeout,
+            runner=runner,
+            secrets=[key.get_secret_value()] if key is not None else [],
+            cancel=context.cancel,
+        )
+    outcome = outcome_from_loop(task, result, settings, usage, time.monotonic() - started)
+    return LlmRun(outcome, result.transcript)
+
+
+class SandboxUsage:
+    """`run_code` for an agent's toolbox that adds up what its containers used."""
+
+    def __init__(self, sandbox: Sandbox, spec: SandboxSpec) -> None:
+        self.sandbox = sandbox
+        self.spec = spec
+        self.peak_memory: int | None = None
+        self.cpu_seconds: float | None = None
+
+    def run_code(self, language: str, source: str) -> SandboxResult:
+        result = self.sandbox.run(self.spec.model_copy(update={"language": language, "source": source}))
+        if result.peak_memory is not None:
+            self.peak_memory = max(self.peak_memory or 0, result.peak_memory)
+        if result.cpu_seconds is not None:
+            self.cpu_seconds = (self.cpu_seconds or 0.0) + result.cpu_seconds
+        return result
+
+
+def outcome_from_loop(
+    task: PlannedTask, result: LoopResult, settings: LlmSettings, usage: SandboxUsage, duration: float
+) -> TaskOutcome:
+    status: Status = "completed" if result.success else "failed"
+    message = result.summary
+    if result.ended_by == "cancelled":
+        status = "cancelled"
+    elif result.ended_by == "finish" and not result.success:
+        message = f"the model finished without success: {result.summary}"
+    return TaskOutcome(
+        task_id=task.id,
+        agent=task.agent,
+        task=task.name,
+        status=status,
+        message=_first_chars(message, 500),
+        duration=duration,
+        peak_memory=usage.peak_memory,
+        cpu_seconds=usage.cpu_seconds,
+        steps=result.steps,
+        input_tokens=result.input_tokens,
+        output_tokens=result.output_tokens,
+        model_seconds=result.model_seconds,
+        cost=result.cost(settings.price_per_million_tokens),
+        summary=result.summary if result.ended_by == "finish" else None,
+    )
+
+
+def task_brief(task: PlannedTask, agent: PlannedAgent, upstream: dict[str, TaskOutcome]) -> TaskBrief:
+    """What the model is told: the agent as its spec describes it, the task, and the summaries
+    of the finished agents it depends on."""
+    extra = agent.extra
+    return TaskBrief(
+        agent=agent.name,
+        task=task.name,
+        instruction=task.instruction or task.description,
+        description=agent.description,
+        objectives=spec_lines(extra.get("objectives")),
+        capabilities=list(task.capabilities),
+        directives=spec_lines(extra.get("behavioral_directives") or extra.get("directives")),
+        success_criteria=spec_lines(extra.get("success_criteria")),
+        upstream={
+            name: outcome.summary or f"{outcome.status}: {outcome.message}"
+            for name, outcome in upstream.items()
+        },
+        may_write=task.workspace_writable,
+    )
+
+
+def spec_lines(value: Any, prefix: str = "") -> list[str]:
+    """A spec's nested lists and maps as lines: `{phase_1: [a, b]}` -> `phase_1: a`, `phase_1: b`;
+    a map of plain values is one line (`description: ...; validation: ...`)."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, dict):
+        if all(not isinstance(v, dict | list) for v in value.values()):
+            return [prefix + "; ".join(f"{k}: {v}" for k, v in value.items())]
+        return [line for k, v in value.items() for line in spec_lines(v, f"{prefix}{k}: ")]
+    if isinstance(value, list):
+        return [line for item in value for line in spec_lines(item, prefix)]
+    return [f"{prefix}{value}"]
+
+
+def _first_chars(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def tool_spec(
+    task: PlannedTask, context: ExecutionContext, upstream: dict[str, TaskOutcome]
+) -> SandboxSpec:
+    """The containers an LLM task's tools run in: a code task's, without the code."""
+    return container_spec(task, context, upstream, "python", "")
+
+
 def sandbox_spec(
     task: PlannedTask, context: ExecutionContext, upstream: dict[str, TaskOutcome] | None = None
 ) -> SandboxSpec:
     """The container a code task runs in: its limits, network, workspace access and code."""
     assert task.code is not None and task.code.source is not None
+    return container_spec(task, context, upstream or {}, task.code.language, task.code.source)
+
+
+def container_spec(
+    task: PlannedTask,
+    context: ExecutionContext,
+    upstream: dict[str, TaskOutcome],
+    language: Literal["python", "shell"],
+    source: str,
+) -> SandboxSpec:
     handed_on = {
         agent: {
             "task": o.task_id,
             "status": o.status,
             "message": o.message,
             "stdout_tail": o.stdout_tail[-1000:],
+            **({"summary": o.summary} if o.summary is not None else {}),
         }
-        for agent, o in (upstream or {}).items()
+        for agent, o in upstream.items()
     }
     return SandboxSpec(
         image=task.image,
-        language=task.code.language,
-        source=task.code.source,
+        language=language,
+        source=source,
         memory=task.limits.memory,
         cpus=task.limits.cpu,
         pids=task.limits.pids,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import json
 import logging
 import re
 import threading
@@ -31,7 +32,8 @@ from pydantic import BaseModel
 
 from toka_agents.config.limits import format_bytes
 from toka_agents.executor import TaskOutcome
-from toka_agents.planning import Plan, PlannedAgent
+from toka_agents.llm.messages import AssistantMessage, Message, ToolMessage
+from toka_agents.planning import Plan, PlannedAgent, PlannedTask
 
 
 def task_state(outcome: TaskOutcome, *, with_data: bool = True) -> State[TaskOutcome]:
@@ -214,6 +216,8 @@ class RunReport:
             logger.warning(
                 "could not update %d progress artifact(s): %s", len(failed_writes), failed_writes[0]
             )
+        outcomes = list(outcomes)
+        with_llm = any(outcome.steps is not None for outcome in outcomes)
         rows = [
             {
                 "task": outcome.task_id,
@@ -222,6 +226,7 @@ class RunReport:
                 "duration": "-" if outcome.duration is None else f"{outcome.duration:.2f}s",
                 "peak memory": format_bytes(outcome.peak_memory),
                 "cpu time": "-" if outcome.cpu_seconds is None else f"{outcome.cpu_seconds:.3f}s",
+                **(llm_columns(outcome) if with_llm else {}),
                 "message": outcome.message,
             }
             for outcome in outcomes
@@ -242,6 +247,65 @@ class RunReport:
                 )
         except Exception as exc:  # the API failed us; the run's result stands
             logger.error("could not write the run's summary artifact: %s", exc)
+
+
+def llm_columns(outcome: TaskOutcome) -> dict[str, str]:
+    """An LLM task's model calls, tokens (input / output), model time and cost, for tables."""
+    if outcome.steps is None:
+        return {"model calls": "-", "tokens in/out": "-", "model time": "-", "cost": "-"}
+    return {
+        "model calls": str(outcome.steps),
+        "tokens in/out": f"{outcome.input_tokens or 0} / {outcome.output_tokens or 0}",
+        "model time": f"{outcome.model_seconds or 0:.2f}s",
+        "cost": "-" if outcome.cost is None else f"{outcome.cost:.4f}",
+    }
+
+
+def conversation_artifact(task: PlannedTask, outcome: TaskOutcome, conversation: list[Message]) -> None:
+    """The whole conversation of an LLM task as a markdown artifact of its task run. The
+    executor hands it over with the secrets already redacted. Never raises: a conversation that
+    cannot be written is logged, and the task keeps its outcome."""
+    try:
+        create_markdown_artifact(
+            markdown=conversation_markdown(task, outcome, conversation),
+            key=artifact_key(task.id, "conversation"),
+            description=f"The conversation of {task.id} with its model ({outcome.status})",
+        )
+    except Exception as exc:  # the API failed us; the task's outcome stands
+        get_run_logger().error("could not write the conversation artifact of %s: %s", task.id, exc)
+
+
+def conversation_markdown(task: PlannedTask, outcome: TaskOutcome, conversation: list[Message]) -> str:
+    columns = llm_columns(outcome)
+    lines = [
+        f"# {task.id}: {outcome.status}",
+        "",
+        f"{outcome.message}",
+        "",
+        " | ".join(f"{name}: {value}" for name, value in columns.items()),
+    ]
+    for message in conversation:
+        if isinstance(message, ToolMessage):
+            title = f"## tool result: {message.name}" + (" (error)" if message.is_error else "")
+        else:
+            title = f"## {message.role}"
+        lines += ["", title, ""]
+        if message.content:
+            lines.append(_fenced(message.content))
+        if isinstance(message, AssistantMessage):
+            for call in message.tool_calls:
+                lines += [
+                    "",
+                    f"**calls `{call.name}`**",
+                    "",
+                    _fenced(json.dumps(call.arguments, indent=2)),
+                ]
+    return "\n".join(lines)
+
+
+def _fenced(text: str) -> str:
+    fence = "`" * max(3, max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    return f"{fence}\n{text}\n{fence}"
 
 
 def agent_notes(plan: Plan) -> str:

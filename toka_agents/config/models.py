@@ -188,11 +188,14 @@ class LlmSettings(_Model):
         description="openai: Chat Completions (OpenAI, Ollama, vLLM, LM Studio, LiteLLM); "
         "anthropic: the Messages API."
     )
-    model: str = Field(min_length=1)
+    model: str | None = Field(
+        None, min_length=1, description="The model's name. Default: the environment's TOKA_LLM_MODEL."
+    )
     base_url: str | None = Field(
         None,
         description="The API's root, as the official SDKs take it: https://api.openai.com/v1, "
-        "http://localhost:11434/v1 (Ollama), https://api.anthropic.com. Default: the provider's.",
+        "http://localhost:11434/v1 (Ollama), https://api.anthropic.com. Default: the environment's "
+        "OPENAI_BASE_URL or ANTHROPIC_BASE_URL, as the official SDKs read it, else the provider's.",
     )
     api_key_env: str | None = Field(None, description="Environment variable holding the key.")
     api_key_secret: str | None = Field(

@@ -15,12 +15,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from toka_agents.config.loader import Fragment, issues_from_validation
-from toka_agents.config.models import Origin, Settings
+from toka_agents.config.models import LlmSettings, Origin, Settings
 from toka_agents.config.toka_spec import LIMIT_KEYS, AgentSource, build_agent
 from toka_agents.errors import ConfigIssue
 
 _AGENT_KEYS = ("name", "priority", "workstream", "description", "capabilities", "tasks", "security")
-_LLM_KEYS = ("provider", "model", "base_url", "api_key_env", "timeout")
+_LLM_KEYS = tuple(name for name in LlmSettings.model_fields if name != "options")
+"""The keys of `[llm]` that are settings; any other key is kept in `options`."""
 
 
 def recognises(document: dict[str, Any]) -> bool:

@@ -112,6 +112,28 @@ def api_key_from_env(settings: LlmSettings, environ: Mapping[str, str] = os.envi
     return SecretStr(value)
 
 
+MODEL_ENV = "TOKA_LLM_MODEL"
+BASE_URL_ENV = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
+
+
+def from_environment(settings: LlmSettings, environ: Mapping[str, str] = os.environ) -> LlmSettings:
+    """`settings` with what they leave unset taken from the environment, as the official SDKs
+    do: the model from `TOKA_LLM_MODEL`, the base URL from `OPENAI_BASE_URL` or
+    `ANTHROPIC_BASE_URL`. Raises `LlmError` when no model is named anywhere."""
+    changes: dict[str, str] = {}
+    if settings.model is None:
+        model = environ.get(MODEL_ENV)
+        if not model:
+            raise LlmError(
+                f"no {settings.provider} model is named: set llm.model in the config, the "
+                f"environment variable {MODEL_ENV}, or the run parameter llm_model"
+            )
+        changes["model"] = model
+    if settings.base_url is None and (base_url := environ.get(BASE_URL_ENV[settings.provider])):
+        changes["base_url"] = base_url
+    return settings.model_copy(update=changes) if changes else settings
+
+
 class Gateway:
     """Sends conversations to one provider and model, as `settings` say.
 
@@ -166,7 +188,7 @@ class Gateway:
         """
         key = self._api_key.get_secret_value() if self._api_key else None
         body = self.wire.request_body(
-            model=self.settings.model,
+            model=self.settings.model or "",
             messages=messages,
             tools=tools,
             max_tokens=self.settings.max_tokens,
