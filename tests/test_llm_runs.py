@@ -5,15 +5,34 @@ call is a task run nested under its agent task's run.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import write_config
-from llm_server import OPENAI_PATH, scripted_server, text, tool_call
-from own_runs import no_leftover_containers  # noqa: F401 (this module's leak check)
+from llm_server import OPENAI_PATH, scripted_server, slow, text, tool_call
+from own_runs import (
+    flow_run_id_of,
+    no_leftover_containers,  # noqa: F401 (this module's leak check)
+    remove_run_containers,
+    run_containers,
+    wait_for_running_container,
+)
+from prefect import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.events.filters import EventFilter, EventOccurredFilter, EventRelatedFilter
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
+from prefect.states import Cancelling
 from test_flows import artifacts, task_runs
 
 from toka_agents import run
@@ -30,7 +49,7 @@ def api_key(monkeypatch) -> str:
     return key
 
 
-def llm_config(directory: Path, server, agents: str, **llm: object) -> Path:
+def llm_config(directory: Path, server, agents: str, name: str = "llm-run", **llm: object) -> Path:
     settings = {
         "provider": "openai",
         "model": "scripted-1",
@@ -38,7 +57,7 @@ def llm_config(directory: Path, server, agents: str, **llm: object) -> Path:
         "api_key_env": KEY_ENV,
         **llm,
     }
-    body = f"name: llm-run\nllm: {json.dumps(settings)}\nagents:\n" + textwrap.indent(
+    body = f"name: {name}\nllm: {json.dumps(settings)}\nagents:\n" + textwrap.indent(
         textwrap.dedent(agents), "  "
     )
     return write_config(directory, body)
@@ -96,7 +115,10 @@ def test_a_model_writes_code_runs_it_reads_its_output_writes_a_file_and_finishes
         assert {p.id for p in step.task_inputs["__parents__"]} == {agent_run.id}, step.name
 
     [conversation] = [a for a in artifacts(result.flow_run_id) if a.key == "writer-compute-conversation"]
-    assert "The sum of 1 to 10 is 55" in conversation.data and "print(sum(range(1, 11)))" in conversation.data
+    assert (
+        "The sum of 1 to 10 is 55" in conversation.data
+        and "print(sum(range(1, 11)))" in conversation.data
+    )
 
 
 def test_a_downstream_agents_prompt_holds_its_upstream_agents_summary_and_its_spec(
@@ -149,3 +171,130 @@ def test_a_model_that_never_finishes_hits_the_step_bound_and_the_task_fails_nami
     )
     agent_run = task_runs(result.flow_run_id)["writer/compute"]
     assert agent_run.state.is_failed() and "llm.max_steps 3" in agent_run.state.message
+
+
+class Background:
+    """`fn()` in a thread that sees this test's Prefect settings."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.result: Any = None
+        context = contextvars.copy_context()
+        self.thread = threading.Thread(target=context.run, args=(self._run, fn), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        self.result = fn()
+
+
+def wait_for_requests(server, count: int, deadline: float = 120) -> None:
+    end = time.monotonic() + deadline
+    while len(server.requests_to(OPENAI_PATH)) < count:
+        assert time.monotonic() < end, f"the model server did not get {count} requests"
+        time.sleep(0.05)
+
+
+CANCEL_WITHIN = 5.0
+
+
+def test_a_cancel_in_the_middle_of_a_model_call_ends_the_loop_within_seconds(
+    tmp_path, workspace_root, api_key, docker_client
+):
+    name = f"llm-cancel-{uuid.uuid4().hex[:8]}"
+    script = (
+        tool_call("run_code", language="python", source="print('step one')"),
+        slow(600, tool_call("finish", success=True, summary="never")),
+    )
+    with scripted_server(*script, api_key=api_key) as server:
+        config = llm_config(tmp_path, server, WRITER, name=name)
+        background = Background(lambda: run(config, workspace_root=workspace_root))
+        flow_run_id = flow_run_id_of(name)
+        try:
+            wait_for_requests(server, 2)  # the second model call hangs at the server
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
+            cancelled_at = time.monotonic()
+            background.thread.join(timeout=CANCEL_WITHIN)
+            took = time.monotonic() - cancelled_at
+            assert not background.thread.is_alive(), f"the run outlived its cancel by {took:.0f} s"
+        finally:
+            remove_run_containers(docker_client, flow_run_id)
+            background.thread.join(timeout=60)
+        assert len(server.requests_to(OPENAI_PATH)) == 2  # no model call after the cancel
+    result = background.result
+    assert result.state.is_cancelled(), result.state
+    [outcome] = result.outcomes
+    assert (outcome.status, outcome.message) == ("cancelled", "cancelled: the run was cancelled")
+    assert outcome.steps == 2
+    assert run_containers(docker_client, flow_run_id) == []
+    runs = task_runs(flow_run_id)
+    assert runs["writer/compute"].state.is_cancelled(), runs["writer/compute"].state
+    assert runs["writer/compute · run_code 1"].state.is_completed()
+
+
+def everything_prefect_holds(flow_run_id, since: datetime) -> str:
+    """Logs, artifacts, events, task run states and results of one flow run, as one text."""
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
+    parts: list[str] = []
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200
+        )
+        parts += [log.message for log in logs]
+        parts += [json.dumps(a.data) + (a.description or "") for a in artifacts(flow_run_id)]
+        page = client.read_events(
+            filter=EventFilter(
+                occurred=EventOccurredFilter(
+                    since=since, until=datetime.now(UTC) + timedelta(minutes=5)
+                ),
+                related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
+            ),
+            limit=50,
+        )
+        events = list(page.events)
+        while page.next_page is not None:
+            page = client.read_events_page(page.next_page)
+            events += page.events
+        parts += [event.model_dump_json() for event in events]
+        flow_run = client.read_flow_run(flow_run_id)
+        parts.append(flow_run.model_dump_json())
+        for task_run in task_runs(flow_run_id).values():
+            parts.append(task_run.model_dump_json())  # its state: name, message, data
+    assert len(logs) > 5 and len(events) > 5, "the run left no logs or events to search"
+    return "\n".join(parts)
+
+
+def test_the_planted_api_key_is_nowhere_in_prefect_nor_in_the_containers(
+    tmp_path, workspace_root, api_key, docker_client
+):
+    name = f"llm-secret-{uuid.uuid4().hex[:8]}"
+    shown = "import os, time; print(sorted(os.environ.items())); time.sleep(2)"
+    script = (
+        tool_call("run_code", language="python", source=shown),
+        # A model that got hold of the key anyway: it prints it and puts it in its summary.
+        tool_call("run_code", language="shell", source=f"echo {api_key}"),
+        tool_call("finish", success=True, summary=f"The key is {api_key}."),
+    )
+    since = datetime.now(UTC) - timedelta(seconds=5)
+    with scripted_server(*script, api_key=api_key) as server:
+        config = llm_config(tmp_path, server, WRITER, name=name)
+        background = Background(lambda: run(config, workspace_root=workspace_root))
+        flow_run_id = flow_run_id_of(name)
+        container = wait_for_running_container(docker_client, flow_run_id)
+        inspected = json.dumps(docker_client.api.inspect_container(container))
+        background.thread.join(timeout=120)
+        sent = prompts(server)
+    result = background.result
+    assert result.ok, result.state.message
+    assert str(flow_run_id) in inspected and api_key not in inspected
+    env_seen = next(m["content"] for m in sent[1] if m["role"] == "tool")
+    assert "TOKA_AGENT" in env_seen and api_key not in env_seen
+    assert result.outcomes[0].summary == "The key is [redacted]."
+    held = everything_prefect_holds(flow_run_id, since) + result.state.model_dump_json()
+    held += "".join(o.model_dump_json() for o in result.outcomes)
+    # Results Prefect stored on disk, and the server's own files.
+    for path in Path(os.environ["PREFECT_HOME"]).rglob("*"):
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            assert api_key.encode() not in path.read_bytes(), path
+    assert "[redacted]" in held and "TOKA_AGENT" in held
+    assert api_key not in held
