@@ -349,7 +349,7 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
                     "Removed %d sandbox container(s) left by toka-agents processes that were killed",
                     len(orphans),
                 )
-            sandbox = Sandbox(client, labels)
+            sandbox = Sandbox(client, labels, pool_size=plan.pool_size)
         except SandboxError as exc:
             sandbox_error = str(exc)
             logger.error("%s", exc)

@@ -91,6 +91,9 @@ class Plan(_Frozen):
     name: str
     description: str = ""
     max_concurrent_agents: int
+    pool_size: int = 0
+    """Warm sandbox containers per creation setting (`sandbox.pool_size`, by default
+    `max_concurrent_agents`); 0: none, every task starts a fresh container."""
     agents: tuple[PlannedAgent, ...]
     edges: tuple[tuple[str, str], ...]
     optional_edges: tuple[tuple[str, str], ...] = ()
@@ -116,6 +119,7 @@ class Plan(_Frozen):
             "name": self.name,
             "description": self.description,
             "max_concurrent_agents": self.max_concurrent_agents,
+            "pool_size": self.pool_size,
             "agents": [
                 {
                     "name": agent.name,
@@ -200,10 +204,13 @@ def plan(
         for wave in waves
         for name in wave
     ]
+    concurrency = max_concurrent_agents or orchestration.max_concurrent_agents
+    pool_size = orchestration.sandbox.pool_size
     return Plan(
         name=orchestration.name,
         description=orchestration.description,
-        max_concurrent_agents=max_concurrent_agents or orchestration.max_concurrent_agents,
+        max_concurrent_agents=concurrency,
+        pool_size=concurrency if pool_size is None else pool_size,
         agents=tuple(planned),
         edges=tuple(edges),
         optional_edges=tuple(optional_edges),

@@ -344,6 +344,13 @@ class SandboxSettings(_Model):
         description="The Docker network that agents with a network capability join; agents "
         "without one have no network at all.",
     )
+    pool_size: int | None = Field(
+        None,
+        ge=0,
+        description="Containers kept started ahead of demand, waiting for code, per combination "
+        "of image, limits and capabilities; each serves one task and is destroyed. Default: "
+        "`max_concurrent_agents`; 0 starts a fresh container for every task.",
+    )
 
 
 class Settings(_Model):

@@ -11,6 +11,7 @@ from toka_agents.sandbox.containers import (
 )
 from toka_agents.sandbox.engine import connect
 from toka_agents.sandbox.images import build_image, image_status
+from toka_agents.sandbox.pool import WarmPool, pool_key
 from toka_agents.sandbox.spec import SandboxResult, SandboxSpec
 from toka_agents.sandbox.workspace import create_workspace
 
@@ -20,10 +21,12 @@ __all__ = [
     "SandboxCancelled",
     "SandboxResult",
     "SandboxSpec",
+    "WarmPool",
     "build_image",
     "connect",
     "create_workspace",
     "image_status",
+    "pool_key",
     "remove_labeled",
     "remove_orphans",
 ]

@@ -1,13 +1,18 @@
 """The supervisor that runs as PID 1 inside every sandbox container (`python3 -c <this file>`).
 
 It reads one JSON header line and then the code from stdin, runs the code as a child
-process, passes its stdout and stderr through up to a byte cap (counting what it cuts),
-and finally writes one result line to stderr: a NUL, `<marker> {json}`, with the exit status,
-the cgroup's peak memory, the child's CPU time, the byte counts, and whether the kernel
-killed anything for memory. The host strips that line. The host kills the container at the
-time limit; should the host die first, the header's `deadline` (seconds) ends the container
-a little later. It uses only the standard library and must run on any Python 3.8+ in any
-image; it is never imported by toka-agents itself.
+process with the header's `env` added to its environment (the task's variables never enter
+the container's configuration, where `docker inspect` would show them), passes its stdout
+and stderr through up to a byte cap (counting what it cuts), and finally writes one result
+line to stderr: a NUL, `<marker> {json}`, with the exit status, the cgroup's peak memory,
+the child's CPU time, the byte counts, and whether the kernel killed anything for memory.
+The host strips that line. The host kills the container at the time limit; should the host
+die first, the header's `deadline` (seconds) ends the container a little later. That
+deadline counts from the header's arrival, so a container started ahead of demand (the warm
+pool) gives its task the whole limit. Such a container waits for its header at most
+`argv[1]` seconds (when given), and one whose attach socket closes without a header (its
+host went away) ends quietly. It uses only the standard library and must run on any Python
+3.8+ in any image; it is never imported by toka-agents itself.
 
 The code's result is its main process's, as with `docker run`: when that process exits,
 the supervisor passes on what it left in the pipes (without waiting for processes it left
@@ -22,6 +27,7 @@ import fcntl
 import json
 import os
 import resource
+import select
 import selectors
 import struct
 import subprocess
@@ -84,10 +90,18 @@ def task_user(text):
     return int(uid), int(gid or uid)
 
 
-def start_task(argv, cwd, user):
-    """Start the code as `user`, in no supplementary group."""
+def start_task(argv, cwd, user, env):
+    """Start the code as `user`, in no supplementary group, with `env` added to this
+    process's environment."""
     uid, gid = user
-    options = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    environment = dict(os.environ)
+    environment.update({str(key): str(value) for key, value in env.items()})
+    options = {
+        "stdin": subprocess.DEVNULL,
+        "stdout": subprocess.PIPE,
+        "stderr": subprocess.PIPE,
+        "env": environment,
+    }
     if sys.version_info >= (3, 9):  # noqa: UP036 (it runs on the image's Python, 3.8 included)
         options.update(user=uid, group=gid, extra_groups=[])
     else:
@@ -148,10 +162,20 @@ class Output:
             left -= len(data)
 
 
+def wait_for_header(stdin, idle_limit):
+    """The header line, once it comes; None when stdin closes first or `idle_limit` passes."""
+    if idle_limit is not None and not select.select([stdin], [], [], idle_limit)[0]:
+        return None
+    line = stdin.readline()
+    return json.loads(line) if line.strip() else None
+
+
 def main():
     os.umask(0o022)  # the code, another user, must be able to read the file it runs
     stdin = sys.stdin.buffer
-    header = json.loads(stdin.readline())
+    header = wait_for_header(stdin, float(sys.argv[1]) if len(sys.argv) > 1 else None)
+    if header is None:
+        return 0  # nobody came for this container: nothing ran, nothing to report
     code = stdin.read()
     cap = int(header["output_limit"])
     deadline = time.monotonic() + float(header["deadline"]) if header.get("deadline") else None
@@ -165,7 +189,7 @@ def main():
         handle.write(code)
 
     cwd = header.get("cwd") or "/tmp"
-    child = start_task(argv, cwd, task_user(header["user"]))
+    child = start_task(argv, cwd, task_user(header["user"]), header.get("env") or {})
     output = Output(child, cap)
     pipes = list(output.names)
     selector = selectors.DefaultSelector()

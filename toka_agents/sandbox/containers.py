@@ -1,11 +1,16 @@
-"""Runs code in a fresh container per call and removes it whatever happens.
+"""Runs code in a container of its own per call and removes it whatever happens.
 
 The container's settings come from a `SandboxSpec` and nowhere else: no network unless
 asked, memory/cpu/pids limits, a read-only root file system with a tmpfs /tmp, and
-no-new-privileges. The code goes in over the attach socket's stdin to the supervisor in
-`bootstrap.py`, which runs it as the spec's unprivileged user with no capabilities at all;
-its output comes back on the same socket as it is printed, kept by `output.Capture`; a timer
-kills the container at the wall-clock limit.
+no-new-privileges. The code, its environment and its limits go in over the attach socket's
+stdin to the supervisor in `bootstrap.py`, which runs it as the spec's unprivileged user
+with no capabilities at all; its output comes back on the same socket as it is printed,
+kept by `output.Capture`; a timer kills the container at the wall-clock limit.
+
+With a `pool_size`, containers are started ahead of demand (`pool.WarmPool`, one pool per
+creation setting) and a call claims one whose supervisor already waits for its code; it is
+still single-use, destroyed after its one task. An empty pool never makes a task wait: it
+starts a container of its own, as without a pool.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import json
 import logging
 import secrets
+import select
 import socket
 import threading
 import time
@@ -31,6 +37,7 @@ from requests.exceptions import RequestException
 from toka_agents.errors import SandboxError
 from toka_agents.sandbox.output import Capture, Captured, OutputCallback
 from toka_agents.sandbox.owners import LABEL_OWNER, current_owner, is_orphaned
+from toka_agents.sandbox.pool import PoolKey, WarmPool, pool_key
 from toka_agents.sandbox.spec import SandboxResult, SandboxSpec
 
 LABEL_MANAGED = "org.toka-agents.managed"
@@ -46,6 +53,9 @@ _ENGINE_ERRORS = (DockerException, RequestException, OSError)
 DEADLINE_GRACE = 5.0
 """Seconds past the time limit after which the supervisor ends the container itself, in
 case this process died before its timer could kill it."""
+IDLE_LIMIT = 3600
+"""Seconds a container waits for its code before its supervisor ends it: a warm container
+of a process that forgot it (without dying, which closes its socket) does not wait forever."""
 
 
 logger = logging.getLogger(__name__)
@@ -66,27 +76,60 @@ class Container:
         return f"{self.name} ({self.id[:12]})" if self.name else self.id[:12]
 
 
-class Sandbox:
-    """Runs `SandboxSpec`s on one engine, tracking live containers so `cancel()` can stop them all."""
+@dataclass(frozen=True)
+class Warm:
+    """A started container of a pool, its supervisor waiting for a header on `stream`."""
 
-    def __init__(self, client: docker.DockerClient, labels: dict[str, str] | None = None) -> None:
+    container: Container
+    stream: Any
+
+
+class Sandbox:
+    """Runs `SandboxSpec`s on one engine, tracking live containers so `cancel()` can stop them all.
+
+    `pool_size`: containers kept started and waiting for code, per creation setting (see
+    `pool.pool_key`); 0 starts a fresh container for every call.
+    """
+
+    def __init__(
+        self, client: docker.DockerClient, labels: dict[str, str] | None = None, *, pool_size: int = 0
+    ) -> None:
         self.client = client
         self.labels = {LABEL_MANAGED: "1", LABEL_OWNER: current_owner(), **(labels or {})}
+        self.pool_size = pool_size
         self._live: set[str] = set()
         self._starting = 0  # calls to the engine's start under way; cancel() waits them out
         self._lock = threading.Condition()
         self._cancelled = threading.Event()
+        self._pools: dict[PoolKey, WarmPool[Warm]] = {}
 
     @property
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def run(self, spec: SandboxSpec, on_output: OutputCallback | None = None) -> SandboxResult:
-        """Run `spec` in a new container; return how it ended. Raises `SandboxError`, with one
-        line naming the container, when the engine fails it (no image, engine gone, container
-        removed under it): no engine error escapes as anything else."""
-        if self.cancelled:
-            raise SandboxCancelled("the run was cancelled")
+        """Run `spec` in a container of its own (a warm one when its pool has one ready);
+        return how it ended. Raises `SandboxError`, with one line naming the container, when
+        the engine fails it (no image, engine gone, container removed under it): no engine
+        error escapes as anything else."""
+        claimed = self._claim(spec)
+        if claimed is not None:
+            pool, warm = claimed
+            try:
+                result = self._run_in(warm.container, warm.stream, spec, on_output, warm=True)
+            except BaseException:
+                self._discard(warm.container, quietly=True)
+                raise
+            with self._lock:
+                self._live.discard(warm.container.id)
+            pool.retire(warm)  # it ends by itself after its report; removed off the task's path
+            return result
         container = self._create(spec)
         with self._lock:
             self._live.add(container.id)
@@ -99,22 +142,92 @@ class Sandbox:
         return result
 
     def cancel(self) -> None:
-        """Kill every container this sandbox is running; later `run` calls are refused.
+        """Kill every container this sandbox is running and remove its warm ones; later `run`
+        calls are refused.
 
         No container of a cancelled sandbox ever starts: `_start` checks the flag and starts
         under the lock this sets it under, and a start already under way is waited for, so
-        its container is running (and killable) when the live set is read.
+        its container is running (and killable) when the live set is read. A claim checks
+        the flag under the same lock, so no warm container is handed out after it; the pools
+        then destroy what waits in them and what their threads were making.
         """
         with self._lock:
             self._cancelled.set()
             self._lock.wait_for(lambda: self._starting == 0)
             live = list(self._live)
+            pools = list(self._pools.values())
         for container_id in live:
             _kill(self.client, container_id)
+        for pool in pools:
+            pool.close()
+
+    def close(self) -> None:
+        """Cancel (see `cancel`) and remove every container carrying this sandbox's labels."""
+        self.cancel()
+        self.remove_leftovers()
 
     def remove_leftovers(self) -> int:
         """Remove every container carrying this sandbox's labels; return how many there were."""
         return remove_labeled(self.client, self.labels)
+
+    def warm_containers(self) -> int:
+        """Containers waiting in this sandbox's pools now."""
+        with self._lock:
+            pools = list(self._pools.values())
+        return sum(pool.ready for pool in pools)
+
+    def _claim(self, spec: SandboxSpec) -> tuple[WarmPool[Warm], Warm] | None:
+        """A warm container for `spec`, now live, and its pool; None when the pool has none
+        ready (a new pool starts filling here). Raises `SandboxCancelled` once the sandbox is
+        cancelled."""
+        with self._lock:
+            if self.cancelled:
+                raise SandboxCancelled("the run was cancelled")
+            if self.pool_size <= 0:
+                return None
+            key = pool_key(spec)
+            pool = self._pools.get(key)
+            if pool is None:
+                pool = WarmPool(
+                    f"{len(self._pools) + 1}",
+                    self.pool_size,
+                    make=lambda: self._make_warm(spec),
+                    discard=self._discard_warm,
+                    alive=_waiting,
+                )
+                self._pools[key] = pool
+                pool.start()
+                return None
+            warm = pool.claim()
+            if warm is None:
+                return None
+            self._live.add(warm.container.id)
+            return pool, warm
+
+    def _make_warm(self, template: SandboxSpec) -> Warm:
+        """Create, attach to and start a container with `template`'s creation settings (and
+        none of its code, env or labels), its supervisor left waiting for a header."""
+        if self.cancelled:
+            raise SandboxCancelled("the run was cancelled")
+        container = self._create(template, warm=True)
+        stream = None
+        try:
+            with engine_errors("attaching to", container):
+                stream = self.client.api.attach_socket(
+                    container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+                )
+            with engine_errors("starting", container):
+                self._start(container.id)
+        except BaseException:
+            self._discard_warm(Warm(container, stream))
+            raise
+        return Warm(container, stream)
+
+    def _discard_warm(self, warm: Warm) -> None:
+        if warm.stream is not None:
+            with contextlib.suppress(OSError):
+                warm.stream.close()
+        remove(self.client, warm.container.id)
 
     def _discard(self, container: Container, *, quietly: bool = False) -> None:
         """Forget a container and remove it. `quietly`: another error is on its way, so a
@@ -128,16 +241,21 @@ class Sandbox:
                 raise
             logger.warning("%s", exc)
 
-    def _create(self, spec: SandboxSpec) -> Container:
-        labels = {**self.labels, **spec.labels}
-        name = f"{spec.name}-{secrets.token_hex(4)}" if spec.name else None
+    def _create(self, spec: SandboxSpec, warm: bool = False) -> Container:
+        """Create a container with `spec`'s settings. `warm`: one for a pool, which may serve
+        any task of the same creation settings, so it carries only this sandbox's labels and
+        a name of its own (labels cannot change after creation)."""
+        if warm:
+            labels, name = self.labels, f"toka-warm-{secrets.token_hex(4)}"
+        else:
+            labels = {**self.labels, **spec.labels}
+            name = f"{spec.name}-{secrets.token_hex(4)}" if spec.name else None
         try:
             created = self.client.api.create_container(
                 spec.image,
-                command=["python3", "-c", BOOTSTRAP],
+                command=["python3", "-c", BOOTSTRAP, str(IDLE_LIMIT)],
                 user=SUPERVISOR_USER,
                 stdin_open=True,  # with detach=False the SDK also sets StdinOnce
-                environment=spec.env,
                 labels=labels,
                 name=name,
                 working_dir="/workspace" if spec.workspace else "/tmp",
@@ -172,6 +290,24 @@ class Sandbox:
     def _attach_and_run(
         self, container: Container, spec: SandboxSpec, on_output: OutputCallback | None
     ) -> SandboxResult:
+        with engine_errors("attaching to", container):
+            stream = self.client.api.attach_socket(
+                container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+            )
+        return self._run_in(container, stream, spec, on_output, warm=False)
+
+    def _run_in(
+        self,
+        container: Container,
+        stream: Any,
+        spec: SandboxSpec,
+        on_output: OutputCallback | None,
+        *,
+        warm: bool,
+    ) -> SandboxResult:
+        """Send `spec`'s code to the supervisor on `stream` (starting the container first
+        unless it is `warm`, already running) and collect the result. The time limit, the
+        host's timer and the supervisor's deadline alike, counts from here."""
         api = self.client.api
         marker = f"TOKA-RESULT-{secrets.token_hex(8)}"
         header = {
@@ -181,6 +317,7 @@ class Sandbox:
             "user": spec.user,
             "cwd": "/workspace" if spec.workspace else "/tmp",
             "deadline": spec.timeout + DEADLINE_GRACE,
+            "env": spec.env,
         }
         payload = json.dumps(header).encode() + b"\n" + spec.source.encode()
         capture = Capture(spec.output_limit, b"\0" + marker.encode(), on_output)
@@ -190,30 +327,36 @@ class Sandbox:
             timed_out.set()
             _kill(self.client, container.id)
 
-        with engine_errors("attaching to", container):
-            stream = api.attach_socket(
-                container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-            )
         timer = threading.Timer(spec.timeout, on_deadline)
         timer.daemon = True
         try:
-            with engine_errors("starting", container):
-                self._start(container.id)
+            if not warm:
+                with engine_errors("starting", container):
+                    self._start(container.id)
             started = time.monotonic()
             timer.start()
             _send(stream, payload)
             for number, chunk in _frames(stream, container):
                 if number in _STREAMS:
                     capture.add(_STREAMS[number], chunk)
-            with engine_errors("waiting for", container):
-                status = api.wait(container.id, timeout=max(spec.timeout, 30))
+                    # A warm container's result is in: the task is done, and the container,
+                    # which now ends by itself, is retired without waiting for its end.
+                    if warm and capture.complete:
+                        break
+            if warm and capture.complete:
+                status: dict[str, Any] = {}
+                state: dict[str, Any] = {}
+            else:
+                with engine_errors("waiting for", container):
+                    status = api.wait(container.id, timeout=max(spec.timeout, 30))
             duration = time.monotonic() - started
         finally:
             timer.cancel()
             with contextlib.suppress(OSError):
                 stream.close()
-        with engine_errors("inspecting", container):
-            state = api.inspect_container(container.id)["State"]
+        if status:
+            with engine_errors("inspecting", container):
+                state = api.inspect_container(container.id)["State"]
         if state.get("Status") in ("removing", "dead") and not (timed_out.is_set() or self.cancelled):
             raise SandboxError(f"container {container} was removed while its task ran")
         return _result(
@@ -225,6 +368,7 @@ class Sandbox:
             timed_out=timed_out.is_set(),
             cancelled=self.cancelled and not timed_out.is_set(),
             duration=min(duration, spec.timeout) if timed_out.is_set() else duration,
+            warm=warm,
         )
 
 
@@ -302,6 +446,7 @@ def _result(
     timed_out: bool,
     cancelled: bool,
     duration: float,
+    warm: bool,
 ) -> SandboxResult:
     report = output.report
     stderr_text = output.stderr.decode("utf-8", "replace")
@@ -328,7 +473,21 @@ def _result(
         timeout=spec.timeout,
         memory_limit=spec.memory,
         container_id=container_id,
+        warm=warm,
     )
+
+
+def _waiting(warm: Warm) -> bool:
+    """Whether a warm container's supervisor still waits: its socket has nothing to read. It
+    writes nothing before its header, so anything there (its end, most likely) means gone."""
+    raw = getattr(warm.stream, "_sock", warm.stream)
+    if raw is None:  # closed
+        return False
+    try:
+        readable, _, _ = select.select([raw], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
 
 
 def _kill(client: docker.DockerClient, container_id: str) -> None:
@@ -347,6 +506,7 @@ def remove(client: docker.DockerClient, container_id: str, attempts: int = 5) ->
             return
         except APIError as exc:
             if exc.status_code == 409 and "in progress" in str(exc):
+                _wait_until_removed(client, container_id)  # another remover's: gone when we return
                 return
             last = exc
         except _ENGINE_ERRORS as exc:
@@ -354,6 +514,18 @@ def remove(client: docker.DockerClient, container_id: str, attempts: int = 5) ->
         time.sleep(0.2 * (attempt + 1))
     said = engine_said(last) if last else "no answer"
     raise SandboxError(f"could not remove container {container_id[:12]}: {said}")
+
+
+def _wait_until_removed(client: docker.DockerClient, container_id: str, bound: float = 30.0) -> None:
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        try:
+            client.api.inspect_container(container_id)
+        except NotFound:
+            return
+        except _ENGINE_ERRORS:
+            return  # the engine's trouble is for the next caller to report
+        time.sleep(0.05)
 
 
 def remove_labeled(client: docker.DockerClient, labels: dict[str, str]) -> int:
@@ -369,12 +541,13 @@ def list_labeled(client: docker.DockerClient, labels: dict[str, str]) -> list[st
     return [c["Id"] for c in client.api.containers(all=True, filters=filters)]
 
 
-def remove_orphans(client: docker.DockerClient) -> list[str]:
+def remove_orphans(client: docker.DockerClient, labels: dict[str, str] | None = None) -> list[str]:
     """Remove the containers of toka-agents processes on this host that were killed before
-    they could clean up (see `owners`); return the ids removed. Never raises: what cannot be
-    removed now is tried again by the next run."""
+    they could clean up (see `owners`), only those carrying `labels` too when given; return
+    the ids removed. Never raises: what cannot be removed now is tried again by the next run."""
+    wanted = [f"{LABEL_MANAGED}=1", *(f"{key}={value}" for key, value in (labels or {}).items())]
     try:
-        found = client.api.containers(all=True, filters={"label": [f"{LABEL_MANAGED}=1"]})
+        found = client.api.containers(all=True, filters={"label": wanted})
     except _ENGINE_ERRORS:
         return []
     removed = []

@@ -97,6 +97,7 @@ class Capture:
         self._passed = {"stdout": 0, "stderr": 0}
         self._held_back = b""  # stderr's end while it may be the start of the marker
         self._reported = False
+        self._report: SupervisorReport | None = None
 
     @property
     def held(self) -> int:
@@ -109,6 +110,23 @@ class Capture:
         if stream == "stderr":
             data = self._before_report(data)
         self._pass_on(stream, data)
+
+    @property
+    def complete(self) -> bool:
+        """Whether everything the supervisor will send has arrived: its whole report line and
+        as much stdout as the report says it passed on. (The engine forwards stdout and
+        stderr apart, so stdout may still be on its way when the report, on stderr, is in.)"""
+        if self._report is None:
+            if not self._reported:
+                return False
+            window = self.streams["stderr"].ending(REPORT_ROOM)
+            at = window.rfind(self.marker)
+            if at < 0 or not window.endswith(b"\n"):
+                return False
+            self._report, _ = _parse_report(window[at + len(self.marker) :])
+            if self._report is None:
+                return False  # unreadable: only the stream's end says that all is in
+        return self.streams["stdout"].total >= min(self._report.stdout_bytes, self.limit)
 
     def finish(self) -> Captured:
         """The output once the stream has ended."""

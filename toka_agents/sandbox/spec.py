@@ -60,6 +60,7 @@ class SandboxResult(BaseModel):
     timeout: float = 0.0
     memory_limit: int = 0
     container_id: str = ""
+    warm: bool = Field(False, description="It ran in a container of the warm pool, started ahead of it.")
     error: str | None = Field(None, description="Why the sandbox itself could not report.")
 
     @property

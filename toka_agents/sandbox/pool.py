@@ -1,0 +1,182 @@
+"""The warm pool: containers started ahead of demand, each waiting for one task's code.
+
+A cold container costs about 200 ms before its code runs; one whose supervisor already
+waits on its attach socket answers in a few tens of milliseconds. A `WarmPool` keeps up to
+`size` such containers of one creation setting (`PoolKey`: image, limits, capabilities,
+workspace mount) ready, refilling in a background thread of its own, off the tasks' path.
+
+A container is single-use: `claim` hands each out at most once, and after its one task its
+claimer hands it to `retire`, which destroys it in the background too. The pool knows no
+Docker: it is handed `make` (create, attach and start one container), `discard` (destroy
+one) and `alive` (a cheap check that a waiting container is still there), and keeps the
+rest to a thread and two queues. `Sandbox` owns the containers, and is the only door to
+the pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from toka_agents.sandbox.spec import SandboxSpec
+
+T = TypeVar("T")
+PoolKey = tuple[tuple[str, Any], ...]
+
+CREATION_FIELDS = (
+    "image",
+    "memory",
+    "cpus",
+    "pids",
+    "network",
+    "workspace",
+    "workspace_writable",
+    "tmp_size",
+)
+"""What a container is created with: a warm container serves only a spec that agrees on all
+of these. The rest (code, language, env, time limit, output cap, user) goes in over stdin."""
+RETRY_AFTER = (0.5, 1.0, 2.0, 5.0, 10.0)
+"""Seconds a pool waits before it tries again after failing to make a container, by
+failures in a row: a broken engine is not hammered, and a pool that cannot fill itself only
+means tasks start cold."""
+
+logger = logging.getLogger(__name__)
+
+
+def pool_key(spec: SandboxSpec) -> PoolKey:
+    """The creation settings of `spec`: specs with equal keys can share a pool."""
+    return tuple((field, getattr(spec, field)) for field in CREATION_FIELDS)
+
+
+class WarmPool(Generic[T]):
+    """Up to `size` ready containers of one creation setting, each handed out at most once."""
+
+    def __init__(
+        self,
+        name: str,
+        size: int,
+        make: Callable[[], T],
+        discard: Callable[[T], None],
+        alive: Callable[[T], bool] = lambda item: True,
+    ) -> None:
+        self.name = name
+        self.size = size
+        self._make = make
+        self._discard = discard
+        self._alive = alive
+        self._ready: deque[T] = deque()
+        self._retired: deque[T] = deque()
+        self._changed = threading.Condition()
+        self._closed = False
+        self._emptied = threading.Event()  # set once close() has destroyed what it holds
+        self._failures = 0
+        self._thread = threading.Thread(target=self._refill, name=f"toka-pool-{name}", daemon=True)
+
+    @property
+    def ready(self) -> int:
+        """Containers waiting for a task now."""
+        with self._changed:
+            return len(self._ready)
+
+    def start(self) -> None:
+        """Start filling the pool in the background."""
+        self._thread.start()
+
+    def claim(self) -> T | None:
+        """A ready container, now never handed out again; None when none is ready (or the
+        pool is closed): the caller then starts one of its own rather than wait."""
+        dead = []
+        try:
+            with self._changed:
+                while self._ready and not self._closed:
+                    item = self._ready.popleft()
+                    self._changed.notify_all()  # room to refill
+                    if self._alive(item):
+                        return item
+                    dead.append(item)
+                return None
+        finally:
+            for item in dead:
+                self._discard_quietly(item)
+
+    def retire(self, item: T) -> None:
+        """Destroy a claimed container after its task, in the background."""
+        with self._changed:
+            if not self._closed:
+                self._retired.append(item)
+                self._changed.notify_all()
+                return
+        self._discard_quietly(item)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop refilling and destroy every container still waiting or retired. Waits up to
+        `timeout` for a container being made to come back, and destroys it too; claimed
+        containers not yet retired are their claimers' to destroy. A second call waits for
+        the first to finish."""
+        with self._changed:
+            if self._closed:
+                first = False
+            else:
+                first, self._closed = True, True
+                self._changed.notify_all()
+        if not first:
+            self._emptied.wait(timeout)
+            return
+        if self._thread.ident is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        with self._changed:
+            left = [*self._ready, *self._retired]
+            self._ready.clear()
+            self._retired.clear()
+        for item in left:
+            self._discard_quietly(item)
+        self._emptied.set()
+
+    def _refill(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(
+                    lambda: self._closed or bool(self._retired) or len(self._ready) < self.size
+                )
+                if self._closed:
+                    return
+                retired = list(self._retired)
+                self._retired.clear()
+                short = len(self._ready) < self.size
+            for old in retired:
+                self._discard_quietly(old)
+            if not short:
+                continue
+            try:
+                item = self._make()
+            except Exception as exc:
+                self._failed(exc)
+                continue
+            self._failures = 0
+            with self._changed:
+                if not self._closed:
+                    self._ready.append(item)
+                    self._changed.notify_all()
+                    continue
+            self._discard_quietly(item)  # closed while it was being made
+            return
+
+    def _failed(self, exc: Exception) -> None:
+        pause = RETRY_AFTER[min(self._failures, len(RETRY_AFTER) - 1)]
+        self._failures += 1
+        with self._changed:
+            if self._closed:
+                return
+            logger.warning(
+                "warm pool %s could not start a container (next try in %ss): %s", self.name, pause, exc
+            )
+            self._changed.wait(pause)  # close() wakes it
+
+    def _discard_quietly(self, item: T) -> None:
+        try:
+            self._discard(item)
+        except Exception as exc:  # the engine's to clean up later: the run's end removes it by label
+            logger.warning("warm pool %s could not remove a container: %s", self.name, exc)
