@@ -28,7 +28,12 @@ from own_runs import (
     wait_for_running_container,
 )
 from prefect import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.events.filters import EventFilter, EventOccurredFilter, EventRelatedFilter
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
@@ -298,3 +303,40 @@ def test_the_planted_api_key_is_nowhere_in_prefect_nor_in_the_containers(
             assert api_key.encode() not in path.read_bytes(), path
     assert "[redacted]" in held and "TOKA_AGENT" in held
     assert api_key not in held
+
+
+def test_tokas_v03_specs_run_their_78_llm_tasks_against_a_configured_provider(workspace_root, api_key):
+    from test_toka_specs import V03
+
+    from toka_agents.api import run_plan
+    from toka_agents.compiling import RunOptions
+    from toka_agents.config.models import LlmOverrides
+    from toka_agents.planning import validate
+
+    finish = tool_call("finish", success=True, summary="Done at once.")
+    with scripted_server(*[finish] * 78, api_key=api_key) as server:
+        overrides = LlmOverrides(
+            provider="openai", model="scripted-1", base_url=server.openai_base_url, api_key_env=KEY_ENV
+        )
+        checked = validate([V03], llm_overrides=overrides, max_concurrent_agents=9)
+        result = run_plan(checked.plan, RunOptions(workspace_root=workspace_root))
+        assert len(server.requests_to(OPENAI_PATH)) == 78
+    assert result.ok, result.state.message
+    assert result.state.message == "9 agents, 78 of 78 tasks done"
+    agent_runs = [r for r in all_task_runs(result.flow_run_id) if " · " not in r.name]
+    assert len(agent_runs) == 78 and all(r.state.is_completed() for r in agent_runs)
+
+
+def all_task_runs(flow_run_id) -> list:
+    """Every task run of a flow run, steps included, page by page."""
+    found: list = []
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                limit=200,
+                offset=len(found),
+            )
+            found += page
+            if len(page) < 200:
+                return found
