@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_config
+from conftest import run_toka, write_config
 from llm_server import OPENAI_PATH, scripted_server, slow, text, tool_call
 from own_runs import (
     flow_run_id_of,
@@ -340,3 +340,66 @@ def all_task_runs(flow_run_id) -> list:
             found += page
             if len(page) < 200:
                 return found
+
+
+def test_cli_flags_choose_the_model_for_one_run_and_the_tables_show_tokens_and_cost(
+    tmp_path, prefect_api, api_key
+):
+    config = write_config(
+        tmp_path,
+        textwrap.dedent(
+            f"""
+            name: llm-cli
+            llm:
+              provider: anthropic
+              model: configured-model
+              api_key_env: {KEY_ENV}
+              price_per_million_tokens: {{input: 1000, output: 2000}}
+            agents:
+              - name: writer
+                tasks: [{{name: compute, instruction: Compute.}}]
+            """
+        ),
+    )
+    finish = tool_call("finish", success=True, summary="Done.")
+    with scripted_server(finish, api_key=api_key) as server:
+        result = run_toka(
+            "orchestrate",
+            str(config),
+            "--llm-provider",
+            "openai",
+            "--llm-model",
+            "flagged-model",
+            "--llm-base-url",
+            server.openai_base_url,
+            "--workspace-dir",
+            str(tmp_path / "runs"),
+            env={"PREFECT_API_URL": prefect_api, "COLUMNS": "250"},
+        )
+        [request] = server.requests_to(OPENAI_PATH)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert request.body["model"] == "flagged-model"
+    lines = result.stdout.splitlines()
+    assert any("tokens in/out" in line for line in lines), result.stdout
+    [tokens_line] = [line for line in lines if line.startswith("Tokens: ")]
+    numbers = [int(word) for word in tokens_line.replace(",", " ").split() if word.isdigit()]
+    tokens_in, tokens_out = numbers[:2]
+    cost = (tokens_in * 1000 + tokens_out * 2000) / 1_000_000
+    assert tokens_line == f"Tokens: {tokens_in} in, {tokens_out} out, cost {cost:.4f}"
+    flow_run_id = next(line.split(": ")[1] for line in lines if line.startswith("Flow run: "))
+    [summary] = [a for a in artifacts(uuid.UUID(flow_run_id)) if a.key == "llm-cli-summary"]
+    [row] = summary.data if isinstance(summary.data, list) else json.loads(summary.data)
+    assert row["model calls"] == "1" and row["tokens in/out"] == f"{tokens_in} / {tokens_out}"
+    assert row["cost"] == f"{cost:.4f}"
+
+
+def test_bad_llm_flags_get_one_line_answers(tmp_path, prefect_api):
+    config = write_config(tmp_path, "agents: [{name: a, tasks: [{name: t, instruction: Go.}]}]\n")
+    result = run_toka("orchestrate", str(config), "--llm-provider", "gemini", "--llm-model", "m")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "gemini" in result.stderr
+    result = run_toka("orchestrate", str(config), "--llm-model", "")
+    assert (
+        result.returncode == 1
+        and result.stderr.strip() == "--llm-model and --llm-base-url cannot be empty"
+    )

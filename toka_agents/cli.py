@@ -19,9 +19,10 @@ from toka_agents import __version__, graphs, planning
 from toka_agents.api import RunResult, run_plan
 from toka_agents.compiling import RUN_LABEL, RunOptions
 from toka_agents.config.limits import format_bytes
-from toka_agents.config.models import DEFAULT_IMAGE, OrchestrationFile
+from toka_agents.config.models import DEFAULT_IMAGE, LlmOverrides, OrchestrationFile
 from toka_agents.errors import ConfigError, ConfigIssue, TokaError
 from toka_agents.planning import Validation
+from toka_agents.reporting import llm_columns
 from toka_agents.sandbox import (
     LABEL_MANAGED,
     build_image,
@@ -169,15 +170,32 @@ def orchestrate(
     workspace_dir: Annotated[
         Path | None, Parameter(help="Where run workspaces go (default $TOKA_HOME/runs, ~/.toka/runs).")
     ] = None,
+    llm_provider: Annotated[
+        Literal["openai", "anthropic"] | None,
+        Parameter(
+            help="The LLM provider of every agent, for this run (with --llm-model for agents with none)."
+        ),
+    ] = None,
+    llm_model: Annotated[
+        str | None, Parameter(help="The model of every LLM agent, for this run.")
+    ] = None,
+    llm_base_url: Annotated[
+        str | None,
+        Parameter(help="The provider's API root for this run, e.g. http://localhost:11434/v1."),
+    ] = None,
 ) -> int:
     """Run an orchestration as a Prefect flow run: on the server in PREFECT_API_URL, or on
     Prefect's embedded server when none is set. Exits 1 when the run does not complete."""
+    if llm_model == "" or llm_base_url == "":
+        err.print("--llm-model and --llm-base-url cannot be empty", markup=False)
+        return 1
     checked = planning.validate(
         paths,
         conditions=conditions,
         optional_dependencies=optional_dependencies,
         max_concurrent_agents=max_concurrent_agents,
         allow_unsandboxed=allow_unsandboxed or None,
+        llm_overrides=LlmOverrides(provider=llm_provider, model=llm_model, base_url=llm_base_url),
     )
     _print_warnings(checked)
     if checked.plan is None:
@@ -190,7 +208,9 @@ def orchestrate(
 
 def _print_run(result: RunResult) -> None:
 
-    table = Table("task", "status", "duration", "peak memory", "cpu time", "message")
+    with_llm = any(outcome.steps is not None for outcome in result.outcomes)
+    llm_headers = list(llm_columns(result.outcomes[0])) if with_llm else []
+    table = Table("task", "status", "duration", "peak memory", "cpu time", *llm_headers, "message")
     table.columns[0].overflow = "fold"
     table.columns[0].min_width = 24
     colors = {"completed": "green", "dry-run": "green", "failed": "red", "skipped": "yellow"}
@@ -201,9 +221,16 @@ def _print_run(result: RunResult) -> None:
             "-" if outcome.duration is None else f"{outcome.duration:.2f}s",
             format_bytes(outcome.peak_memory),
             "-" if outcome.cpu_seconds is None else f"{outcome.cpu_seconds:.3f}s",
+            *(llm_columns(outcome).values() if with_llm else ()),
             "" if outcome.status == "completed" else outcome.message,
         )
     out.print(table)
+    if with_llm:
+        tokens_in = sum(o.input_tokens or 0 for o in result.outcomes)
+        tokens_out = sum(o.output_tokens or 0 for o in result.outcomes)
+        costs = [o.cost for o in result.outcomes if o.cost is not None]
+        cost = f", cost {sum(costs):.4f}" if costs else ""
+        out.print(f"Tokens: {tokens_in} in, {tokens_out} out{cost}", markup=False)
     out.print(f"Run: {result.state.name}: {result.state.message}", markup=False)
     if result.workspace is not None:
         out.print(f"Workspace (what the agents wrote): {result.workspace}", markup=False)
