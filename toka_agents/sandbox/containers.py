@@ -204,9 +204,16 @@ class Sandbox:
             self._live.add(warm.container.id)
             return pool, warm
 
-    def _make_warm(self, template: SandboxSpec) -> Warm:
+    def _make_warm(self, template: SandboxSpec) -> Warm | None:
         """Create, attach to and start a container with `template`'s creation settings (and
-        none of its code, env or labels), its supervisor left waiting for a header."""
+        none of its code, env or labels), its supervisor left waiting for a header. None
+        once the sandbox is cancelled: a pool then makes no more."""
+        try:
+            return self._make_warm_container(template)
+        except SandboxCancelled:
+            return None
+
+    def _make_warm_container(self, template: SandboxSpec) -> Warm:
         if self.cancelled:
             raise SandboxCancelled("the run was cancelled")
         container = self._create(template, warm=True)

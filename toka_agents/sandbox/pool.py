@@ -3,13 +3,13 @@
 A cold container costs about 200 ms before its code runs; one whose supervisor already
 waits on its attach socket answers in a few tens of milliseconds. A `WarmPool` keeps up to
 `size` such containers of one creation setting (`PoolKey`: image, limits, capabilities,
-workspace mount) ready, refilling in a background thread of its own, off the tasks' path.
+workspace mount) ready, refilling in background threads of its own, off the tasks' path.
 
 A container is single-use: `claim` hands each out at most once, and after its one task its
 claimer hands it to `retire`, which destroys it in the background too. The pool knows no
 Docker: it is handed `make` (create, attach and start one container), `discard` (destroy
 one) and `alive` (a cheap check that a waiting container is still there), and keeps the
-rest to a thread and two queues. `Sandbox` owns the containers, and is the only door to
+rest to a few threads and two queues. `Sandbox` owns the containers, and is the only door to
 the pool.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -43,6 +44,9 @@ RETRY_AFTER = (0.5, 1.0, 2.0, 5.0, 10.0)
 failures in a row: a broken engine is not hammered, and a pool that cannot fill itself only
 means tasks start cold."""
 
+WORKERS = 4
+"""Threads of a pool making and destroying containers at once (never more than its size)."""
+
 logger = logging.getLogger(__name__)
 
 
@@ -52,15 +56,20 @@ def pool_key(spec: SandboxSpec) -> PoolKey:
 
 
 class WarmPool(Generic[T]):
-    """Up to `size` ready containers of one creation setting, each handed out at most once."""
+    """Up to `size` ready containers of one creation setting, each handed out at most once.
+
+    Up to `workers` threads make and destroy containers at once: one thread making them one
+    after another could not keep up with tasks that claim them several at a time.
+    """
 
     def __init__(
         self,
         name: str,
         size: int,
-        make: Callable[[], T],
+        make: Callable[[], T | None],
         discard: Callable[[T], None],
         alive: Callable[[T], bool] = lambda item: True,
+        workers: int = WORKERS,
     ) -> None:
         self.name = name
         self.size = size
@@ -69,11 +78,15 @@ class WarmPool(Generic[T]):
         self._alive = alive
         self._ready: deque[T] = deque()
         self._retired: deque[T] = deque()
+        self._making = 0
         self._changed = threading.Condition()
         self._closed = False
         self._emptied = threading.Event()  # set once close() has destroyed what it holds
         self._failures = 0
-        self._thread = threading.Thread(target=self._refill, name=f"toka-pool-{name}", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._work, name=f"toka-pool-{name}-{i}", daemon=True)
+            for i in range(max(1, min(workers, size)))
+        ]
 
     @property
     def ready(self) -> int:
@@ -83,7 +96,8 @@ class WarmPool(Generic[T]):
 
     def start(self) -> None:
         """Start filling the pool in the background."""
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def claim(self) -> T | None:
         """A ready container, now never handed out again; None when none is ready (or the
@@ -113,20 +127,20 @@ class WarmPool(Generic[T]):
 
     def close(self, timeout: float = 60.0) -> None:
         """Stop refilling and destroy every container still waiting or retired. Waits up to
-        `timeout` for a container being made to come back, and destroys it too; claimed
+        `timeout` for containers being made to come back, and destroys them too; claimed
         containers not yet retired are their claimers' to destroy. A second call waits for
         the first to finish."""
         with self._changed:
-            if self._closed:
-                first = False
-            else:
-                first, self._closed = True, True
-                self._changed.notify_all()
+            first = not self._closed
+            self._closed = True
+            self._changed.notify_all()
         if not first:
             self._emptied.wait(timeout)
             return
-        if self._thread.ident is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            if thread.ident is not None and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
         with self._changed:
             left = [*self._ready, *self._retired]
             self._ready.clear()
@@ -135,34 +149,42 @@ class WarmPool(Generic[T]):
             self._discard_quietly(item)
         self._emptied.set()
 
-    def _refill(self) -> None:
+    def _work(self) -> None:
         while True:
             with self._changed:
-                self._changed.wait_for(
-                    lambda: self._closed or bool(self._retired) or len(self._ready) < self.size
-                )
+                self._changed.wait_for(lambda: self._closed or bool(self._retired) or self._short())
                 if self._closed:
                     return
-                retired = list(self._retired)
-                self._retired.clear()
-                short = len(self._ready) < self.size
-            for old in retired:
+                if self._retired:
+                    old, making = self._retired.popleft(), False
+                else:
+                    self._making += 1
+                    making = True
+            if not making:
                 self._discard_quietly(old)
-            if not short:
                 continue
             try:
                 item = self._make()
             except Exception as exc:
+                with self._changed:
+                    self._making -= 1
                 self._failed(exc)
                 continue
             self._failures = 0
             with self._changed:
+                self._making -= 1
+                if item is None:  # the owner stopped making containers (cancelled): wait to close
+                    self._changed.wait_for(lambda: self._closed)
+                    return
                 if not self._closed:
                     self._ready.append(item)
                     self._changed.notify_all()
                     continue
             self._discard_quietly(item)  # closed while it was being made
             return
+
+    def _short(self) -> bool:
+        return len(self._ready) + self._making < self.size
 
     def _failed(self, exc: Exception) -> None:
         pause = RETRY_AFTER[min(self._failures, len(RETRY_AFTER) - 1)]
