@@ -126,6 +126,8 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: Any
+    at: float = field(default_factory=time.monotonic)
+    """When it arrived (`time.monotonic()`), for counting requests per window."""
 
 
 class Refusal(Exception):

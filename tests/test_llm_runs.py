@@ -403,3 +403,46 @@ def test_bad_llm_flags_get_one_line_answers(tmp_path, prefect_api):
         result.returncode == 1
         and result.stderr.strip() == "--llm-model and --llm-base-url cannot be empty"
     )
+
+
+def test_rate_limits_hold_across_two_flow_runs_at_once(tmp_path, workspace_root, api_key):
+    from toka_agents.compiling import rate_limits_of
+    from toka_agents.config.models import LlmSettings
+
+    model = f"scripted-{uuid.uuid4().hex[:8]}"  # a limit of its own, whatever ran before
+    per_minute, steps, agents = 60, 3, 4
+    [limit] = rate_limits_of(LlmSettings(provider="openai", model=model, requests_per_minute=per_minute))
+    burst, per_second = limit.slots, per_minute / 60
+    thinkers = "".join(
+        f"- {{name: thinker-{i}, tasks: [{{name: think, instruction: Think.}}]}}\n"
+        for i in range(agents)
+    )
+    total = 2 * agents * steps
+    with scripted_server(*[text("Thinking...")] * total, api_key=api_key) as server:
+        configs = []
+        for name in ("rate-one", "rate-two"):
+            (tmp_path / name).mkdir()
+            configs.append(
+                llm_config(
+                    tmp_path / name,
+                    server,
+                    thinkers,
+                    name=name,
+                    model=model,
+                    requests_per_minute=per_minute,
+                    max_steps=steps,
+                )
+            )
+        runs = [Background(lambda c=c: run(c, workspace_root=workspace_root)) for c in configs]
+        for background in runs:
+            background.thread.join(timeout=300)
+        arrivals = sorted(r.at for r in server.requests_to(OPENAI_PATH))
+    assert len(arrivals) == total
+    assert all(o.steps == steps for b in runs for o in b.result.outcomes)
+    # However the requests of both runs fall, no window holds more than the limit lets through:
+    # its burst, plus what drains during the window (one slack for the drain's rounding).
+    for first in range(len(arrivals)):
+        for last in range(first, len(arrivals)):
+            window = arrivals[last] - arrivals[first]
+            count = last - first + 1
+            assert count <= burst + per_second * window + 1, (count, window, arrivals)
