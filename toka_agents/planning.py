@@ -221,6 +221,34 @@ def plan(
     )
 
 
+def select_agents(orchestration: Orchestration, names: Collection[str]) -> Orchestration:
+    """The orchestration with only the named agents and every agent they require, directly
+    or not, in their order. Optional requirements bring in nothing. Raises `ConfigError`
+    (located at the run parameter `agents`) naming any agent that does not exist."""
+    by_name = {agent.name: agent for agent in orchestration.agents}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        known = ", ".join(by_name) or "none"
+        raise ConfigError(
+            ConfigIssue(
+                "<run parameters>",
+                "agents",
+                f"{name!r} is not an agent of {orchestration.name} (its agents: {known})",
+            )
+            for name in unknown
+        )
+    chosen: set[str] = set()
+    worklist = list(names)
+    while worklist:
+        name = worklist.pop()
+        if name in chosen or name not in by_name:  # a missing requirement is the planner's to name
+            continue
+        chosen.add(name)
+        worklist.extend(by_name[name].requires)
+    kept = [agent for agent in orchestration.agents if agent.name in chosen]
+    return orchestration.model_copy(update={"agents": kept})
+
+
 @dataclass
 class Validation:
     """Every problem found in one pass, the warnings, and the plan when there were no problems."""
