@@ -1,9 +1,10 @@
 """Deployable flow entrypoint: `flows/orchestrate.py:orchestrate`, used by prefect.yaml.
 
-The flow takes the config paths as a parameter, so one deployment runs any orchestration:
-the Prefect UI shows its parameters as the run form.
+The flow lives in `toka_agents.deployments`; it takes the config paths (or an inline config)
+as parameters, so one deployment runs any orchestration, and its parameters are the run form
+the Prefect UI shows.
 """
 
-from toka_agents import orchestrate
+from toka_agents.deployments import orchestrate
 
 __all__ = ["orchestrate"]

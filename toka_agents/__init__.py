@@ -7,8 +7,9 @@ agent tasks in Docker sandboxes, reported into Prefect states, artifacts and eve
 __version__ = "0.1.0"
 
 from toka_agents.api import RunResult, run, run_plan
-from toka_agents.compiling import RunOptions, compile_flow, orchestrate
+from toka_agents.compiling import RunOptions, compile_flow
 from toka_agents.config import Orchestration, load
+from toka_agents.deployments import deploy, orchestrate, serve
 from toka_agents.errors import (
     ConfigError,
     ConfigIssue,
@@ -39,10 +40,12 @@ __all__ = [
     "Validation",
     "__version__",
     "compile_flow",
+    "deploy",
     "load",
     "orchestrate",
     "plan",
     "run",
     "run_plan",
+    "serve",
     "validate",
 ]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
-from prefect import Flow, Task, flow, get_client, get_run_logger, tags
+from prefect import Flow, Task, get_client, get_run_logger, tags
 from prefect.blocks.system import Secret
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRunResult
@@ -42,7 +42,7 @@ from toka_agents.errors import LlmError, SandboxError
 from toka_agents.executor import ExecutionContext, TaskOutcome
 from toka_agents.llm.gateway import Acquire, from_environment
 from toka_agents.llm.loop import StepRunner
-from toka_agents.planning import OptionalMode, Plan, PlannedAgent, PlannedTask, validate
+from toka_agents.planning import Plan, PlannedAgent, PlannedTask
 from toka_agents.sandbox import Sandbox, connect, create_workspace, remove_orphans
 
 RUN_LABEL = "org.toka-agents.run"
@@ -284,31 +284,6 @@ def compile_flow(plan: Plan, options: RunOptions | None = None) -> Flow[[], repo
         description=plan.description or None,
         validate_parameters=False,
     )
-
-
-@flow(name="toka-orchestrate", validate_parameters=True)
-def orchestrate(
-    paths: list[str],
-    conditions: list[str] | None = None,
-    dry_run: bool = False,
-    max_concurrent_agents: int | None = None,
-    optional_dependencies: OptionalMode | None = None,
-    allow_unsandboxed: bool = False,
-) -> reporting.RunSummary:
-    """Load, plan and run the orchestration in `paths` (config files or directories).
-
-    The flow that deployments run: its parameters are the form the Prefect UI shows.
-    """
-    checked = validate(
-        paths,
-        conditions=conditions or (),
-        optional_dependencies=optional_dependencies,
-        max_concurrent_agents=max_concurrent_agents,
-        allow_unsandboxed=allow_unsandboxed or None,
-    )
-    if checked.plan is None:
-        return reporting.config_failed_state(checked.issues)  # type: ignore[return-value]
-    return execute_plan(schedule_of(checked.plan), RunOptions(dry_run=dry_run))  # type: ignore[return-value]
 
 
 def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.RunSummary]:
