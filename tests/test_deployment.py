@@ -1,4 +1,5 @@
-"""prefect.yaml: `prefect deploy` and a process worker run the quickstart deployment."""
+"""prefect.yaml: `prefect deploy --all` makes its deployments (one on a cron schedule), and a
+process worker runs the quickstart deployment."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("sandbox_image", "no_leftover_containers")
 
 
 def prefect(
-    *args: str, api: str, cwd: Path = REPO, timeout: float = 180
+    *args: str, api: str, cwd: Path = REPO, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [PREFECT, *args],
@@ -34,6 +35,18 @@ def test_prefect_yaml_deploys_and_a_worker_runs_it(prefect_api, tmp_path):
     assert created.returncode == 0, created.stdout + created.stderr
     deployed = prefect("--no-prompt", "deploy", "--all", api=prefect_api)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+
+    with get_client(sync_client=True) as client:
+        quickstart = client.read_deployment_by_name("toka-orchestrate/quickstart")
+        nightly = client.read_deployment_by_name("toka-orchestrate/nightly-check")
+    assert quickstart.work_pool_name == nightly.work_pool_name == "toka"
+    assert nightly.parameters == {"paths": ["flows/examples/nightly-check.yaml"]}
+    assert [s.schedule.cron for s in nightly.schedules] == ["0 3 * * *"]  # type: ignore[union-attr]
+    assert nightly.schedules[0].active and not nightly.paused
+    # The UI's run form: titled, described fields from the flow in toka_agents.deployments.
+    form = quickstart.parameter_openapi_schema["properties"]
+    assert form["optional_dependencies"]["enum"] == ["config", "ignore", "order"]
+    assert all(field.get("description") for field in form.values())
 
     started = prefect("deployment", "run", "toka-orchestrate/quickstart", api=prefect_api, cwd=tmp_path)
     assert started.returncode == 0, started.stdout + started.stderr
