@@ -344,6 +344,47 @@ def clean(
     return 0
 
 
+@app.command
+def deploy(
+    *paths: ConfigPath,
+    name: Annotated[
+        str | None, Parameter(help="Required. The deployment is `toka-orchestrate/NAME`.")
+    ] = None,
+    cron: Annotated[
+        str | None, Parameter(help="Run on this cron schedule (UTC), e.g. '0 3 * * *'.")
+    ] = None,
+    interval: Annotated[float | None, Parameter(help="Run every this many seconds.")] = None,
+    work_pool: Annotated[
+        str, Parameter(help="The work pool whose workers run it (create it first).")
+    ] = "toka",
+    paused: Annotated[bool, Parameter(negative="", help="Create it with its schedule paused.")] = False,
+) -> int:
+    """Create or update a Prefect deployment that runs the configs on a work pool's workers.
+
+    The paths are stored absolute; run it from the UI, with `prefect deployment run`, or on
+    its schedule, once a worker polls the pool. For example:
+
+        toka deploy flows/examples/quickstart.yaml --name nightly --cron "0 3 * * *"
+    """
+    from toka_agents.deployments import FLOW_NAME
+    from toka_agents.deployments import deploy as deploy_configs
+
+    if not name:
+        err.print("give the deployment a name: --name NAME", markup=False)
+        return 1
+    if not paths:
+        err.print("give at least one config path", markup=False)
+        return 1
+    deployment_id = deploy_configs(
+        *paths, name=name, cron=cron, interval=interval, work_pool=work_pool, paused=paused
+    )
+    full_name = f"{FLOW_NAME}/{name}"
+    out.print(f"Deployment {full_name}: {deployment_id}", markup=False)
+    out.print(f"Start a worker:  prefect worker start --pool {work_pool}", markup=False)
+    out.print(f"Run it now:      prefect deployment run {full_name}", markup=False)
+    return 0
+
+
 def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
