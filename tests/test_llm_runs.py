@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_toka, write_config
+from conftest import EXAMPLES, run_toka, write_config
 from llm_server import OPENAI_PATH, scripted_server, slow, text, tool_call
 from own_runs import (
     flow_run_id_of,
@@ -446,3 +446,71 @@ def test_rate_limits_hold_across_two_flow_runs_at_once(tmp_path, workspace_root,
             window = arrivals[last] - arrivals[first]
             count = last - first + 1
             assert count <= burst + per_second * window + 1, (count, window, arrivals)
+
+
+GENERATE = """
+import csv, os, random
+random.seed(13)
+os.makedirs("data", exist_ok=True)
+with open("data/readings.csv", "w", newline="") as f:
+    out = csv.writer(f)
+    out.writerow(["sensor", "hour", "value"])
+    for sensor in "abc":
+        for hour in range(24):
+            value = random.gauss(20, 1) + (15 if sensor == "c" and hour in (5, 17) else 0)
+            out.writerow([sensor, hour, round(value, 2)])
+"""
+CHECK = """
+import csv
+rows = list(csv.DictReader(open("data/readings.csv")))
+assert len(rows) == 72 and all(r["value"] for r in rows)
+print(len(rows), "rows, complete")
+"""
+ANALYSE = """
+import csv, json, statistics
+rows = list(csv.DictReader(open("data/readings.csv")))
+sensors, outliers = {}, []
+for name in "abc":
+    values = [float(r["value"]) for r in rows if r["sensor"] == name]
+    mean, spread = statistics.mean(values), statistics.pstdev(values)
+    sensors[name] = {"count": len(values), "mean": round(mean, 2), "min": min(values), "max": max(values)}
+    outliers += [
+        {"sensor": name, "hour": int(r["hour"]), "value": float(r["value"])}
+        for r in rows
+        if r["sensor"] == name and abs(float(r["value"]) - mean) > 2 * spread
+    ]
+json.dump({"sensors": sensors, "outliers": outliers}, open("analysis.json", "w"))
+print(json.dumps(outliers))
+"""
+REPORT = "# Sensor readings\n\nSensor a ...\n\nSensor b ...\n\nSensor c ...\n\n## Outliers\n\n- c at 5 and 17\n"
+
+
+def test_the_llm_team_example_reads_its_endpoint_from_the_environment_and_does_real_work(
+    workspace_root, api_key, monkeypatch
+):
+    script = (
+        tool_call("run_code", language="python", source=GENERATE),
+        tool_call("run_code", language="python", source=CHECK),
+        tool_call(
+            "finish", success=True, summary="data/readings.csv: 72 readings of a, b, c; complete."
+        ),
+        tool_call("run_code", language="python", source=ANALYSE),
+        tool_call("finish", success=True, summary="Means near 20; sensor c has two outliers."),
+        tool_call("read_file", path="analysis.json"),
+        tool_call("write_file", path="report.md", content=REPORT),
+        tool_call("finish", success=True, summary="report.md describes three sensors and two outliers."),
+    )
+    with scripted_server(*script, api_key=api_key) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.openai_base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", api_key)
+        monkeypatch.setenv("TOKA_LLM_MODEL", "model-from-env")
+        result = run(EXAMPLES / "llm-team.yaml", workspace_root=workspace_root)
+        sent = server.requests_to(OPENAI_PATH)
+    assert result.ok, result.state.message
+    assert {r.body["model"] for r in sent} == {"model-from-env"} and len(sent) == 8
+    assert [o.status for o in result.outcomes] == ["completed"] * 4
+    assert result.outcomes[-1].stdout_tail == "report.md covers 3 sensors and 2 outliers\n"
+    analysis = json.loads((result.workspace / "analysis.json").read_text())
+    assert [(o["sensor"], o["hour"]) for o in analysis["outliers"]] == [("c", 5), ("c", 17)]
+    reporter_prompt = sent[5].body["messages"][1]["content"]
+    assert "analyst: Means near 20; sensor c has two outliers." in reporter_prompt

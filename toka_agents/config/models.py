@@ -197,7 +197,11 @@ class LlmSettings(_Model):
         "http://localhost:11434/v1 (Ollama), https://api.anthropic.com. Default: the environment's "
         "OPENAI_BASE_URL or ANTHROPIC_BASE_URL, as the official SDKs read it, else the provider's.",
     )
-    api_key_env: str | None = Field(None, description="Environment variable holding the key.")
+    api_key_env: str | None = Field(
+        None,
+        description="Environment variable holding the key. With neither this nor "
+        "`api_key_secret`: OPENAI_API_KEY or ANTHROPIC_API_KEY when set, as the official SDKs read it.",
+    )
     api_key_secret: str | None = Field(
         None, description="Name of a Prefect Secret block holding the key."
     )

@@ -99,9 +99,17 @@ class Retry(BaseModel):
     retry_after: float | None = None
 
 
+KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+"""Where the official SDKs look for the key when the settings name no source."""
+
+
 def api_key_from_env(settings: LlmSettings, environ: Mapping[str, str] = os.environ) -> SecretStr | None:
-    """The key named by `api_key_env`, or None when the settings name no variable."""
+    """The key in the variable `api_key_env` names; when the settings name no source, the one in
+    the provider's usual variable (OPENAI_API_KEY, ANTHROPIC_API_KEY) if it is set, as the
+    official SDKs read it; else None (local servers such as Ollama need none)."""
     if settings.api_key_env is None:
+        if settings.api_key_secret is None and (value := environ.get(KEY_ENV[settings.provider])):
+            return SecretStr(value)
         return None
     value = environ.get(settings.api_key_env)
     if not value:
