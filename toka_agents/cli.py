@@ -41,6 +41,10 @@ app = cyclopts.App(
 )
 sandbox_app = cyclopts.App(name="sandbox", help="The Docker sandbox: its image and its containers.")
 app.command(sandbox_app)
+runtime_app = cyclopts.App(
+    name="runtime", help="Run code in a sandbox directly, without an orchestration."
+)
+app.command(runtime_app)
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -342,6 +346,101 @@ def clean(
         removed = len(remove_orphans(client))
     out.print(f"removed {removed} container(s)", markup=False)
     return 0
+
+
+EXEC_USAGE_ERROR = 2
+EXEC_SANDBOX_ERROR = 125  # as `docker run` when the engine fails it
+EXEC_TIMEOUT = 124  # as `timeout(1)`
+EXEC_MEMORY_KILL = 137  # 128 + SIGKILL, as a shell reports an OOM-killed process
+
+
+@runtime_app.command(name="exec")
+def runtime_exec(
+    *,
+    language: Annotated[Literal["python", "shell"], Parameter(help="The code's language.")],
+    code: Annotated[str | None, Parameter(help="The code to run.")] = None,
+    file: Annotated[Path | None, Parameter(help="A file holding the code to run.")] = None,
+    memory: Annotated[str, Parameter(help="Memory limit, swap off: 64MB, 1GB, ...")] = "64MB",
+    cpu: Annotated[str, Parameter(help="CPU share: 50%, 0.5 or '2 cores'.")] = "50%",
+    timeout: Annotated[str, Parameter(help="Wall-clock limit: 10s, 2m, ...")] = "10s",
+    pids: Annotated[
+        int, Parameter(help="Most processes and threads at once.", validator=validators.Number(gte=1))
+    ] = 64,
+    network: Annotated[
+        bool, Parameter(negative="", help="Join Docker's bridge network (otherwise: no network at all).")
+    ] = False,
+    image: Annotated[str, Parameter(help="The sandbox image (it needs python3).")] = DEFAULT_IMAGE,
+) -> int:
+    """Run code in a sandbox container with these limits; print its output as it comes, then
+    what it used (on stderr). Exits with the code's status, 124 on a timeout, 137 on a memory
+    kill, 125 when the sandbox itself fails, 2 on a bad argument. For example:
+
+        toka runtime exec --language python --code "print(6 * 7)" --memory 32MB --timeout 5s
+    """
+    from toka_agents.config.limits import format_seconds, parse_cpu, parse_duration, parse_memory
+    from toka_agents.errors import SandboxError
+    from toka_agents.sandbox import Sandbox, SandboxSpec
+
+    if (code is None) == (file is None):
+        err.print("give the code with --code SRC or --file PATH, one of them", markup=False)
+        return EXEC_USAGE_ERROR
+    if file is not None:
+        try:
+            code = file.read_text()
+        except OSError as exc:
+            err.print(f"cannot read --file {file}: {exc.strerror or exc}", markup=False)
+            return EXEC_USAGE_ERROR
+        except UnicodeDecodeError:
+            err.print(f"cannot read --file {file}: it is not UTF-8 text", markup=False)
+            return EXEC_USAGE_ERROR
+    try:
+        limits = {
+            "memory": parse_memory(memory),
+            "cpus": parse_cpu(cpu),
+            "timeout": parse_duration(timeout),
+        }
+    except ValueError as exc:
+        err.print(f"{exc}", markup=False)
+        return EXEC_USAGE_ERROR
+    assert code is not None
+    spec = SandboxSpec(
+        image=image,
+        language=language,
+        source=code,
+        pids=pids,
+        network="bridge" if network else None,
+        **limits,
+    )
+
+    def pass_on(stream: str, data: bytes) -> None:
+        sink = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer
+        sink.write(data)
+        sink.flush()
+
+    try:
+        with Sandbox(connect(), {"org.toka-agents.runtime": "exec"}) as sandbox:
+            result = sandbox.run(spec, on_output=pass_on)
+    except SandboxError as exc:
+        err.print(f"error: {exc}", markup=False)
+        return EXEC_SANDBOX_ERROR
+    if result.failure:
+        err.print(result.failure, markup=False)
+    cut = [name for name in ("stdout", "stderr") if getattr(result, f"{name}_truncated")]
+    err.print(
+        f"exit code {result.exit_code} · wall {format_seconds(round(result.duration, 3))} · "
+        f"cpu {format_seconds(result.cpu_seconds)} · peak memory {format_bytes(result.peak_memory)} "
+        f"of {format_bytes(result.memory_limit)} · stdout {format_bytes(result.stdout_bytes)}, "
+        f"stderr {format_bytes(result.stderr_bytes)}"
+        + (f" ({' and '.join(cut)} cut at {format_bytes(result.output_limit)})" if cut else ""),
+        markup=False,
+    )
+    if result.timed_out:
+        return EXEC_TIMEOUT
+    if result.oom_killed:
+        return EXEC_MEMORY_KILL
+    if result.error is not None or result.exit_code is None:
+        return EXEC_SANDBOX_ERROR
+    return result.exit_code
 
 
 @app.command
