@@ -18,7 +18,7 @@ import pytest
 from conftest import EXAMPLES, REPO, run_toka
 from prefect import get_client
 from prefect.client.schemas.objects import FlowRun
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
 import toka_agents
 from toka_agents.errors import ConfigError, TokaError
@@ -76,6 +76,9 @@ def test_deploy_creates_then_updates_the_same_deployment(prefect_api):
     assert made.entrypoint == "toka_agents.deployments.orchestrate"
     form = made.parameter_openapi_schema["properties"]
     assert form["max_concurrent_agents"]["title"] == "Max concurrent agents"
+    # The server holds runs to the form's schema (as the UI's form does) before any run exists.
+    with get_client(sync_client=True) as client, pytest.raises(PrefectHTTPStatusError, match="409"):
+        client.create_flow_run_from_deployment(first, parameters={"max_concurrent_agents": -1})
 
     second = toka_agents.deploy(
         QUICKSTART,
@@ -172,12 +175,13 @@ def test_serve_runs_a_started_run_without_a_work_pool(prefect_api, tmp_path):
         )
         assert flow_run.state.message == "2 agents, 2 of 2 tasks done"
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
         log.close()
 
 
