@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -212,11 +213,21 @@ def test_toka_deploy_makes_a_scheduled_deployment_and_refuses_bad_flags(prefect_
         ),
         (["--cron", "0 3 * * *", "--work-pool", pool], "give the deployment a name: --name NAME"),
         (["--name", "x", "--work-pool", "nowhere"], "work pool 'nowhere' does not exist"),
+        (["--name", "x", "--interval", "hourly"], "--interval 'hourly' is not a number of seconds"),
+        (["--name", "x", "--interval", "0"], "interval 0.0 is not a valid schedule"),
     ]:
         refused = run_toka("deploy", str(QUICKSTART), *flags, env=env)
         assert refused.returncode == 1, refused.stdout + refused.stderr
         assert refused.stderr.strip().splitlines() == [refused.stderr.strip()], refused.stderr
         assert message in refused.stderr and "Traceback" not in refused.stderr
+
+    with socket.socket() as probe:  # a port nothing listens on: the API is away
+        probe.bind(("127.0.0.1", 0))
+        away = f"http://127.0.0.1:{probe.getsockname()[1]}/api"
+    unreachable = run_toka("deploy", str(QUICKSTART), "--name", "x", env={"PREFECT_API_URL": away})
+    assert unreachable.returncode == 1
+    assert unreachable.stderr.startswith("error: cannot reach the Prefect API: ")
+    assert len(unreachable.stderr.strip().splitlines()) == 1, unreachable.stderr
 
     helped = run_toka("deploy", "--help")
     assert "toka deploy flows/examples/quickstart.yaml --name nightly --cron" in helped.stdout

@@ -452,7 +452,7 @@ def deploy(
     cron: Annotated[
         str | None, Parameter(help="Run on this cron schedule (UTC), e.g. '0 3 * * *'.")
     ] = None,
-    interval: Annotated[float | None, Parameter(help="Run every this many seconds.")] = None,
+    interval: Annotated[str | None, Parameter(help="Run every this many seconds.")] = None,
     work_pool: Annotated[
         str, Parameter(help="The work pool whose workers run it (create it first).")
     ] = "toka",
@@ -474,8 +474,13 @@ def deploy(
     if not paths:
         err.print("give at least one config path", markup=False)
         return 1
+    try:
+        seconds = None if interval is None else float(interval)
+    except ValueError:
+        err.print(f"--interval {interval!r} is not a number of seconds", markup=False)
+        return 1
     deployment_id = deploy_configs(
-        *paths, name=name, cron=cron, interval=interval, work_pool=work_pool, paused=paused
+        *paths, name=name, cron=cron, interval=seconds, work_pool=work_pool, paused=paused
     )
     full_name = f"{FLOW_NAME}/{name}"
     out.print(f"Deployment {full_name}: {deployment_id}", markup=False)

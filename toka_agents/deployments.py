@@ -26,7 +26,7 @@ from uuid import UUID
 from prefect import flow
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.exceptions import ObjectNotFound
-from prefect.schedules import Cron, Interval, RRule
+from prefect.schedules import Cron, Interval, RRule, Schedule
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
@@ -264,26 +264,28 @@ def _issues_of(error: ValidationError) -> list[ConfigIssue]:
 
 def _schedules(
     cron: str | None, interval: float | timedelta | None, rrule: str | None
-) -> list[Cron | Interval | RRule]:
-    given = [name for name, value in (("cron", cron), ("interval", interval), ("rrule", rrule)) if value]
+) -> list[Schedule]:
+    """At most one schedule, from whichever of cron, interval (seconds) and rrule is given."""
+    given = {
+        kind: value
+        for kind, value in (("cron", cron), ("interval", interval), ("rrule", rrule))
+        if value is not None
+    }
     if len(given) > 1:
         raise TokaError(f"give one schedule, not {' and '.join(given)}: cron, interval or rrule")
+    if not given:
+        return []
+    [(kind, value)] = given.items()
     try:
-        if cron:
-            return [Cron(cron)]
-        if interval:
-            seconds = interval.total_seconds() if isinstance(interval, timedelta) else interval
+        if kind == "interval":
+            seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
             if seconds <= 0:
                 raise ValueError("it must be more than 0 seconds")
             return [Interval(timedelta(seconds=seconds))]
-        if rrule:
-            return [RRule(rrule)]
+        return [Cron(value) if kind == "cron" else RRule(value)]
     except (ValueError, TypeError) as exc:
-        what = given[0]
-        value = {"cron": cron, "interval": interval, "rrule": rrule}[what]
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise TokaError(f"{what} {value!r} is not a valid schedule: {reason}") from None
-    return []
+        raise TokaError(f"{kind} {value!r} is not a valid schedule: {reason}") from None
 
 
 def _deployment(
