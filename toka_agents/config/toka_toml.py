@@ -72,7 +72,13 @@ def _settings(document: dict[str, Any], shown: str) -> Fragment:
             sources[f"defaults.limits.{native}"] = f"security.resource_limits.{toka}"
     if llm:
         fields["llm"] = {key: llm[key] for key in _LLM_KEYS if key in llm}
-        fields["llm"]["options"] = {key: value for key, value in llm.items() if key not in _LLM_KEYS}
+        if "rate_limit" in llm and "requests_per_minute" not in llm:
+            # Toka's gateway read `rate_limit` as requests per minute.
+            fields["llm"]["requests_per_minute"] = llm["rate_limit"]
+            sources["llm.requests_per_minute"] = "llm.rate_limit"
+        fields["llm"]["options"] = {
+            key: value for key, value in llm.items() if key not in (*_LLM_KEYS, "rate_limit")
+        }
         sources["llm"] = "llm"
     fields["extra"] = {key: value for key, value in document.items() if key not in ("agents", "llm")}
 
