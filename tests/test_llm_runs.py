@@ -514,3 +514,47 @@ def test_the_llm_team_example_reads_its_endpoint_from_the_environment_and_does_r
     assert [(o["sensor"], o["hour"]) for o in analysis["outliers"]] == [("c", 5), ("c", 17)]
     reporter_prompt = sent[5].body["messages"][1]["content"]
     assert "analyst: Means near 20; sensor c has two outliers." in reporter_prompt
+
+
+def test_the_key_can_come_from_a_prefect_secret_block(tmp_path, workspace_root):
+    from prefect.blocks.system import Secret
+
+    key, block = f"sk-block-{os.urandom(8).hex()}", f"toka-test-key-{uuid.uuid4().hex[:8]}"
+    Secret(value=key).save(block)
+    finish = tool_call("finish", success=True, summary="Done.")
+    with scripted_server(finish, api_key=key) as server:
+        config = llm_config(tmp_path, server, WRITER, api_key_env=None, api_key_secret=block)
+        result = run(config, workspace_root=workspace_root)
+        [request] = server.requests_to(OPENAI_PATH)
+    assert result.ok, result.state.message
+    assert request.headers["authorization"] == f"Bearer {key}"
+
+
+def test_a_missing_key_variable_or_secret_block_refuses_the_run_before_any_task(tmp_path, monkeypatch):
+    from toka_agents import ExecutionError
+    from toka_agents.compiling import compile_flow
+    from toka_agents.planning import validate
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    with scripted_server() as server:
+        config = llm_config(tmp_path, server, WRITER)
+        with pytest.raises(ExecutionError) as refused:
+            run(config)
+        assert str(refused.value) == (
+            "1 LLM task(s) of agents writer cannot reach their model: the environment variable "
+            f"{KEY_ENV} (llm.api_key_env) that should hold the openai API key is not set"
+        )
+        printed = run_toka("orchestrate", str(config))
+        assert printed.returncode == 1 and printed.stderr.strip() == f"error: {refused.value}"
+
+        block = f"toka-absent-{uuid.uuid4().hex[:8]}"
+        config = llm_config(tmp_path, server, WRITER, api_key_env=None, api_key_secret=block)
+        state = compile_flow(validate([config]).plan)(return_state=True)
+        assert server.requests == []
+    assert state.is_failed()
+    assert state.message.startswith(
+        f"refused before starting any task: the Prefect Secret block {block!r} "
+        "(llm.api_key_secret) cannot be read: "
+    )
+    assert "\n" not in state.message
+    assert task_runs(state.state_details.flow_run_id) == {}
