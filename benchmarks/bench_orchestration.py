@@ -63,7 +63,14 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 import toka_agents  # noqa: E402
 from toka_agents.compiling import RUN_LABEL  # noqa: E402
-from toka_agents.config.models import Agent, CodeSource, CodeTask, Limits, Orchestration  # noqa: E402
+from toka_agents.config.models import (  # noqa: E402
+    Agent,
+    CodeSource,
+    CodeTask,
+    Limits,
+    Orchestration,
+    SandboxSettings,
+)
 from toka_agents.executor import ExecutionContext, sandbox_spec  # noqa: E402
 from toka_agents.planning import Plan, PlannedTask  # noqa: E402
 from toka_agents.sandbox import Sandbox, SandboxResult, SandboxSpec, connect, create_workspace  # noqa: E402
@@ -114,8 +121,9 @@ def plan_benchmark_config(agents: int, tasks_per_agent: int) -> Orchestration:
     return Orchestration(name=f"bench-{agents}x{tasks_per_agent}", max_concurrent_agents=4, agents=built)
 
 
-def run_benchmark_config(tasks: int) -> Orchestration:
-    """tasks/4 agents of 4 `true` tasks; odd agents require the agent before them."""
+def run_benchmark_config(tasks: int, pool_size: int | None = None) -> Orchestration:
+    """tasks/4 agents of 4 `true` tasks; odd agents require the agent before them. `pool_size`:
+    the sandbox's warm pool (None: the default, `max_concurrent_agents`; 0: off)."""
     agents = [
         Agent(
             name=f"agent-{i:03d}",
@@ -124,7 +132,12 @@ def run_benchmark_config(tasks: int) -> Orchestration:
         )
         for i in range(tasks // TASKS_PER_RUN_AGENT)
     ]
-    return Orchestration(name="bench-run", max_concurrent_agents=CONCURRENCY, agents=agents)
+    return Orchestration(
+        name="bench-run",
+        max_concurrent_agents=CONCURRENCY,
+        sandbox=SandboxSettings(pool_size=pool_size),
+        agents=agents,
+    )
 
 
 def write_yaml(orchestration: Orchestration, directory: Path) -> Path:
@@ -277,7 +290,7 @@ def baseline_flow(plan: Plan, workspace_root: Path, tagged: bool = False) -> Non
     labels = {RUN_LABEL: run_id}
     workspace = create_workspace(workspace_root, f"baseline-{run_id}")
     context = ExecutionContext(sandbox=None, workspace=workspace, run_id=run_id, labels=labels)
-    sandbox = Sandbox(connect(), labels)
+    sandbox = Sandbox(connect(), labels, pool_size=plan.pool_size)  # the same pool as toka-agents
     futures: dict[str, PrefectFuture[SandboxResult]] = {}
     agents = {agent.name: agent for agent in plan.agents}
     for planned, upstream in submission_order(plan):
@@ -290,8 +303,11 @@ def baseline_flow(plan: Plan, workspace_root: Path, tagged: bool = False) -> Non
                 sandbox_spec(planned, context),
                 wait_for=[futures[i] for i in upstream],
             )
-    for future in futures.values():
-        future.result()
+    try:
+        for future in futures.values():
+            future.result()
+    finally:
+        sandbox.close()
 
 
 # --- Part 2: measuring -----------------------------------------------------------------
@@ -466,14 +482,14 @@ def postgres_database(bin_dir: Path) -> Iterator[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def part_run(tasks: int, repeat: int, databases: Sequence[str]) -> None:
-    plan = toka_agents.plan(run_benchmark_config(tasks))
-    warmup = toka_agents.plan(run_benchmark_config(2 * TASKS_PER_RUN_AGENT))
+def part_run(tasks: int, repeat: int, databases: Sequence[str], pool_size: int | None = None) -> None:
+    plan = toka_agents.plan(run_benchmark_config(tasks, pool_size))
+    warmup = toka_agents.plan(run_benchmark_config(2 * TASKS_PER_RUN_AGENT, pool_size))
     count = len(plan.tasks)
     print(
         f"Part 2: run overhead, {count} no-op shell tasks in {len(plan.agents)} agents "
-        f"({len(plan.edges)} dependencies), concurrency {CONCURRENCY}, {repeat} alternating "
-        "runs of each flow\n"
+        f"({len(plan.edges)} dependencies), concurrency {CONCURRENCY}, sandbox pool "
+        f"{plan.pool_size or 'off'}, {repeat} alternating runs of each flow\n"
     )
     retries = RetryCounter()
     bin_dir = postgres_bin()
@@ -559,6 +575,12 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=3, help="measured runs of each flow (part 2)")
     parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=None,
+        help="warm sandbox containers, both flows (part 2; default: the concurrency; 0: off)",
+    )
+    parser.add_argument(
         "--databases",
         default="sqlite,postgresql",
         help="Prefect server databases to run on, comma-separated (part 2)",
@@ -574,7 +596,7 @@ def main() -> None:
         if args.part == "all":
             print("\n")
         if args.part in ("run", "all"):
-            part_run(args.run_tasks, args.repeat, args.databases.split(","))
+            part_run(args.run_tasks, args.repeat, args.databases.split(","), args.pool_size)
     finally:
         shutil.rmtree(os.environ["PREFECT_HOME"], ignore_errors=True)
 
