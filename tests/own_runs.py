@@ -57,8 +57,10 @@ def wait_for_running_container(docker_client, flow_run_id: UUID | str) -> str:
     end = time.monotonic() + START_DEADLINE
     while True:
         for container_id in run_containers(docker_client, flow_run_id):
-            if docker_client.api.inspect_container(container_id)["State"]["Running"]:
-                return container_id
+            # The engine lists a container a moment before (and after) inspect finds it.
+            with contextlib.suppress(docker.errors.NotFound):
+                if docker_client.api.inspect_container(container_id)["State"]["Running"]:
+                    return container_id
         assert time.monotonic() < end, f"run {flow_run_id} never started a container"
         time.sleep(0.1)
 

@@ -40,7 +40,7 @@ from prefect.logging.handlers import APILogWorker
 from prefect.states import Cancelling
 from test_flows import artifacts, task_runs
 
-from toka_agents import run
+from toka_agents import LlmOverrides, run
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
 
@@ -176,6 +176,17 @@ def test_a_model_that_never_finishes_hits_the_step_bound_and_the_task_fails_nami
     )
     agent_run = task_runs(result.flow_run_id)["writer/compute"]
     assert agent_run.state.is_failed() and "llm.max_steps 3" in agent_run.state.message
+
+
+def test_run_overrides_choose_the_model_from_python(tmp_path, workspace_root, api_key):
+    finish = tool_call("finish", success=True, summary="Done.")
+    with scripted_server(finish, api_key=api_key) as server:
+        config = llm_config(tmp_path, server, WRITER, base_url="http://127.0.0.1:9/v1")
+        overrides = LlmOverrides(model="chosen-model", base_url=server.openai_base_url)
+        result = run(config, workspace_root=workspace_root, llm_overrides=overrides)
+        [request] = server.requests_to(OPENAI_PATH)
+    assert result.ok, result.state.message
+    assert request.body["model"] == "chosen-model"
 
 
 class Background:

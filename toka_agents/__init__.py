@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 from toka_agents.api import RunResult, run, run_plan
 from toka_agents.compiling import RunOptions, compile_flow
 from toka_agents.config import Orchestration, load
+from toka_agents.config.models import LlmOverrides
 from toka_agents.deployments import deploy, orchestrate, serve
 from toka_agents.errors import (
     ConfigError,
@@ -27,6 +28,7 @@ __all__ = [
     "ConfigError",
     "ConfigIssue",
     "ExecutionError",
+    "LlmOverrides",
     "LlmCancelled",
     "LlmError",
     "MalformedReply",

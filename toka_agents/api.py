@@ -11,6 +11,7 @@ from prefect.states import State
 
 from toka_agents.compiling import RunOptions, compile_flow
 from toka_agents.config import load
+from toka_agents.config.models import LlmOverrides
 from toka_agents.errors import ExecutionError
 from toka_agents.executor import TaskOutcome, llm_refusal
 from toka_agents.planning import OptionalMode, Plan, plan
@@ -38,6 +39,7 @@ def run(
     max_concurrent_agents: int | None = None,
     optional_dependencies: OptionalMode | None = None,
     allow_unsandboxed: bool | None = None,
+    llm_overrides: LlmOverrides | None = None,
     workspace_root: Path | None = None,
 ) -> RunResult:
     """Load, plan and run an orchestration as a Prefect flow run; raise `ConfigError` on bad config."""
@@ -47,6 +49,7 @@ def run(
         optional_dependencies=optional_dependencies,
         max_concurrent_agents=max_concurrent_agents,
         allow_unsandboxed=allow_unsandboxed,
+        llm_overrides=llm_overrides,
     )
     return run_plan(planned, RunOptions(workspace_root=workspace_root, dry_run=dry_run))
 
