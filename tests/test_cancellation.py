@@ -39,6 +39,9 @@ class Relay:
 
     def cut(self) -> None:
         if self._listener is not None:
+            # shutdown, not just close: close leaves a blocked accept() accepting
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
             self._listener = None
         for sock in self._open:

@@ -206,6 +206,6 @@ def test_the_schema_describes_the_sandbox_network():
     result = run_toka("schema")
     assert result.returncode == 0, result.stderr
     schema = json.loads(result.stdout)
-    assert schema["properties"]["sandbox"]["default"] == {"network": "bridge"}
+    assert schema["properties"]["sandbox"]["default"]["network"] == "bridge"
     network = schema["$defs"]["SandboxSettings"]["properties"]["network"]
     assert network["default"] == "bridge" and "network capability" in network["description"]
