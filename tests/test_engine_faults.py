@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_config
+from conftest import _drain_prefect_workers, write_config
 from prefect import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from test_flows import artifacts, task_runs
@@ -137,6 +137,7 @@ def test_an_engine_lost_mid_run_fails_the_task_and_the_run_still_reports(
     # The summary is written although the run's containers could not be removed, and the
     # cleanup error is a line of the log, not the run's error.
     assert any(a.key == "engine-lost-summary" for a in artifacts(result.flow_run_id))
+    _drain_prefect_workers()  # the run's log lines reach the server in the background
     with get_client(sync_client=True) as client:
         logs = client.read_logs(
             log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[result.flow_run_id]))
