@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from toka_agents.llm import wire
 from toka_agents.llm.errors import MalformedReply
 from toka_agents.llm.messages import (
     AssistantMessage,
@@ -29,14 +30,7 @@ API_VERSION = "2026-10-21"
 
 def headers(api_key: str | None) -> dict[str, str]:
     """As the official package sends them: the key as a Bearer token (servers also take `x-api-key`)."""
-    sent = {
-        "Content-Type": "application/json",
-        "Accept": "application/json",
-        "anthropic-version": API_VERSION,
-    }
-    if api_key:
-        sent["Authorization"] = f"Bearer {api_key}"
-    return sent
+    return wire.headers(api_key, **{"anthropic-version": API_VERSION})
 
 
 def request_body(
@@ -47,13 +41,11 @@ def request_body(
     max_tokens: int,
     temperature: float | None,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
+    body = wire.body_start(model=model, max_tokens=max_tokens, temperature=temperature)
     system = "\n\n".join(m.content for m in messages if isinstance(m, SystemMessage) and m.content)
     if system:
         body["system"] = system
     body["messages"] = _turns(messages)
-    if temperature is not None:
-        body["temperature"] = temperature
     if tools:
         body["tools"] = [
             {"name": t.name, "description": t.description, "input_schema": t.parameters} for t in tools

@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from toka_agents.llm import wire
 from toka_agents.llm.errors import MalformedReply
 from toka_agents.llm.messages import (
     AssistantMessage,
@@ -30,10 +31,7 @@ PATH = "/chat/completions"
 
 def headers(api_key: str | None) -> dict[str, str]:
     """Bearer auth, as the official SDK sends it; local servers (Ollama) need no key."""
-    sent = {"Content-Type": "application/json", "Accept": "application/json"}
-    if api_key:
-        sent["Authorization"] = f"Bearer {api_key}"
-    return sent
+    return wire.headers(api_key)
 
 
 def request_body(
@@ -44,13 +42,8 @@ def request_body(
     max_tokens: int,
     temperature: float | None,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": [_message(message) for message in messages],
-        "max_tokens": max_tokens,
-    }
-    if temperature is not None:
-        body["temperature"] = temperature
+    body = wire.body_start(model=model, max_tokens=max_tokens, temperature=temperature)
+    body["messages"] = [_message(message) for message in messages]
     if tools:
         body["tools"] = [
             {
