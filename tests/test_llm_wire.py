@@ -33,6 +33,20 @@ RUN_CODE_SCHEMA = {
     "required": ["language", "source"],
 }
 RUN_CODE = ToolSpec(name="run_code", description="Run code in the sandbox.", parameters=RUN_CODE_SCHEMA)
+# The tool as each SDK's user writes it.
+OPENAI_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": RUN_CODE.name,
+            "description": RUN_CODE.description,
+            "parameters": RUN_CODE_SCHEMA,
+        },
+    }
+]
+ANTHROPIC_TOOLS = [
+    {"name": RUN_CODE.name, "description": RUN_CODE.description, "input_schema": RUN_CODE_SCHEMA}
+]
 SYSTEM = "You are a careful agent."
 ASK = "Print 1 with Python."
 SCRIPT = (tool_call("run_code", language="python", source="print(1)"), text("It printed 1."))
@@ -41,19 +55,9 @@ SCRIPT = (tool_call("run_code", language="python", source="print(1)"), text("It 
 def test_openai_sdk_round_trips_a_tool_call_and_usage():
     with scripted_server(*SCRIPT, api_key=KEY) as server:
         client = openai.OpenAI(base_url=server.openai_base_url, api_key=KEY, max_retries=0)
-        tools = [
-            {
-                "type": "function",
-                "function": {
-                    "name": "run_code",
-                    "description": "Run code in the sandbox.",
-                    "parameters": RUN_CODE_SCHEMA,
-                },
-            }
-        ]
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ASK}]
         raw = client.chat.completions.with_raw_response.create(
-            model="gpt-test", messages=messages, tools=tools, tool_choice="auto"
+            model="gpt-test", messages=messages, tools=OPENAI_TOOLS, tool_choice="auto"
         )
         # The SDK's own types, validated strictly, accept the server's body.
         first = ChatCompletion.model_validate(raw.http_response.json())
@@ -75,7 +79,7 @@ def test_openai_sdk_round_trips_a_tool_call_and_usage():
                 },
                 {"role": "tool", "tool_call_id": call.id, "content": "1\n"},
             ],
-            tools=tools,
+            tools=OPENAI_TOOLS,
             tool_choice="auto",
         )
         assert second.choices[0].message.content == "It printed 1."
@@ -88,16 +92,9 @@ def test_openai_sdk_round_trips_a_tool_call_and_usage():
 def test_anthropic_sdk_round_trips_tool_use_and_usage():
     with scripted_server(*SCRIPT, api_key=KEY) as server:
         client = anthropic.Anthropic(base_url=server.anthropic_base_url, api_key=KEY, max_retries=0)
-        tools = [
-            {
-                "name": "run_code",
-                "description": "Run code in the sandbox.",
-                "input_schema": RUN_CODE_SCHEMA,
-            }
-        ]
         messages = [{"role": "user", "content": ASK}]
         raw = client.messages.with_raw_response.create(
-            model="claude-test", max_tokens=512, system=SYSTEM, messages=messages, tools=tools
+            model="claude-test", max_tokens=512, system=SYSTEM, messages=messages, tools=ANTHROPIC_TOOLS
         )
         first = anthropic.types.Message.model_validate(raw.http_response.json())
         assert first.stop_reason == "tool_use"
@@ -117,7 +114,7 @@ def test_anthropic_sdk_round_trips_tool_use_and_usage():
                     "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "1\n"}],
                 },
             ],
-            tools=tools,
+            tools=ANTHROPIC_TOOLS,
         )
         assert second.stop_reason == "end_turn" and second.content[0].text == "It printed 1."
         sent = server.requests_to(ANTHROPIC_PATH)
@@ -163,19 +160,13 @@ def _gateway_conversation(provider: str, server) -> None:
 def test_gateway_sends_what_the_openai_sdk_sends():
     with scripted_server(*SCRIPT, *SCRIPT, api_key=KEY) as server:
         client = openai.OpenAI(base_url=server.openai_base_url, api_key=KEY, max_retries=0)
-        tools = [
-            {
-                "type": "function",
-                "function": {
-                    "name": "run_code",
-                    "description": "Run code in the sandbox.",
-                    "parameters": RUN_CODE_SCHEMA,
-                },
-            }
-        ]
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ASK}]
         first = client.chat.completions.create(
-            model="openai-test", messages=messages, tools=tools, tool_choice="auto", max_tokens=512
+            model="openai-test",
+            messages=messages,
+            tools=OPENAI_TOOLS,
+            tool_choice="auto",
+            max_tokens=512,
         )
         call = first.choices[0].message.tool_calls[0]
         client.chat.completions.create(
@@ -189,7 +180,7 @@ def test_gateway_sends_what_the_openai_sdk_sends():
                 },
                 {"role": "tool", "tool_call_id": call.id, "content": "1\n"},
             ],
-            tools=tools,
+            tools=OPENAI_TOOLS,
             tool_choice="auto",
             max_tokens=512,
         )
@@ -203,20 +194,13 @@ def test_gateway_sends_what_the_openai_sdk_sends():
 def test_gateway_sends_what_the_anthropic_sdk_sends():
     with scripted_server(*SCRIPT, *SCRIPT, api_key=KEY) as server:
         client = anthropic.Anthropic(base_url=server.anthropic_base_url, api_key=KEY, max_retries=0)
-        tools = [
-            {
-                "name": "run_code",
-                "description": "Run code in the sandbox.",
-                "input_schema": RUN_CODE_SCHEMA,
-            }
-        ]
         messages = [{"role": "user", "content": [{"type": "text", "text": ASK}]}]
         first = client.messages.create(
             model="anthropic-test",
             max_tokens=512,
             system=SYSTEM,
             messages=messages,
-            tools=tools,
+            tools=ANTHROPIC_TOOLS,
             tool_choice={"type": "auto"},
         )
         use = first.content[0]
@@ -237,7 +221,7 @@ def test_gateway_sends_what_the_anthropic_sdk_sends():
                     "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "1\n"}],
                 },
             ],
-            tools=tools,
+            tools=ANTHROPIC_TOOLS,
             tool_choice={"type": "auto"},
         )
         _gateway_conversation("anthropic", server)
