@@ -46,6 +46,33 @@ runtime_app = cyclopts.App(
 )
 app.command(runtime_app)
 
+workspace_app = cyclopts.App(
+    name="workspace",
+    help="Run workspaces kept as Docker volumes on the engine DOCKER_HOST names (remote engines).",
+)
+app.command(workspace_app)
+
+
+@workspace_app.command(name="get")
+def workspace_get(flow_run_id: UUID, destination: Path, /) -> int:
+    """Copy a run's workspace volume into DESTINATION (made if missing), e.g.
+    `toka workspace get 0b6e...-... ./out`. The engine is the one DOCKER_HOST names."""
+    from toka_agents.sandbox.workspace import copy_out
+
+    copied = copy_out(connect(), str(flow_run_id), destination)
+    out.print(f"copied {len(copied)} path(s) of run {flow_run_id}'s workspace to {destination}", markup=False)
+    return 0
+
+
+@workspace_app.command(name="rm")
+def workspace_rm(flow_run_id: UUID, /) -> int:
+    """Remove a run's workspace volume from the engine DOCKER_HOST names."""
+    from toka_agents.sandbox.workspace import remove_volume
+
+    out.print(f"removed volume {remove_volume(connect(), str(flow_run_id))}", markup=False)
+    return 0
+
+
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 

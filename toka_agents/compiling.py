@@ -307,9 +307,14 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
     workspace = None
     if not options.dry_run:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        workspace = create_workspace(
-            options.workspace_root, f"{plan.name}-{stamp}-{flow_run.id.hex[:8]}"
-        )
+        try:
+            workspace = create_workspace(
+                options.workspace_root,
+                f"{plan.name}-{stamp}-{flow_run.id.hex[:8]}",
+                run_id=str(flow_run.id),
+            )
+        except SandboxError as exc:  # a workspace volume on an engine that failed
+            return reporting.refused_state(str(exc))  # type: ignore[return-value]
         logger.info("Workspace: %s", workspace)
     report = reporting.RunReport(plan, workspace)
     labels = {RUN_LABEL: str(flow_run.id)}
@@ -318,7 +323,8 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
     needs_sandbox = not options.dry_run and bool(plan.tasks)  # LLM tasks' tools run in it too
     if needs_sandbox:
         try:
-            client = connect(pool_size=2 * plan.max_concurrent_agents + 2)
+            # Not checked here: each call asks the engine, so a task's retries can outlive an outage.
+            client = connect(pool_size=2 * plan.max_concurrent_agents + 2, check=False)
             if orphans := remove_orphans(client):
                 logger.warning(
                     "Removed %d sandbox container(s) left by toka-agents processes that were killed",

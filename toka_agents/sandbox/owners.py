@@ -14,6 +14,8 @@ import os
 import socket
 
 LABEL_OWNER = "org.toka-agents.owner"
+LABEL_RUN = "org.toka-agents.run"
+"""The flow run a container or workspace volume belongs to (its id)."""
 
 
 def current_owner() -> str:

@@ -1,12 +1,48 @@
-"""The per-run workspace: a host directory mounted at /workspace in every container of a run."""
+"""The per-run workspace, mounted at /workspace in every container of a run, and copying it out.
+
+Where it lives depends on the engine (`TOKA_WORKSPACE`, by default `auto`):
+
+- `bind`: a directory of this machine, `<root>/<run name>/workspace`, bind-mounted. Only an
+  engine on this machine can mount it; `auto` picks it for the local engine's default socket.
+- `volume`: a Docker volume on the engine itself, `toka-ws-<flow run id>`, labelled with the run.
+  `auto` picks it for every other `DOCKER_HOST` (tcp://, ssh://, another socket): a remote engine
+  cannot see this machine's directories. It stays after the run, as a directory does, until
+  `toka workspace rm`; `toka workspace get FLOW_RUN_ID DEST` copies it out.
+
+Files go in and out of a volume through a helper container that is created and never started
+(the engine's archive API reads and writes a stopped container's volumes), so nothing runs.
+"""
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import secrets
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any, Literal
 
+import docker
+from docker.errors import DockerException, ImageNotFound, NotFound
+from docker.types import Mount
+from requests.exceptions import RequestException
+
+from toka_agents.config.models import DEFAULT_IMAGE
+from toka_agents.errors import SandboxError
+from toka_agents.sandbox.containers import LABEL_MANAGED, engine_said
+from toka_agents.sandbox.engine import connect, engine_url, is_local_engine
+from toka_agents.sandbox.owners import LABEL_OWNER, LABEL_RUN, current_owner
 from toka_agents.sandbox.spec import SANDBOX_USER
+
+WORKSPACE_ENV = "TOKA_WORKSPACE"
+LABEL_WORKSPACE = "org.toka-agents.workspace"
+"""Carried by workspace volumes, and by the helper containers that reach into them."""
+_ENGINE_ERRORS = (DockerException, RequestException, OSError)
+
+WorkspaceMode = Literal["bind", "volume"]
 
 
 def default_root() -> Path:
@@ -14,8 +50,24 @@ def default_root() -> Path:
     return Path(os.environ.get("TOKA_HOME", Path.home() / ".toka")) / "runs"
 
 
-def create_workspace(root: Path | None, run_name: str) -> Path:
-    """Make `<root>/<run_name>/workspace`, writable by the sandbox user; return its path."""
+def workspace_mode(environ: Mapping[str, str] | None = None) -> WorkspaceMode:
+    """`bind` or `volume`, from `TOKA_WORKSPACE` (`bind`, `volume` or `auto`, the default)."""
+    env = os.environ if environ is None else environ
+    chosen = env.get(WORKSPACE_ENV, "auto").strip().lower() or "auto"
+    if chosen == "auto":
+        return "bind" if is_local_engine(engine_url(env)) else "volume"
+    if chosen not in ("bind", "volume"):
+        raise SandboxError(f"{WORKSPACE_ENV}={chosen!r} is not one of bind, volume, auto")
+    return chosen  # type: ignore[return-value]
+
+
+def create_workspace(root: Path | None, run_name: str, *, run_id: str | None = None) -> Path:
+    """Make the run's workspace, writable by the sandbox user; return the path to bind-mount.
+
+    In `volume` mode (see the module) the path is the volume's directory on the engine's
+    machine, which that engine can mount; `run_id` names and labels the volume."""
+    if workspace_mode() == "volume":
+        return create_volume(connect(), run_id or run_name).path
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", run_name).strip("-") or "run"
     path = (root or default_root()).expanduser().resolve() / safe / "workspace"
     path.mkdir(parents=True, exist_ok=True)
@@ -27,3 +79,150 @@ def create_workspace(root: Path | None, run_name: str) -> Path:
         # Without root we cannot hand the directory to the sandbox user; let it write anyway.
         path.chmod(0o777)
     return path
+
+
+def volume_name(run_id: str) -> str:
+    return "toka-ws-" + (re.sub(r"[^A-Za-z0-9_.-]+", "-", run_id).strip("-") or "run")
+
+
+class VolumeWorkspace:
+    """A run's workspace volume on one engine."""
+
+    def __init__(self, client: docker.DockerClient, name: str, path: Path) -> None:
+        self.client = client
+        self.name = name
+        self.path = path
+        """Its directory on the engine's machine: what a container's bind mount names."""
+
+
+def create_volume(client: docker.DockerClient, run_id: str) -> VolumeWorkspace:
+    """Create (or find) the run's workspace volume and give its top directory to the sandbox
+    user. Raises `SandboxError` in one line when the engine fails it."""
+    name = volume_name(run_id)
+    labels = {LABEL_MANAGED: "1", LABEL_WORKSPACE: "1", LABEL_RUN: run_id}
+    try:
+        created = client.api.create_volume(name, driver="local", labels=labels)
+    except _ENGINE_ERRORS as exc:
+        raise SandboxError(f"could not create the workspace volume {name}: {engine_said(exc)}") from exc
+    uid, gid = (int(part) for part in SANDBOX_USER.split(":"))
+    top = tarfile.TarInfo("workspace")
+    top.type, top.mode, top.uid, top.gid = tarfile.DIRTYPE, 0o755, uid, gid
+    with _Helper(client, name, run_id, read_only=False) as helper:
+        _engine_call(
+            f"preparing the workspace volume {name}", client.api.put_archive, helper, "/", _tar(top)
+        )
+    return VolumeWorkspace(client, name, Path(created["Mountpoint"]))
+
+
+def find_volume(client: docker.DockerClient, run_id: str) -> str:
+    """The name of the workspace volume of flow run `run_id`; `SandboxError` if there is none."""
+    filters = {"label": [f"{LABEL_WORKSPACE}=1", f"{LABEL_RUN}={run_id}"]}
+    found = _engine_call("listing volumes", client.api.volumes, filters=filters)
+    names = [volume["Name"] for volume in found.get("Volumes") or []]
+    if not names:
+        raise SandboxError(
+            f"no workspace volume of flow run {run_id} on the Docker engine at {engine_url()} "
+            f"(runs on this machine's own engine keep theirs in a directory: see `toka orchestrate`'s "
+            f"output, or {default_root()})"
+        )
+    return names[0]
+
+
+def copy_out(client: docker.DockerClient, run_id: str, destination: Path) -> list[str]:
+    """Copy flow run `run_id`'s workspace volume into `destination` (made if missing); return
+    the paths copied, relative to it. Links that point outside it and special files are skipped."""
+    name = find_volume(client, run_id)
+    destination.mkdir(parents=True, exist_ok=True)
+    with _Helper(client, name, run_id, read_only=True) as helper, tempfile.TemporaryFile() as spool:
+        chunks, _ = _engine_call(
+            f"reading the workspace volume {name}", client.api.get_archive, helper, "/workspace/."
+        )
+        for chunk in chunks:
+            spool.write(chunk)
+        spool.seek(0)
+        with tarfile.open(fileobj=spool, mode="r|") as archive:
+            return list(_extract(archive, destination))
+
+
+def remove_volume(client: docker.DockerClient, run_id: str) -> str:
+    """Remove flow run `run_id`'s workspace volume; return its name."""
+    name = find_volume(client, run_id)
+    _engine_call(f"removing the workspace volume {name}", client.api.remove_volume, name, force=True)
+    return name
+
+
+def _extract(archive: tarfile.TarFile, destination: Path) -> Iterator[str]:
+    for member in archive:
+        relative = member.name.removeprefix("./").lstrip("/")
+        if not relative or relative == ".":
+            continue
+        try:
+            archive.extract(member, destination, filter="data")  # refuses escapes and device files
+        except tarfile.FilterError:
+            continue
+        yield relative
+
+
+class _Helper:
+    """A created, never started container with the volume at /workspace, removed on exit."""
+
+    def __init__(self, client: docker.DockerClient, volume: str, run_id: str, read_only: bool) -> None:
+        self.client, self.volume, self.run_id, self.read_only = client, volume, run_id, read_only
+        self.id: str | None = None
+
+    def __enter__(self) -> str:
+        api = self.client.api
+        host = api.create_host_config(
+            network_mode="none",
+            mounts=[Mount("/workspace", self.volume, type="volume", read_only=self.read_only)],
+        )
+        labels = {
+            LABEL_MANAGED: "1",
+            LABEL_WORKSPACE: "1",
+            LABEL_RUN: self.run_id,
+            LABEL_OWNER: current_owner(),
+        }
+        try:
+            created = api.create_container(
+                DEFAULT_IMAGE,
+                command=["true"],
+                name=f"toka-workspace-{secrets.token_hex(4)}",
+                labels=labels,
+                network_disabled=True,
+                host_config=host,
+            )
+        except ImageNotFound as exc:
+            raise SandboxError(
+                f"image {DEFAULT_IMAGE!r} is not on the Docker engine at {engine_url()}: build it "
+                "there with `toka sandbox build` (with DOCKER_HOST set to that engine)"
+            ) from exc
+        except _ENGINE_ERRORS as exc:
+            raise SandboxError(
+                f"could not reach the workspace volume {self.volume}: {engine_said(exc)}"
+            ) from exc
+        self.id = created["Id"]
+        return self.id
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.id is not None:
+            try:
+                self.client.api.remove_container(self.id, force=True)
+            except NotFound:
+                pass
+            except _ENGINE_ERRORS:
+                pass  # it carries the owner label: the next sweep removes it
+
+
+def _tar(*members: tarfile.TarInfo) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for member in members:
+            archive.addfile(member)
+    return buffer.getvalue()
+
+
+def _engine_call(doing: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return call(*args, **kwargs)
+    except _ENGINE_ERRORS as exc:
+        raise SandboxError(f"Docker engine error while {doing}: {engine_said(exc)}") from exc

@@ -1,0 +1,127 @@
+# ruff: noqa: F811
+"""Any engine by DOCKER_HOST: an orchestration runs on a second dockerd of the test's own (its own
+socket, data root and exec root), its workspace a Docker volume on that engine, and
+`toka workspace get` copies the report back out."""
+
+from __future__ import annotations
+
+import textwrap
+import uuid
+
+import pytest
+from conftest import run_toka, write_config
+from second_engine import second_engine  # noqa: F401 (the module's engine; tests name it: F811)
+
+from toka_agents import run
+from toka_agents.compiling import RUN_LABEL
+from toka_agents.sandbox.workspace import LABEL_WORKSPACE
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+REPORT = textwrap.dedent(
+    """
+    name: remote-{suffix}
+    sandbox: {{pool_size: 0}}
+    agents:
+      - name: analyst
+        capabilities: [filesystem-write]
+        tasks:
+          - name: report
+            code:
+              language: shell
+              source: |
+                mkdir -p /workspace/out
+                echo "engine report {suffix}" > /workspace/out/report.txt
+                id -u > /workspace/who.txt
+    """
+)
+
+
+def test_a_remote_engine_without_the_sandbox_image_refuses_the_run_saying_how_to_build_it(
+    second_engine, tmp_path, workspace_root, monkeypatch
+):
+    assert not second_engine.has_image(), "this test runs before the module loads the image"
+    monkeypatch.setenv("DOCKER_HOST", second_engine.url)
+    result = run(
+        write_config(tmp_path, REPORT.format(suffix=uuid.uuid4().hex[:8])), workspace_root=workspace_root
+    )
+    assert result.state.is_failed()
+    assert result.state.message == (
+        f"refused before starting any task: image 'toka-sandbox:1' is not on the Docker engine at "
+        f"{second_engine.url}: build it there with `toka sandbox build` (with DOCKER_HOST set to "
+        "that engine)"
+    )
+    with second_engine.client() as client:
+        assert client.api.containers(all=True) == []
+
+
+def test_a_run_on_a_remote_engine_keeps_its_workspace_in_a_volume_that_workspace_get_copies_out(
+    second_engine, tmp_path, workspace_root, monkeypatch, prefect_api
+):
+    second_engine.load_image()
+    suffix = uuid.uuid4().hex[:8]
+    monkeypatch.setenv("DOCKER_HOST", second_engine.url)
+    result = run(write_config(tmp_path, REPORT.format(suffix=suffix)), workspace_root=workspace_root)
+    assert result.ok, result.state.message
+    run_id = str(result.flow_run_id)
+    assert not workspace_root.exists()  # nothing of the run's on this machine's side
+
+    with second_engine.client() as client:
+        [volume] = client.api.volumes(filters={"label": f"{RUN_LABEL}={run_id}"})["Volumes"]
+        assert volume["Name"] == f"toka-ws-{run_id}"
+        assert volume["Labels"][LABEL_WORKSPACE] == "1"
+        assert client.api.containers(all=True, filters={"label": f"{RUN_LABEL}={run_id}"}) == []
+
+    env = {"DOCKER_HOST": second_engine.url, "PREFECT_API_URL": prefect_api}
+    got = run_toka("workspace", "get", run_id, str(tmp_path / "copy"), env=env)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.startswith("copied ") and str(tmp_path / "copy") in got.stdout
+    assert (tmp_path / "copy" / "out" / "report.txt").read_text() == f"engine report {suffix}\n"
+    assert (tmp_path / "copy" / "who.txt").read_text() == "10001\n"  # the sandbox user wrote it
+
+    # The helper container that read the volume is gone; the volume stays until removed.
+    with second_engine.client() as client:
+        assert client.api.containers(all=True) == []
+    removed = run_toka("workspace", "rm", run_id, env=env)
+    assert (removed.returncode, removed.stdout.strip()) == (0, f"removed volume toka-ws-{run_id}")
+    again = run_toka("workspace", "get", run_id, str(tmp_path / "again"), env=env)
+    assert again.returncode == 1
+    assert again.stderr.splitlines() == [
+        f"error: no workspace volume of flow run {run_id} on the Docker engine at {second_engine.url} "
+        "(runs on this machine's own engine keep theirs in a directory: see `toka orchestrate`'s "
+        f"output, or {_default_root()})"
+    ]
+
+
+def _default_root():
+    from toka_agents.sandbox.workspace import default_root
+
+    return default_root()
+
+
+@pytest.mark.parametrize(
+    ("environment", "mode"),
+    [
+        ({}, "bind"),
+        ({"DOCKER_HOST": "unix:///var/run/docker.sock"}, "bind"),
+        ({"DOCKER_HOST": "unix:///run/docker.sock"}, "bind"),
+        ({"DOCKER_HOST": "unix:///tmp/other/docker.sock"}, "volume"),
+        ({"DOCKER_HOST": "tcp://10.0.0.2:2376"}, "volume"),
+        ({"DOCKER_HOST": "ssh://builder@host"}, "volume"),
+        ({"DOCKER_HOST": "tcp://10.0.0.2:2376", "TOKA_WORKSPACE": "bind"}, "bind"),
+        ({"TOKA_WORKSPACE": "volume"}, "volume"),
+    ],
+)
+def test_the_workspace_is_a_volume_for_any_engine_but_the_local_default_socket(environment, mode):
+    from toka_agents.sandbox.workspace import workspace_mode
+
+    assert workspace_mode(environment) == mode
+
+
+def test_a_bad_workspace_mode_is_one_line():
+    from toka_agents.errors import SandboxError
+    from toka_agents.sandbox.workspace import workspace_mode
+
+    with pytest.raises(SandboxError) as raised:
+        workspace_mode({"TOKA_WORKSPACE": "nfs"})
+    assert str(raised.value) == "TOKA_WORKSPACE='nfs' is not one of bind, volume, auto"
