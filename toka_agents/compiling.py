@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
-from prefect import Flow, Task, get_client, get_run_logger, tags
+from prefect import Flow, Task, get_client, get_run_logger
 from prefect.blocks.system import Secret
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRunResult
@@ -44,6 +44,7 @@ from toka_agents.llm.gateway import Acquire, from_environment
 from toka_agents.llm.loop import StepRunner
 from toka_agents.planning import Plan, PlannedAgent, PlannedTask
 from toka_agents.sandbox import Sandbox, connect, create_workspace, remove_orphans
+from toka_agents.tagging import add_deferred_tags, agent_tags
 
 RUN_LABEL = "org.toka-agents.run"
 
@@ -70,6 +71,7 @@ def _run_agent_task(
     upstream_results: dict[str, TaskOutcome] | None = None,
     previous: PrefectFuture[Any] | None = None,
 ) -> State[TaskOutcome]:
+    add_deferred_tags()
     if previous is not None and not previous.state.is_completed():
         outcome = executor.skipped(planned, _after_failure_of(upstream[-1], previous.state.message))
     elif planned.kind == "llm" and not context.dry_run:
@@ -589,7 +591,7 @@ class Scheduler:
         task = agent_task if planned.retries == 0 else _with_retries(planned.retries)
         # Upstream task runs are final when a task is submitted, except `previous`, which
         # Prefect waits for; recording them all as inputs makes them upstream relations.
-        with tags(*self.schedule.tags[run.agent.name]):
+        with agent_tags(self.schedule.tags[run.agent.name]):
             future = self.runner.submit(
                 task,
                 parameters={
