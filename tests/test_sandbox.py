@@ -303,7 +303,8 @@ def test_container_settings_come_from_the_spec(sandbox, spec, docker_client):
     assert host["PidsLimit"] == 33
     assert host["ReadonlyRootfs"] is True
     assert host["CapDrop"] == ["ALL"]
-    assert host["CapAdd"] == ["SETUID", "SETGID"]  # the supervisor's, to start the code as 10001
+    # the supervisor's: to start the code as 10001, and to kill it at its limit and its end
+    assert host["CapAdd"] == ["SETUID", "SETGID", "KILL"]
     assert host["SecurityOpt"] == ["no-new-privileges"]
     assert host["NetworkMode"] == "none"
     assert "/tmp" in host["Tmpfs"]

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, SecretStr
 
-from toka_agents.config.limits import format_bytes
+from toka_agents.config.limits import DEFAULT_WORKSPACE_LIMIT
 from toka_agents.config.models import LlmSettings
 from toka_agents.errors import LlmError, SandboxError
 from toka_agents.llm.gateway import MODEL_ENV, Acquire, Gateway, api_key_from_env, from_environment
@@ -48,6 +48,15 @@ class TaskOutcome(BaseModel):
     duration: float | None = None
     peak_memory: int | None = None
     cpu_seconds: float | None = None
+    peak_pids: int | None = None
+    stdout_bytes: int | None = None
+    """Bytes the code wrote to stdout, before any cut (LLM tasks: over all their tool runs)."""
+    stderr_bytes: int | None = None
+    disk_written: int | None = None
+    """Bytes the code wrote to the workspace."""
+    image: str | None = None
+    image_digest: str | None = None
+    """The id (`sha256:...`) of the image the code ran in."""
     steps: int | None = None
     """LLM tasks: model calls made."""
     input_tokens: int | None = None
@@ -81,6 +90,8 @@ class ExecutionContext:
     """Keys read from Prefect Secret blocks, by block name (`llm.api_key_secret`)."""
     rate_limits: Callable[[LlmSettings], Acquire | None] | None = None
     """The rate-limit hook of a model's gateway, when its settings set limits."""
+    workspace_limit: int | None = DEFAULT_WORKSPACE_LIMIT
+    """Bytes the run's workspace may hold (`limits.workspace`); None: no limit."""
 
 
 def llm_refusal(plan: Plan, *, dry_run: bool) -> str | None:
@@ -212,15 +223,31 @@ class SandboxUsage:
         self.sandbox = sandbox
         self.spec = spec
         self.peak_memory: int | None = None
+        self.peak_pids: int | None = None
         self.cpu_seconds: float | None = None
+        self.stdout_bytes: int | None = None
+        self.stderr_bytes: int | None = None
+        self.disk_written: int | None = None
+        self.image_digest: str | None = None
 
     def run_code(self, language: str, source: str) -> SandboxResult:
         result = self.sandbox.run(self.spec.model_copy(update={"language": language, "source": source}))
-        if result.peak_memory is not None:
-            self.peak_memory = max(self.peak_memory or 0, result.peak_memory)
-        if result.cpu_seconds is not None:
-            self.cpu_seconds = (self.cpu_seconds or 0.0) + result.cpu_seconds
+        self.peak_memory = _most(self.peak_memory, result.peak_memory)
+        self.peak_pids = _most(self.peak_pids, result.peak_pids)
+        self.cpu_seconds = _sum(self.cpu_seconds, result.cpu_seconds)
+        self.stdout_bytes = _sum(self.stdout_bytes, result.stdout_bytes)
+        self.stderr_bytes = _sum(self.stderr_bytes, result.stderr_bytes)
+        self.disk_written = _sum(self.disk_written, result.disk_written)
+        self.image_digest = result.image_digest or self.image_digest
         return result
+
+
+def _most(so_far: int | None, new: int | None) -> int | None:
+    return so_far if new is None else max(so_far or 0, new)
+
+
+def _sum(so_far: Any, new: Any) -> Any:
+    return so_far if new is None else (so_far or 0) + new
 
 
 def outcome_from_loop(
@@ -241,6 +268,12 @@ def outcome_from_loop(
         duration=duration,
         peak_memory=usage.peak_memory,
         cpu_seconds=usage.cpu_seconds,
+        peak_pids=usage.peak_pids,
+        stdout_bytes=usage.stdout_bytes,
+        stderr_bytes=usage.stderr_bytes,
+        disk_written=usage.disk_written,
+        image=task.image,
+        image_digest=usage.image_digest,
         steps=result.steps,
         input_tokens=result.input_tokens,
         output_tokens=result.output_tokens,
@@ -332,6 +365,7 @@ def container_spec(
         network=task.docker_network if task.network else None,
         workspace=context.workspace,
         workspace_writable=task.workspace_writable,
+        workspace_limit=context.workspace_limit if context.workspace is not None else None,
         env={
             **task.env,
             "TOKA_AGENT": task.agent,
@@ -349,16 +383,9 @@ def outcome_from_result(task: PlannedTask, result: SandboxResult) -> TaskOutcome
     failure = result.failure
     status: Status = "completed" if failure is None else ("cancelled" if result.cancelled else "failed")
     message = failure or f"exit code 0 in {result.duration:.2f}s"
-    cut = [
-        f"{name} cut at {format_bytes(result.output_limit)} of {format_bytes(size)}"
-        for name, size, truncated in (
-            ("stdout", result.stdout_bytes, result.stdout_truncated),
-            ("stderr", result.stderr_bytes, result.stderr_truncated),
-        )
-        if truncated
-    ]
-    if cut:
-        message += f" ({'; '.join(cut)})"
+    more = [cause for cause in result.causes if cause not in message]
+    if more:
+        message += f" ({'; '.join(more)})"
     return TaskOutcome(
         task_id=task.id,
         agent=task.agent,
@@ -372,6 +399,12 @@ def outcome_from_result(task: PlannedTask, result: SandboxResult) -> TaskOutcome
         duration=result.duration,
         peak_memory=result.peak_memory,
         cpu_seconds=result.cpu_seconds,
+        peak_pids=result.peak_pids,
+        stdout_bytes=result.stdout_bytes,
+        stderr_bytes=result.stderr_bytes,
+        disk_written=result.disk_written,
+        image=result.image,
+        image_digest=result.image_digest,
     )
 
 

@@ -1,8 +1,8 @@
 """Reporting: the only writer of Prefect states' messages, artifacts, events and task output logs.
 
 It turns `TaskOutcome`s into task run states, keeps one progress artifact per agent moving
-from 0 to 100%, emits an event per finished agent, and ends a run with a table artifact of
-every task and the flow run's final state.
+from 0 to 100%, emits an event per finished task (with what it used) and per finished agent,
+and ends a run with a table artifact of every task and the flow run's final state.
 """
 
 from __future__ import annotations
@@ -166,6 +166,9 @@ class RunReport:
         self._progress[key] = create_progress_artifact(progress=percent, description=text)
 
     def task_finished(self, outcome: TaskOutcome) -> None:
+        """Emit the task's event, and move its agent's progress if it is done."""
+        if outcome.status in TASK_EVENTS:
+            self.task_event(outcome)
         if not outcome.ok:
             return
         agent = self._agents[outcome.agent]
@@ -192,6 +195,19 @@ class RunReport:
         done, total = self._workstream_done[name], self._workstream_total[name]
         members = len(self._workstreams[name])
         return _percent(done, total), f"workstream {name}: {done}/{total} tasks of {members} agents done"
+
+    def task_event(self, outcome: TaskOutcome) -> None:
+        """`toka.task.completed|failed|cancelled`, with everything the task used measured in
+        its payload (None where nothing was measured, as for a task that never started)."""
+        emit_event(
+            event=f"toka.task.{outcome.status}",
+            resource={
+                "prefect.resource.id": f"toka.task.{self.plan.name}.{outcome.task_id}",
+                "prefect.resource.name": outcome.task_id,
+                "toka.agent": outcome.agent,
+            },
+            payload=task_figures(outcome),
+        )
 
     def agent_finished(self, agent: PlannedAgent, status: str, message: str) -> None:
         emit_event(
@@ -226,6 +242,9 @@ class RunReport:
                 "duration": "-" if outcome.duration is None else f"{outcome.duration:.2f}s",
                 "peak memory": format_bytes(outcome.peak_memory),
                 "cpu time": "-" if outcome.cpu_seconds is None else f"{outcome.cpu_seconds:.3f}s",
+                "peak pids": "-" if outcome.peak_pids is None else str(outcome.peak_pids),
+                "stdout / stderr": _pair(outcome.stdout_bytes, outcome.stderr_bytes),
+                "workspace written": format_bytes(outcome.disk_written),
                 **(llm_columns(outcome) if with_llm else {}),
                 "message": outcome.message,
             }
@@ -247,6 +266,42 @@ class RunReport:
                 )
         except Exception as exc:  # the API failed us; the run's result stands
             logger.error("could not write the run's summary artifact: %s", exc)
+
+
+TASK_EVENTS = ("completed", "failed", "cancelled")
+"""Task statuses that emit a `toka.task.<status>` event: those of tasks that ran."""
+
+TASK_FIGURES = (
+    "status",
+    "message",
+    "exit_code",
+    "duration",
+    "peak_memory",
+    "cpu_seconds",
+    "peak_pids",
+    "stdout_bytes",
+    "stderr_bytes",
+    "disk_written",
+    "output_truncated",
+    "image",
+    "image_digest",
+    "steps",
+    "input_tokens",
+    "output_tokens",
+    "model_seconds",
+    "cost",
+)
+"""What a task event's payload carries: bytes, seconds and counts as plain numbers."""
+
+
+def task_figures(outcome: TaskOutcome) -> dict[str, Any]:
+    return {name: getattr(outcome, name) for name in TASK_FIGURES}
+
+
+def _pair(first: int | None, second: int | None) -> str:
+    if first is None and second is None:
+        return "-"
+    return f"{format_bytes(first)} / {format_bytes(second)}"
 
 
 def llm_columns(outcome: TaskOutcome) -> dict[str, str]:

@@ -31,6 +31,9 @@ _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 _TIME_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _TIME = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
 
+DEFAULT_WORKSPACE_LIMIT = 1024**3
+"""Bytes a run's workspace may hold unless `limits.workspace` says otherwise (1GB)."""
+
 _CPU_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _CPU_CORES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*cores?\s*$", re.IGNORECASE)
 _CPU_NUMBER = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$")

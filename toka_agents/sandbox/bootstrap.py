@@ -4,31 +4,40 @@ It reads one JSON header line and then the code from stdin, runs the code as a c
 process with the header's `env` added to its environment (the task's variables never enter
 the container's configuration, where `docker inspect` would show them), passes its stdout
 and stderr through up to a byte cap (counting what it cuts), and finally writes one result
-line to stderr: a NUL, `<marker> {json}`, with the exit status, the cgroup's peak memory,
-the child's CPU time, the byte counts, and whether the kernel killed anything for memory.
-The host strips that line. The host kills the container at the time limit; should the host
-die first, the header's `deadline` (seconds) ends the container a little later. That
-deadline counts from the header's arrival, so a container started ahead of demand (the warm
-pool) gives its task the whole limit. Such a container waits for its header at most
+line to stderr: a NUL, `<marker> {json}`, with the exit status and what the code used, read
+from the container's cgroup (v1 or v2) and the kernel: peak memory, CPU time, peak pids and
+forks the pids limit refused, OOM kills, bytes the code wrote to disk (the workspace is the
+only disk it can write to), the byte counts of its output before any cut, and whether /tmp
+or the workspace was full. The host strips that line.
+
+At the header's `timeout` (seconds) the supervisor kills every process of the code and
+reports, so a timed-out task is measured too; the host kills the container a little later
+should the supervisor not manage, and should the host die first, the header's `deadline`
+ends the container. Both count from the header's arrival, so a container started ahead of
+demand (the warm pool) gives its task the whole limit. Such a container waits for its header at most
 `argv[1]` seconds (when given), and one whose attach socket closes without a header (its
 host went away) ends quietly. It uses only the standard library and must run on any Python
 3.8+ in any image; it is never imported by toka-agents itself.
 
 The code's result is its main process's, as with `docker run`: when that process exits,
 the supervisor passes on what it left in the pipes (without waiting for processes it left
-running, which may hold them open), reports, and exits; as PID 1 its exit ends them all.
+running, which may hold them open), kills and reaps those (their disk writes then count),
+reports, and exits.
 
-The supervisor runs as root with only CAP_SETUID and CAP_SETGID; the code runs as the
-header's `user` with no capabilities. Being another user, the code can neither read this
-process's memory (and forge the report) nor write to its file descriptors (and pass the cap).
+The supervisor runs as root with only CAP_SETUID, CAP_SETGID (to start the code as another
+user) and CAP_KILL (to end it); the code runs as the header's `user` with no capabilities.
+Being another user, the code can neither read this process's memory (and forge the report)
+nor write to its file descriptors (and pass the cap).
 """
 
+import contextlib
 import fcntl
 import json
 import os
 import resource
 import select
 import selectors
+import signal
 import struct
 import subprocess
 import sys
@@ -50,23 +59,98 @@ def read_first(paths):
     return None
 
 
-def peak_memory():
-    text = read_first(
-        [
-            "/sys/fs/cgroup/memory/memory.max_usage_in_bytes",  # cgroup v1
-            "/sys/fs/cgroup/memory.peak",  # cgroup v2, Linux 5.19+
-        ]
-    )
+def number(paths):
+    text = read_first(paths)
     return int(text) if text and text.strip().isdigit() else None
 
 
-def oom_kills():
-    text = read_first(["/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events"])
-    for line in (text or "").splitlines():
+def field(paths, name):
+    """The value of `name` in a flat-keyed cgroup file (`key value` per line)."""
+    for line in (read_first(paths) or "").splitlines():
         key, _, value = line.partition(" ")
-        if key == "oom_kill" and value.strip().isdigit():
+        if key == name and value.strip().isdigit():
             return int(value)
     return None
+
+
+def peak_memory():
+    # cgroup v1, then v2 (Linux 5.19+)
+    return number(["/sys/fs/cgroup/memory/memory.max_usage_in_bytes", "/sys/fs/cgroup/memory.peak"])
+
+
+def oom_kills():
+    return field(
+        ["/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events"], "oom_kill"
+    )
+
+
+def peak_pids():
+    return number(["/sys/fs/cgroup/pids/pids.peak", "/sys/fs/cgroup/pids.peak"])
+
+
+def refused_forks():
+    """Forks and clones the pids limit refused (the `max` count of pids.events)."""
+    return field(["/sys/fs/cgroup/pids/pids.events", "/sys/fs/cgroup/pids.events"], "max")
+
+
+def cpu_nanoseconds():
+    v1 = number(["/sys/fs/cgroup/cpuacct/cpuacct.usage", "/sys/fs/cgroup/cpu,cpuacct/cpuacct.usage"])
+    if v1 is not None:
+        return v1
+    usec = field(["/sys/fs/cgroup/cpu.stat"], "usage_usec")
+    return usec * 1000 if usec is not None else None
+
+
+def disk_written():
+    """Bytes this process and the children it reaped wrote to disk (page-cache writes to a
+    block device count; tmpfs and pipes do not)."""
+    return field_colon("/proc/self/io", "write_bytes")
+
+
+def field_colon(path, name):
+    for line in (read_first([path]) or "").splitlines():
+        key, _, value = line.partition(":")
+        if key == name and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+FULL_MARGIN = 1024 * 1024
+"""Bytes free below which a file system counts as full: a write that failed for lack of room
+leaves at most a few blocks."""
+
+
+def is_full(path):
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize < FULL_MARGIN
+
+
+def since(now, before):
+    return None if now is None or before is None else now - before
+
+
+def kill_and_reap(child, bound=5.0):
+    """Kill every other process of the container (the code's and any it left behind) and reap
+    them, so their CPU and disk writes are in this process's counts."""
+    end = time.monotonic() + bound
+    while time.monotonic() < end:
+        with contextlib.suppress(OSError):
+            os.kill(-1, signal.SIGKILL)  # as PID 1: every process of the container but this one
+        try:
+            while True:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+                if pid == 0:
+                    break
+                if pid == child.pid:
+                    child.returncode = (
+                        -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+                    )
+        except ChildProcessError:
+            return
+        time.sleep(0.01)
 
 
 def give_up():
@@ -178,7 +262,15 @@ def main():
         return 0  # nobody came for this container: nothing ran, nothing to report
     code = stdin.read()
     cap = int(header["output_limit"])
-    deadline = time.monotonic() + float(header["deadline"]) if header.get("deadline") else None
+    arrived = time.monotonic()
+    deadline = arrived + float(header["deadline"]) if header.get("deadline") else None
+    time_limit = arrived + float(header["timeout"]) if header.get("timeout") else None
+    before = {
+        "cpu": cpu_nanoseconds(),
+        "forks": refused_forks(),
+        "oom": oom_kills(),
+        "disk": disk_written(),
+    }
 
     os.makedirs("/tmp/toka", mode=0o755, exist_ok=True)
     if header["language"] == "python":
@@ -198,8 +290,16 @@ def main():
     exited = exit_signal(child)
     if exited is not None:
         selector.register(exited, selectors.EVENT_READ)
+    timed_out = False
     while child.poll() is None:
         timeout = remaining(deadline)
+        if time_limit is not None:
+            left = time_limit - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                kill_and_reap(child)
+                break
+            timeout = left if timeout is None else min(timeout, left)
         if exited is None:
             timeout = POLL if timeout is None else min(timeout, POLL)
         for key, _ in selector.select(timeout):
@@ -214,18 +314,26 @@ def main():
     for fd in pipes:
         output.drain(fd)
     status = child.returncode
+    kill_and_reap(child)  # what the code left running; as PID 1 its exit would end them anyway
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = since(cpu_nanoseconds(), before["cpu"])
 
     result = {
         "exit_code": status if status >= 0 else 128 - status,
         "signal": -status if status < 0 else None,
+        "timed_out": timed_out,
         "peak_memory": peak_memory() or usage.ru_maxrss * 1024,
-        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 6),
+        "cpu_seconds": round(cpu / 1e9 if cpu is not None else usage.ru_utime + usage.ru_stime, 6),
+        "peak_pids": peak_pids(),
+        "refused_forks": since(refused_forks(), before["forks"]),
+        "disk_written": since(disk_written(), before["disk"]),
         "stdout_bytes": output.total["stdout"],
         "stderr_bytes": output.total["stderr"],
         "stdout_tail": output.tails["stdout"].decode("utf-8", "replace"),
         "stderr_tail": output.tails["stderr"].decode("utf-8", "replace"),
-        "oom_kills": oom_kills(),
+        "oom_kills": since(oom_kills(), before["oom"]),
+        "tmp_full": is_full("/tmp"),
+        "workspace_full": is_full("/workspace") if os.path.ismount("/workspace") else None,
     }
     line = "\0" + header["marker"] + " " + json.dumps(result) + "\n"
     sys.stderr.buffer.write(line.encode())

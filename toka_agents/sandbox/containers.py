@@ -11,6 +11,10 @@ With a `pool_size`, containers are started ahead of demand (`pool.WarmPool`, one
 creation setting) and a call claims one whose supervisor already waits for its code; it is
 still single-use, destroyed after its one task. An empty pool never makes a task wait: it
 starts a container of its own, as without a pool.
+
+A spec with a `workspace_limit` gets its workspace on a disk of that size (`disk`), mounted
+before the first container that mounts the workspace and released when the sandbox removes
+its leftovers at the run's end.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -35,6 +40,7 @@ from docker.utils.socket import frames_iter
 from requests.exceptions import RequestException
 
 from toka_agents.errors import SandboxError
+from toka_agents.sandbox.disk import WorkspaceDisk, release_orphaned
 from toka_agents.sandbox.output import Capture, Captured, OutputCallback
 from toka_agents.sandbox.owners import LABEL_OWNER, current_owner, is_orphaned
 from toka_agents.sandbox.pool import PoolKey, WarmPool, pool_key
@@ -45,11 +51,15 @@ BOOTSTRAP = resources.files("toka_agents.sandbox").joinpath("bootstrap.py").read
 SUPERVISOR_USER = "0:0"
 """The supervisor (PID 1) runs as another user than the code, so the code cannot reach its
 memory or file descriptors (and through them the output cap and the report)."""
-SUPERVISOR_CAPABILITIES = ["SETUID", "SETGID"]
-"""All the supervisor keeps of root: enough to start the code as `SandboxSpec.user`. No
-other capability (not even reading files it does not own), and the code has none at all."""
+SUPERVISOR_CAPABILITIES = ["SETUID", "SETGID", "KILL"]
+"""All the supervisor keeps of root: enough to start the code as `SandboxSpec.user` and to
+kill it at its time limit (and what it leaves running, at its end). No other capability (not
+even reading files it does not own), and the code has none at all."""
 _STREAMS = {1: "stdout", 2: "stderr"}
 _ENGINE_ERRORS = (DockerException, RequestException, OSError)
+HOST_GRACE = 2.0
+"""Seconds past the time limit after which this process kills the container, in case the
+supervisor (which kills the code at the limit and reports what it used) could not."""
 DEADLINE_GRACE = 5.0
 """Seconds past the time limit after which the supervisor ends the container itself, in
 case this process died before its timer could kill it."""
@@ -102,6 +112,8 @@ class Sandbox:
         self._lock = threading.Condition()
         self._cancelled = threading.Event()
         self._pools: dict[PoolKey, WarmPool[Warm]] = {}
+        self._disks: dict[Path, WorkspaceDisk | None] = {}
+        self._image_ids: dict[str, str] = {}
 
     @property
     def cancelled(self) -> bool:
@@ -118,6 +130,7 @@ class Sandbox:
         return how it ended. Raises `SandboxError`, with one line naming the container, when
         the engine fails it (no image, engine gone, container removed under it): no engine
         error escapes as anything else."""
+        spec = self._with_disk(spec)
         claimed = self._claim(spec)
         if claimed is not None:
             pool, warm = claimed
@@ -167,8 +180,58 @@ class Sandbox:
         self.remove_leftovers()
 
     def remove_leftovers(self) -> int:
-        """Remove every container carrying this sandbox's labels; return how many there were."""
-        return remove_labeled(self.client, self.labels)
+        """Remove every container carrying this sandbox's labels, then release the workspace
+        disks it mounted (their files stay, in plain directories); return how many containers
+        there were."""
+        try:
+            return remove_labeled(self.client, self.labels)
+        finally:
+            self.release_disks()
+
+    def release_disks(self) -> None:
+        """Release the workspace disks this sandbox mounted (see `disk.WorkspaceDisk.release`)."""
+        with self._lock:
+            disks = [disk for disk in self._disks.values() if disk is not None]
+            self._disks.clear()
+        for disk in disks:
+            disk.release()
+
+    def _with_disk(self, spec: SandboxSpec) -> SandboxSpec:
+        """`spec`, its workspace on a disk of its `workspace_limit` (mounted for the first spec
+        of that workspace); without the limit where no disk could be mounted (a warning said
+        why), so that its result claims none."""
+        if spec.workspace is None or spec.workspace_limit is None:
+            return spec
+        with self._lock:
+            if spec.workspace not in self._disks:
+                self._disks[spec.workspace] = WorkspaceDisk.attach(spec.workspace, spec.workspace_limit)
+            disk = self._disks[spec.workspace]
+        size = disk.size if disk is not None else None
+        return (
+            spec if size == spec.workspace_limit else spec.model_copy(update={"workspace_limit": size})
+        )
+
+    def _image_id(self, name: str) -> str:
+        """The id of the image `name` names now, looked up once per sandbox: the container is
+        created from the id, so the id recorded is the one that ran."""
+        with self._lock:
+            known = self._image_ids.get(name)
+        if known is not None:
+            return known
+        try:
+            found = self.client.api.inspect_image(name)["Id"]
+        except ImageNotFound as exc:
+            raise SandboxError(
+                f"sandbox image {name!r} is not on the Docker engine: build it with "
+                "`toka sandbox build` (scripts/setup does), or set `image:` to one you have"
+            ) from exc
+        except _ENGINE_ERRORS as exc:
+            raise SandboxError(
+                f"the Docker engine could not look up image {name!r}: {engine_said(exc)}"
+            ) from exc
+        with self._lock:
+            self._image_ids[name] = found
+        return found
 
     def warm_containers(self) -> int:
         """Containers waiting in this sandbox's pools now."""
@@ -257,9 +320,10 @@ class Sandbox:
         else:
             labels = {**self.labels, **spec.labels}
             name = f"{spec.name}-{secrets.token_hex(4)}" if spec.name else None
+        image = self._image_id(spec.image)
         try:
             created = self.client.api.create_container(
-                spec.image,
+                image,
                 command=["python3", "-c", BOOTSTRAP, str(IDLE_LIMIT)],
                 user=SUPERVISOR_USER,
                 stdin_open=True,  # with detach=False the SDK also sets StdinOnce
@@ -323,6 +387,7 @@ class Sandbox:
             "marker": marker,
             "user": spec.user,
             "cwd": "/workspace" if spec.workspace else "/tmp",
+            "timeout": spec.timeout,
             "deadline": spec.timeout + DEADLINE_GRACE,
             "env": spec.env,
         }
@@ -334,7 +399,7 @@ class Sandbox:
             timed_out.set()
             _kill(self.client, container.id)
 
-        timer = threading.Timer(spec.timeout, on_deadline)
+        timer = threading.Timer(spec.timeout + HOST_GRACE, on_deadline)
         timer.daemon = True
         try:
             if not warm:
@@ -366,16 +431,19 @@ class Sandbox:
                 state = api.inspect_container(container.id)["State"]
         if state.get("Status") in ("removing", "dead") and not (timed_out.is_set() or self.cancelled):
             raise SandboxError(f"container {container} was removed while its task ran")
+        output = capture.finish()
+        killed_at_limit = timed_out.is_set() or bool(output.report and output.report.timed_out)
         return _result(
             spec,
             container.id,
-            capture.finish(),
+            output,
             status=status.get("StatusCode"),
             oom_killed=bool(state.get("OOMKilled")),
-            timed_out=timed_out.is_set(),
-            cancelled=self.cancelled and not timed_out.is_set(),
-            duration=min(duration, spec.timeout) if timed_out.is_set() else duration,
+            timed_out=killed_at_limit,
+            cancelled=self.cancelled and not killed_at_limit,
+            duration=min(duration, spec.timeout) if killed_at_limit else duration,
             warm=warm,
+            image_digest=self._image_ids.get(spec.image),
         )
 
 
@@ -454,6 +522,7 @@ def _result(
     cancelled: bool,
     duration: float,
     warm: bool,
+    image_digest: str | None = None,
 ) -> SandboxResult:
     report = output.report
     stderr_text = output.stderr.decode("utf-8", "replace")
@@ -471,6 +540,11 @@ def _result(
         stderr_tail=output.stderr_tail.decode("utf-8", "replace"),
         peak_memory=report.peak_memory if report else None,
         cpu_seconds=report.cpu_seconds if report else None,
+        peak_pids=report.peak_pids if report else None,
+        refused_forks=report.refused_forks if report else None,
+        disk_written=report.disk_written if report else None,
+        tmp_full=bool(report and report.tmp_full),
+        workspace_full=bool(report and report.workspace_full),
         oom_killed=oom_killed or bool(report and report.oom_kills),
         error=error,
         output_limit=spec.output_limit,
@@ -479,6 +553,11 @@ def _result(
         cancelled=cancelled,
         timeout=spec.timeout,
         memory_limit=spec.memory,
+        pids_limit=spec.pids,
+        tmp_size=spec.tmp_size,
+        workspace_limit=spec.workspace_limit,
+        image=spec.image,
+        image_digest=image_digest,
         container_id=container_id,
         warm=warm,
     )
@@ -550,13 +629,14 @@ def list_labeled(client: docker.DockerClient, labels: dict[str, str]) -> list[st
 
 def remove_orphans(client: docker.DockerClient, labels: dict[str, str] | None = None) -> list[str]:
     """Remove the containers of toka-agents processes on this host that were killed before
-    they could clean up (see `owners`), only those carrying `labels` too when given; return
-    the ids removed. Never raises: what cannot be removed now is tried again by the next run."""
+    they could clean up (see `owners`), only those carrying `labels` too when given, then
+    release the workspace disks such processes left mounted; return the container ids
+    removed. Never raises: what cannot be removed now is tried again by the next run."""
     wanted = [f"{LABEL_MANAGED}=1", *(f"{key}={value}" for key, value in (labels or {}).items())]
     try:
         found = client.api.containers(all=True, filters={"label": wanted})
     except _ENGINE_ERRORS:
-        return []
+        found = []
     removed = []
     for container in found:
         owner = (container.get("Labels") or {}).get(LABEL_OWNER)
@@ -564,4 +644,5 @@ def remove_orphans(client: docker.DockerClient, labels: dict[str, str] | None = 
             with contextlib.suppress(SandboxError):
                 remove(client, container["Id"])
                 removed.append(container["Id"])
+    release_orphaned()
     return removed

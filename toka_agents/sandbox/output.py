@@ -32,13 +32,22 @@ class SupervisorReport(BaseModel):
 
     exit_code: int
     signal: int | None = None
+    timed_out: bool = False
+    """The supervisor killed the code at the header's `timeout`."""
     peak_memory: int | None = None
     cpu_seconds: float | None = None
+    peak_pids: int | None = None
+    refused_forks: int | None = None
+    """Forks the pids limit refused while the code ran."""
+    disk_written: int | None = None
+    """Bytes the code wrote to disk: to the workspace, the only disk it can write to."""
     stdout_bytes: int
     stderr_bytes: int
     stdout_tail: str = ""
     stderr_tail: str = ""
     oom_kills: int | None = None
+    tmp_full: bool | None = None
+    workspace_full: bool | None = None
 
 
 class CappedBuffer:

@@ -28,6 +28,12 @@ class SandboxSpec(BaseModel):
     network: str | None = Field(None, description="Docker network to join; None: no network at all.")
     workspace: Path | None = None
     workspace_writable: bool = False
+    workspace_limit: int | None = Field(
+        None,
+        gt=0,
+        description="Bytes the run's workspace may hold: its own file system of this size is "
+        "mounted on it (see `disk`). None: no limit.",
+    )
     env: dict[str, str] = {}
     labels: dict[str, str] = {}
     name: str | None = Field(None, description="Container name prefix, for people reading `docker ps`.")
@@ -41,24 +47,39 @@ class SandboxSpec(BaseModel):
 
 
 class SandboxResult(BaseModel):
-    """How the code ended, what it printed, and what it used."""
+    """How the code ended, what it printed, and what it used (measured in the container: its
+    cgroup and the kernel's counts, never estimated)."""
 
     exit_code: int | None
     stdout: str = ""
     stderr: str = ""
-    stdout_bytes: int = 0
-    stderr_bytes: int = 0
+    stdout_bytes: int = Field(0, description="Bytes the code wrote to stdout, before any cut.")
+    stderr_bytes: int = Field(0, description="Bytes the code wrote to stderr, before any cut.")
     output_limit: int = 0
     stdout_tail: str = ""
     stderr_tail: str = ""
-    duration: float = 0.0
-    peak_memory: int | None = None
-    cpu_seconds: float | None = None
+    duration: float = Field(0.0, description="Wall-clock seconds from the code's start to its end.")
+    peak_memory: int | None = Field(None, description="The container's peak memory, bytes.")
+    cpu_seconds: float | None = Field(None, description="CPU time of every process of the task.")
+    peak_pids: int | None = Field(
+        None, description="Most processes and threads at once, the supervisor's included."
+    )
+    refused_forks: int | None = Field(None, description="Forks the pids limit refused.")
+    disk_written: int | None = Field(
+        None, description="Bytes written to the workspace (the only disk it can write)."
+    )
+    tmp_full: bool = False
+    workspace_full: bool = False
     timed_out: bool = False
     oom_killed: bool = False
     cancelled: bool = False
     timeout: float = 0.0
     memory_limit: int = 0
+    pids_limit: int = 0
+    tmp_size: int = 0
+    workspace_limit: int | None = None
+    image: str = ""
+    image_digest: str | None = Field(None, description="The image's id (`sha256:...`) the code ran in.")
     container_id: str = ""
     warm: bool = Field(False, description="It ran in a container of the warm pool, started ahead of it.")
     error: str | None = Field(None, description="Why the sandbox itself could not report.")
@@ -72,8 +93,34 @@ class SandboxResult(BaseModel):
         return self.stderr_bytes > self.output_limit
 
     @property
+    def pids_limit_hit(self) -> bool:
+        return bool(self.refused_forks)
+
+    @property
     def ok(self) -> bool:
         return self.failure is None
+
+    @property
+    def causes(self) -> list[str]:
+        """What got in the code's way, each as measured: the pids limit, a full /tmp or
+        workspace, output cut at the cap. A full file system is named only for a failed run,
+        since the workspace is shared and a neighbour may have filled it."""
+        failed = self.exit_code != 0
+        found = []
+        if self.pids_limit_hit:
+            found.append(f"pids limit {self.pids_limit} hit: {self.refused_forks} fork(s) refused")
+        if failed and self.tmp_full:
+            found.append(f"/tmp full ({format_bytes(self.tmp_size)})")
+        if failed and self.workspace_full:
+            size = f" ({format_bytes(self.workspace_limit)})" if self.workspace_limit else ""
+            found.append(f"workspace full{size}")
+        for name, size, truncated in (
+            ("stdout", self.stdout_bytes, self.stdout_truncated),
+            ("stderr", self.stderr_bytes, self.stderr_truncated),
+        ):
+            if truncated:
+                found.append(f"{name} cut at {format_bytes(self.output_limit)} of {format_bytes(size)}")
+        return found
 
     @property
     def failure(self) -> str | None:
@@ -88,7 +135,9 @@ class SandboxResult(BaseModel):
             return self.error
         if self.exit_code != 0:
             last = last_line(self.stderr_tail) or last_line(self.stdout_tail)
-            return f"exit code {self.exit_code}: {last}" if last else f"exit code {self.exit_code}"
+            ended = f"exit code {self.exit_code}: {last}" if last else f"exit code {self.exit_code}"
+            full = [cause for cause in self.causes if "full" in cause]
+            return f"{'; '.join(full)}: {ended}" if full else ended
         return None
 
 
