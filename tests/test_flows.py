@@ -319,6 +319,7 @@ def test_unreachable_docker_engine_fails_every_task_with_the_reason(
     tmp_path, workspace_root, monkeypatch
 ):
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/absent.sock")
+    monkeypatch.setenv("TOKA_WORKSPACE", "bind")  # a volume would need the engine before any task
     path = config(
         tmp_path,
         """
@@ -337,13 +338,13 @@ def test_unreachable_docker_engine_fails_every_task_with_the_reason(
     )
     result = run(path, workspace_root=workspace_root)
     assert result.state.is_failed()
-    reason = f"sandbox error: cannot reach the Docker engine at unix://{tmp_path}/absent.sock: "
+    reason = f"Docker engine not reachable at unix://{tmp_path}/absent.sock: no engine is listening"
     outcomes = {o.task_id: o for o in result.outcomes}
     assert list(outcomes) == ["one/work", "two/first", "two/second", "after/use"]
     # Every task that ran failed with the reason; every other one names it.
     for ran in ("one/work", "two/first"):
         assert outcomes[ran].status == "failed", outcomes[ran]
-        assert outcomes[ran].message.startswith(reason), outcomes[ran].message
+        assert outcomes[ran].message.startswith("sandbox error: ") and reason in outcomes[ran].message
     first_error = outcomes["two/first"].message
     assert (outcomes["two/second"].status, outcomes["two/second"].message) == (
         "skipped",
@@ -355,7 +356,7 @@ def test_unreachable_docker_engine_fails_every_task_with_the_reason(
     )
     states = {name: task_run.state for name, task_run in task_runs(result.flow_run_id).items()}
     assert states["one/work"].is_failed() and states["two/first"].is_failed()
-    assert states["one/work"].message.startswith(reason)
+    assert reason in states["one/work"].message
     assert states["two/second"].name == states["after/use"].name == "Skipped"
 
 
