@@ -1,18 +1,21 @@
 """Shared test fixtures: a real Prefect server, the real Docker engine, and leak checks.
 
-Nothing here is mocked. Flow tests run against a `prefect server start` process that the
-session starts on 127.0.0.1; sandbox tests run containers on the local Docker engine and
+Nothing here is mocked. Flow tests run against a `prefect server start` process (with its UI)
+that the session starts on 127.0.0.1; sandbox tests run containers on the local Docker engine and
 fail (never skip) when it is missing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,42 +44,136 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def prefect_api() -> Iterator[str]:
-    """A real Prefect server for the whole session; its API URL is set for this process."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
+def start_prefect_server(
+    log_path: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """`prefect server start` on a free port of 127.0.0.1, its UI pointed at its own API;
+    returns the process (in a session of its own) and the API URL once `/health` answers."""
     port = _free_port()
-    log = open(Path(_PREFECT_HOME) / "server.log", "w")
+    url = f"http://127.0.0.1:{port}/api"
+    log = open(log_path, "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PREFECT_UI_ENABLED": "false"},
+        env={**os.environ, "PREFECT_UI_API_URL": url, **(env or {})},
+        start_new_session=True,
     )
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 90
+    log.close()
+    deadline = time.monotonic() + 120
     while True:
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
+                return server, url
         except httpx.HTTPError:
             pass
         if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise RuntimeError(f"prefect server did not start: {Path(log.name).read_text()[-2000:]}")
+            stop_process_group(server)
+            raise RuntimeError(f"prefect server did not start: {log_path.read_text()[-2000:]}")
         time.sleep(0.3)
+
+
+def stop_process_group(process: subprocess.Popen, grace: float = 20) -> None:
+    """SIGTERM the process group that `process` leads, then SIGKILL it after `grace` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # what the leader left behind in its group
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """A real Prefect server (with its UI) for the whole session; its API URL is set for this
+    process."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server, url = start_prefect_server(Path(_PREFECT_HOME) / "server.log")
     try:
         with temporary_settings(updates={PREFECT_API_URL: url}):
             yield url
             _drain_prefect_workers()
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        stop_process_group(server)
+
+
+class BackgroundProcesses:
+    """Long-running processes a test starts (Prefect workers, servers), ended at teardown with
+    every process they started.
+
+    Prefect's process worker starts each flow run in a new session of its own, so killing a
+    worker's process group leaves its flow runs running (a stopped worker's orphaned
+    `prefect.engine` processes once grew to 13 GB). Every process started here carries a marker
+    in its environment, which its children inherit; `stop_all` kills whatever still carries it.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.marker = f"toka-test-{uuid.uuid4().hex}"
+        self.processes: list[subprocess.Popen] = []
+
+    def start(
+        self, name: str, args: list[str], env: dict[str, str] | None = None, cwd: Path = REPO
+    ) -> subprocess.Popen:
+        with open(self.log_dir / f"{name}.log", "w") as log:
+            process = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env={**os.environ, **(env or {}), _MARKER: self.marker},
+                start_new_session=True,
+            )
+        self.processes.append(process)
+        return process
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text()
+
+    def marked_pids(self) -> list[int]:
+        """Live processes that carry this family's marker (its members and all they started)."""
+        needle = f"{_MARKER}={self.marker}".encode()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue  # gone meanwhile, or not ours to read
+            if needle in environ.split(b"\0"):
+                pids.append(int(entry.name))
+        return pids
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            stop_process_group(process, grace=10)
+        deadline = time.monotonic() + 15
+        while (left := self.marked_pids()) and time.monotonic() < deadline:
+            for pid in left:
+                for kill in (os.killpg, os.kill):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
+        assert not self.marked_pids(), f"processes outlived their test: {self.marked_pids()}"
+
+
+_MARKER = "TOKA_TEST_PROCESS_FAMILY"
+
+
+@pytest.fixture
+def background(tmp_path: Path) -> Iterator[BackgroundProcesses]:
+    """Start long-running processes; all of them, and all they started, end at teardown."""
+    family = BackgroundProcesses(tmp_path)
+    try:
+        yield family
+    finally:
+        family.stop_all()
 
 
 def _drain_prefect_workers() -> None:
