@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 from uuid import UUID
@@ -14,6 +18,7 @@ from cyclopts import Parameter, validators
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from toka_agents import __version__, graphs, planning
 from toka_agents.api import RunResult, run_plan
@@ -25,12 +30,12 @@ from toka_agents.planning import Validation
 from toka_agents.reporting import llm_columns
 from toka_agents.sandbox import (
     LABEL_MANAGED,
-    build_image,
     connect,
     image_status,
     remove_labeled,
     remove_orphans,
 )
+from toka_agents.sandbox.images import build_images
 
 app = cyclopts.App(
     name="toka",
@@ -38,6 +43,7 @@ app = cyclopts.App(
     "agent code runs in Docker sandboxes.",
     version=__version__,
     suppress_keyboard_interrupt=False,  # `main` says "interrupted" and exits 130
+    error_formatter=lambda error: Text(f"error: {' '.join(str(error).split())}"),  # one line
 )
 sandbox_app = cyclopts.App(name="sandbox", help="The Docker sandbox: its image and its containers.")
 app.command(sandbox_app)
@@ -45,6 +51,12 @@ runtime_app = cyclopts.App(
     name="runtime", help="Run code in a sandbox directly, without an orchestration."
 )
 app.command(runtime_app)
+agent_app = cyclopts.App(
+    name="agent",
+    help="The agents of configs on Prefect's server: list them with their latest states, "
+    "spawn one, monitor a run live, stop a run.",
+)
+app.command(agent_app)
 
 workspace_app = cyclopts.App(
     name="workspace",
@@ -89,6 +101,14 @@ AllowUnsandboxed = Annotated[
     bool,
     Parameter(
         negative="", help="Let agents that set `security.sandbox: false` run (in a relaxed sandbox)."
+    ),
+]
+WatchFlag = Annotated[
+    bool,
+    Parameter(
+        negative="",
+        help="Draw the run live from Prefect's records (a bar per agent, its current task, "
+        "failures as they happen) instead of log lines.",
     ),
 ]
 
@@ -192,6 +212,7 @@ def orchestrate(
     dry_run: Annotated[
         bool, Parameter(negative="", help="Walk the DAG without running any code.")
     ] = False,
+    watch: WatchFlag = False,
     max_concurrent_agents: Annotated[
         int | None,
         Parameter(help="Overrides the config's bound (at least 1).", validator=validators.Number(gte=1)),
@@ -214,9 +235,21 @@ def orchestrate(
         str | None,
         Parameter(help="The provider's API root for this run, e.g. http://localhost:11434/v1."),
     ] = None,
+    resume: Annotated[
+        str | None,
+        Parameter(
+            help="Run this failed or cancelled flow run of the config again, by its id: tasks and "
+            "model calls that completed are not run again, and its workspace is reused."
+        ),
+    ] = None,
 ) -> int:
     """Run an orchestration as a Prefect flow run: on the server in PREFECT_API_URL, or on
-    Prefect's embedded server when none is set. Exits 1 when the run does not complete."""
+    Prefect's embedded server when none is set.
+
+    Exits 1 when the run does not complete. For example:
+
+        toka orchestrate flows/examples/quickstart.yaml --watch
+    """
     if llm_model == "" or llm_base_url == "":
         err.print("--llm-model and --llm-base-url cannot be empty", markup=False)
         return 1
@@ -232,9 +265,47 @@ def orchestrate(
     if checked.plan is None:
         _print_issues(checked.issues)
         return 1
-    result = run_plan(checked.plan, RunOptions(workspace_root=workspace_dir, dry_run=dry_run))
-    _print_run(result)
+    options = RunOptions(workspace_root=workspace_dir, dry_run=dry_run, resume=resume)
+    result = _run_watched(checked.plan, options) if watch else _run_printed(checked.plan, options)
     return 0 if result.ok else 1
+
+
+def _run_printed(planned: planning.Plan, options: RunOptions) -> RunResult:
+    result = run_plan(planned, options)
+    _print_run(result)
+    return result
+
+
+def _run_watched(planned: planning.Plan, options: RunOptions) -> RunResult:
+    """Run the plan in this process while a thread draws it live from the server."""
+    from toka_agents import watching
+
+    watch = watching.Watch(out, totals=watching.planned_tasks(planned))
+    failed: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            watch.run()
+        except Exception as exc:  # the view failed, not the run: say so, let the run go on
+            failed.append(exc)
+
+    follower = threading.Thread(target=contextvars.copy_context().run, args=(follow,), daemon=True)
+    with watching.FlowRunSpotter(watch).attached(), watching.quiet_console_logs():
+        follower.start()
+        try:
+            result = run_plan(planned, options)
+            if result.flow_run_id is not None:
+                watch.found(result.flow_run_id)
+        finally:
+            watch.stop()
+            follower.join(timeout=30)
+    if failed or watch.view is None:
+        if failed:
+            err.print(f"the live view stopped: {failed[0]}", markup=False)
+        _print_run(result)
+        return result
+    _print_where(result)
+    return result
 
 
 def _print_run(result: RunResult) -> None:
@@ -263,6 +334,10 @@ def _print_run(result: RunResult) -> None:
         cost = f", cost {sum(costs):.4f}" if costs else ""
         out.print(f"Tokens: {tokens_in} in, {tokens_out} out{cost}", markup=False)
     out.print(f"Run: {result.state.name}: {result.state.message}", markup=False)
+    _print_where(result)
+
+
+def _print_where(result: RunResult) -> None:
     if result.workspace is not None:
         out.print(f"Workspace (what the agents wrote): {result.workspace}", markup=False)
         for entry in sorted(result.workspace.iterdir()):
@@ -330,8 +405,9 @@ def build(
         bool, Parameter(negative="", help="Rebuild even when the image is current.")
     ] = False,
 ) -> int:
-    """Build the sandbox image: from a registry when one answers, otherwise offline from Debian."""
-    build_image(connect(), force=force, log=lambda line: out.print(line, markup=False))
+    """Build the sandbox images (Python and shell): from a registry when one answers, otherwise
+    offline from Debian."""
+    build_images(connect(), force=force, log=lambda line: out.print(line, markup=False))
     return 0
 
 
@@ -513,6 +589,202 @@ def deploy(
     out.print(f"Deployment {full_name}: {deployment_id}", markup=False)
     out.print(f"Start a worker:  prefect worker start --pool {work_pool}", markup=False)
     out.print(f"Run it now:      prefect deployment run {full_name}", markup=False)
+    return 0
+
+
+# --- toka agent ... ----------------------------------------------------------------------
+
+AgentName = Annotated[str, Parameter(help="The agent to run, with every agent it requires.")]
+FlowRunId = Annotated[str, Parameter(help="The flow run's id (the UI's run page shows it).")]
+
+
+@contextlib.contextmanager
+def _prefect_api() -> Iterator[None]:
+    """Prefect's client errors as one line that says which API did not answer."""
+    try:
+        yield
+    except TokaError:
+        raise
+    except Exception as exc:
+        where = PREFECT_API_URL.value() or "Prefect's embedded server"
+        text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise TokaError(f"the Prefect API at {where} failed: {text}") from None
+
+
+def _flow_run_id(text: str) -> UUID:
+    try:
+        return UUID(text.strip())
+    except ValueError:
+        raise TokaError(f"{text!r} is not a flow run id (a UUID such as 0a1b2c3d-...)") from None
+
+
+@agent_app.command(name="list")
+def agent_list(
+    *paths: ConfigPath,
+    conditions: Conditions = (),
+    optional_dependencies: OptionalDependencies = None,
+) -> int:
+    """List the agents of the configs, each with its latest task run on the Prefect server.
+
+    Latest among the runs of the config's own flow and of toka deployments. For example:
+
+        toka agent list flows/examples/quickstart.yaml
+    """
+    from toka_agents.deployments import FLOW_NAME
+    from toka_agents.watching import latest_task_runs
+
+    if not paths:
+        raise TokaError("give at least one config path")
+    checked = planning.validate(
+        paths, conditions=conditions, optional_dependencies=optional_dependencies
+    )
+    if checked.plan is None:
+        _print_issues(checked.issues)
+        return 1
+    planned = checked.plan
+    with _prefect_api():
+        latest = latest_task_runs(planned, [planned.name, FLOW_NAME])
+    table = Table("agent", "workstream", "priority", "tasks", "requires", "latest", "task", "ended")
+    colors = {"Completed": "green", "Failed": "red", "Crashed": "red", "Running": "cyan"}
+    for agent in planned.agents:
+        found = latest[agent.name]
+        when = found.task_run.end_time if found else None
+        table.add_row(
+            agent.name,
+            agent.workstream,
+            agent.priority,
+            str(len(agent.tasks)),
+            ", ".join(agent.requires) or "-",
+            f"[{colors.get(found.state_name, 'yellow')}]{found.state_name}[/]" if found else "never run",
+            found.task if found else "-",
+            when.astimezone().strftime("%Y-%m-%d %H:%M:%S") if when else "-",
+        )
+    # Piped, the table keeps one line per agent, for grep, instead of wrapping at 80 columns.
+    (out if out.is_terminal else Console(highlight=False, width=200)).print(table)
+    return 0
+
+
+@agent_app.command
+def spawn(
+    *paths: ConfigPath,
+    agent: AgentName,
+    deployment: Annotated[
+        str | None,
+        Parameter(
+            help="Run it on this deployment (`toka-orchestrate/NAME` or NAME) instead of in this "
+            "process; config paths given here replace the deployment's."
+        ),
+    ] = None,
+    watch: WatchFlag = False,
+    conditions: Conditions = (),
+    dry_run: Annotated[
+        bool, Parameter(negative="", help="Walk the DAG without running any code.")
+    ] = False,
+    workspace_dir: Annotated[
+        Path | None, Parameter(help="Where run workspaces go (in this process).")
+    ] = None,
+) -> int:
+    """Run one agent and every agent it requires, in this process or on a deployment.
+
+    Exits 1 when the run does not complete (with --deployment, only when watched). For example:
+
+        toka agent spawn flows/examples/quickstart.yaml --agent report --watch
+        toka agent spawn --deployment quickstart --agent report
+    """
+    from toka_agents.config import load
+
+    if not paths and deployment is None:
+        raise TokaError("give config paths, or --deployment NAME to use a deployment's")
+    planned = None
+    if paths:
+        planned = planning.plan(planning.select_agents(load(*paths), [agent]), conditions=conditions)
+    if deployment is None:
+        assert planned is not None
+        options = RunOptions(workspace_root=workspace_dir, dry_run=dry_run)
+        result = _run_watched(planned, options) if watch else _run_printed(planned, options)
+        return 0 if result.ok else 1
+    return _spawn_on_deployment(deployment, agent, paths, conditions, dry_run, watch, planned)
+
+
+def _spawn_on_deployment(
+    deployment: str,
+    agent: str,
+    paths: tuple[Path, ...],
+    conditions: tuple[str, ...],
+    dry_run: bool,
+    watch: bool,
+    planned: planning.Plan | None,
+) -> int:
+    from toka_agents import runs, watching
+
+    parameters: dict[str, object] = {"agents": [agent]}
+    if paths:
+        parameters["paths"] = [str(path.resolve()) for path in paths]
+    if conditions:
+        parameters["conditions"] = list(conditions)
+    if dry_run:
+        parameters["dry_run"] = True
+    with _prefect_api():
+        flow_run = runs.start_on_deployment(deployment, parameters)
+    out.print(
+        f"Flow run: {flow_run.id} ({flow_run.name}) on {runs.deployment_name(deployment)}", markup=False
+    )
+    if not watch:
+        out.print(f"Follow it: toka agent monitor {flow_run.id}", markup=False)
+        out.print(_where_to_look(str(flow_run.id)), markup=False)
+        return 0
+    totals = watching.planned_tasks(planned) if planned is not None else None
+    with _prefect_api():
+        view = watching.Watch(out, flow_run_id=flow_run.id, totals=totals).run()
+    return 0 if view is not None and view.completed else 1
+
+
+@agent_app.command
+def monitor(flow_run_id: FlowRunId, /) -> int:
+    """Draw a run live until it ends: a bar per agent, its current task, its failures.
+
+    Works for any run on the server (started from the UI, a schedule, another machine).
+    Exits 0 when the run completed, 1 otherwise. For example:
+
+        toka agent monitor 0a1b2c3d-1111-2222-3333-444455556666
+    """
+    from toka_agents import watching
+
+    run_id = _flow_run_id(flow_run_id)
+    with _prefect_api():
+        view = watching.Watch(out, flow_run_id=run_id).run()
+    return 0 if view is not None and view.completed else 1
+
+
+@agent_app.command
+def stop(flow_run_id: FlowRunId, /) -> int:
+    """Cancel a run through Prefect; its sandbox containers go with it.
+
+    Whoever runs it (this machine's `toka`, a worker) kills its containers; what the local
+    Docker engine still holds of it is removed once it has ended. Exits 0 when the run is
+    cancelled. For example:
+
+        toka agent stop 0a1b2c3d-1111-2222-3333-444455556666
+    """
+    from toka_agents import runs
+
+    run_id = _flow_run_id(flow_run_id)
+    with _prefect_api():
+        before = runs.read_flow_run(run_id)
+        if before.state is not None and before.state.is_final():
+            out.print(f"Flow run {run_id} has already ended: {before.state.name}", markup=False)
+            return 0 if runs.is_cancelled(before) else 1
+        flow_run = runs.stop(run_id)
+    state = flow_run.state.name if flow_run.state else "?"
+    removed = runs.remove_local_containers(run_id) if runs.is_cancelled(flow_run) else None
+    left = f"; removed {removed} container(s) it left" if removed else ""
+    out.print(f"Flow run {run_id}: {state}{left}", markup=False)
+    if not runs.is_cancelled(flow_run):
+        err.print(
+            f"the run is {state} and has not ended yet: whoever runs it ends it at its next look",
+            markup=False,
+        )
+        return 1
     return 0
 
 
