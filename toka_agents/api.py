@@ -16,6 +16,7 @@ from toka_agents.errors import ExecutionError
 from toka_agents.executor import TaskOutcome, llm_refusal
 from toka_agents.planning import OptionalMode, Plan, plan
 from toka_agents.reporting import RunSummary
+from toka_agents.resuming import resume_flow_run
 
 
 @dataclass
@@ -41,8 +42,12 @@ def run(
     allow_unsandboxed: bool | None = None,
     llm_overrides: LlmOverrides | None = None,
     workspace_root: Path | None = None,
+    resume: UUID | str | None = None,
 ) -> RunResult:
-    """Load, plan and run an orchestration as a Prefect flow run; raise `ConfigError` on bad config."""
+    """Load, plan and run an orchestration as a Prefect flow run; raise `ConfigError` on bad config.
+
+    `resume`: the id of a failed, cancelled or crashed run of the same config, to run again
+    under that id, its completed tasks and model calls taken from Prefect's result storage."""
     planned = plan(
         load(*paths),
         conditions=conditions,
@@ -51,16 +56,18 @@ def run(
         allow_unsandboxed=allow_unsandboxed,
         llm_overrides=llm_overrides,
     )
-    return run_plan(planned, RunOptions(workspace_root=workspace_root, dry_run=dry_run))
+    return run_plan(planned, RunOptions(workspace_root=workspace_root, dry_run=dry_run, resume=resume))
 
 
 def run_plan(planned: Plan, options: RunOptions | None = None) -> RunResult:
-    """Run a plan as a flow run; raise `ExecutionError` first if it cannot run its LLM tasks."""
+    """Run a plan as a flow run, or as a new attempt of the flow run `options.resume`; raise
+    `ExecutionError` first if it cannot run its LLM tasks or cannot resume that run."""
     chosen = options or RunOptions()
     refusal = llm_refusal(planned, dry_run=chosen.dry_run)
     if refusal is not None:
         raise ExecutionError(refusal)
-    state = compile_flow(planned, chosen)(return_state=True)
+    flow = compile_flow(planned, chosen)
+    state = flow(return_state=True) if chosen.resume is None else resume_flow_run(flow, chosen.resume)
     summary = state.result(raise_on_failure=False) if state.data is not None else None
     if not isinstance(summary, RunSummary):
         summary = RunSummary(workspace=None, outcomes=[])

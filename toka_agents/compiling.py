@@ -17,7 +17,7 @@ import math
 import queue
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +26,6 @@ from uuid import UUID
 
 from prefect import Flow, Task, get_client, get_run_logger
 from prefect.blocks.system import Secret
-from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRunResult
 from prefect.concurrency.sync import rate_limit
 from prefect.context import FlowRunContext
@@ -36,7 +35,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import allow_failure, quote
 from pydantic import SecretStr
 
-from toka_agents import executor, reporting
+from toka_agents import executor, reporting, resuming
 from toka_agents.config.models import PRIORITY_RANK, LlmSettings
 from toka_agents.errors import LlmError, SandboxError
 from toka_agents.executor import ExecutionContext, TaskOutcome
@@ -56,6 +55,8 @@ class RunOptions:
     workspace_root: Path | None = None
     dry_run: bool = False
     cancel_poll_seconds: float = 2.0
+    resume: UUID | str | None = None
+    """A failed or cancelled flow run of the same plan to run again (see `resuming`)."""
 
 
 def _after_failure_of(task_id: str, message: str | None) -> str:
@@ -70,17 +71,27 @@ def _run_agent_task(
     upstream: tuple[str, ...] = (),
     upstream_results: dict[str, TaskOutcome] | None = None,
     previous: PrefectFuture[Any] | None = None,
+    runs_after_failure: bool = False,
 ) -> State[TaskOutcome]:
+    """`previous`, the agent's task before this one, must have completed, or with
+    `runs_after_failure` (its agent's policy is `continue`) at least failed, not been cancelled."""
     add_deferred_tags()
-    if previous is not None and not previous.state.is_completed():
+    if (
+        previous is not None
+        and not previous.state.is_completed()
+        and not (runs_after_failure and previous.state.is_failed())
+    ):
         outcome = executor.skipped(planned, _after_failure_of(upstream[-1], previous.state.message))
     elif planned.kind == "llm" and not context.dry_run:
-        run = executor.run_llm_task(planned, context, upstream_results, step_runner(planned.id))
+        runner = step_runner(planned.id, resuming.task_secrets(planned, context))
+        with resuming.steps_kept_as_they_end():
+            run = executor.run_llm_task(planned, context, upstream_results, runner)
         reporting.conversation_artifact(planned, run.outcome, run.conversation)
         outcome = run.outcome
     else:
         with reporting.OutputLog(get_run_logger()) as output:
             outcome = executor.run_task(planned, context, output, upstream_results)
+    resuming.keep_only_if(outcome.status == "completed")
     return reporting.task_state(outcome)
 
 
@@ -92,20 +103,22 @@ step_task: Task[..., Any] = Task(
     _run_step,
     name="agent-step",
     task_run_name="{label}",
-    cache_policy=NO_CACHE,
-    persist_result=False,
+    cache_key_fn=resuming.step_key,  # a resumed run's completed steps come from storage
+    persist_result=True,
     retries=0,  # the gateway retries model calls itself; a tool call is the model's to repeat
     description="One step of an LLM task: a model call or a tool call.",
 )
 
 
-def step_runner(task_id: str) -> StepRunner:
+def step_runner(task_id: str, secrets: Sequence[str] = ()) -> StepRunner:
     """The agent loop's step runner: each model call and tool call a task run nested under the
     agent task's run, named like `architect/design · model 3`. A step's error reaches the loop
-    unchanged (Prefect re-raises it after recording the failed task run)."""
+    unchanged (Prefect re-raises it after recording the failed task run). Its result, `secrets`
+    redacted, is stored for a resumed run."""
 
     def run(kind: str, name: str, fn: Callable[..., Any], *args: Any) -> Any:
-        return step_task(label=f"{task_id} · {name}", fn=quote(fn), args=quote(args))
+        step = resuming.redacting(fn, secrets)
+        return step_task(label=f"{task_id} · {name}", fn=quote(step), args=quote(args))
 
     return run
 
@@ -114,7 +127,8 @@ agent_task: Task[..., State[TaskOutcome]] = Task(
     _run_agent_task,
     name="agent-task",
     task_run_name="{label}",
-    cache_policy=NO_CACHE,
+    cache_key_fn=resuming.agent_task_key,  # a resumed run does not run completed tasks again
+    persist_result=True,
     description="One task of one agent: code in a Docker sandbox, or an LLM task.",
 )
 
@@ -291,8 +305,10 @@ def compile_flow(plan: Plan, options: RunOptions | None = None) -> Flow[[], repo
 def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.RunSummary]:
     """Run a plan inside the current flow run; return the flow run's final state."""
     plan = schedule.plan
-    flow_run = FlowRunContext.get().flow_run  # type: ignore[union-attr]
-    assert flow_run is not None, "execute_plan runs inside a flow run"
+    flow_context = FlowRunContext.get()
+    assert flow_context is not None and flow_context.flow_run is not None, "runs inside a flow run"
+    flow_run = flow_context.flow_run
+    resuming.separate_attempts(flow_context, [agent_task, step_task])
     logger = get_run_logger()
     for warning in plan.warnings:
         logger.warning("%s", warning)
@@ -308,11 +324,11 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
         return reporting.refused_state(refusal)  # type: ignore[return-value]
     workspace = None
     if not options.dry_run:
-        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        name = resuming.workspace_name(plan.name, flow_run.id, options.workspace_root, datetime.now(UTC))
         try:
             workspace = create_workspace(
                 options.workspace_root,
-                f"{plan.name}-{stamp}-{flow_run.id.hex[:8]}",
+                name,
                 run_id=str(flow_run.id),
             )
         except SandboxError as exc:  # a workspace volume on an engine that failed
@@ -515,6 +531,11 @@ class Scheduler:
         self.pending = 0  # task runs submitted and not yet taken off `finished`
         self.running = 0  # agents whose status is "running"
         self.labels: dict[UUID, str] = {}  # task run id -> its task's id, for upstream names
+        flow_run = FlowRunContext.get().flow_run  # type: ignore[union-attr]
+        attempt = flow_run.run_count if flow_run is not None else 1
+        # Skipped task runs are made through the API, which answers a later attempt's request
+        # with the earlier attempt's task run of the same key.
+        self.attempt_key = "" if attempt <= 1 else f"@{attempt}"
 
     def run(self) -> list[TaskOutcome]:
         # A running agent holds two workers: its running task, and its next one waiting for it.
@@ -589,6 +610,7 @@ class Scheduler:
         instead of after a round trip through the scheduler."""
         planned = run.unsubmitted[0]
         task = agent_task if planned.retries == 0 else _with_retries(planned.retries)
+        before = run.agent.tasks[planned.index - 1] if previous is not None else None
         # Upstream task runs are final when a task is submitted, except `previous`, which
         # Prefect waits for; recording them all as inputs makes them upstream relations.
         with agent_tags(self.schedule.tags[run.agent.name]):
@@ -601,6 +623,8 @@ class Scheduler:
                     "upstream": tuple(self.labels[u] for u in upstream),
                     "upstream_results": quote(run.handed_on),
                     "previous": quote(previous),
+                    "runs_after_failure": before is not None
+                    and not run.agent.stops_after_failure_of(before),
                 },
                 wait_for=[allow_failure(previous)] if previous is not None else None,
                 dependencies={"upstream": {TaskRunResult(id=u) for u in upstream}},
@@ -624,7 +648,7 @@ class Scheduler:
             created = self.client.create_task_run(
                 agent_task,
                 self.flow_run_id,
-                dynamic_key=f"skipped:{planned.id}",
+                dynamic_key=f"skipped:{planned.id}{self.attempt_key}",
                 name=planned.id,
                 extra_tags=self.schedule.tags[run.agent.name],
                 state=reporting.task_state(outcome, with_data=False),
@@ -655,15 +679,21 @@ class Scheduler:
         """How the agent ends after `planned`, or None when its next task goes on."""
         if outcome.status == "cancelled" or self.watcher.cancelled.is_set():
             return self._cancel_unsubmitted(run)
-        if not outcome.ok:
+        agent = run.agent
+        if not outcome.ok and agent.stops_after_failure_of(planned):
             # The task submitted after this one ends Skipped by itself; the rest are skipped here.
             assert run.last is not None
             self._skip_unsubmitted(run, _after_failure_of(planned.id, outcome.message), [run.last])
             cause = f"{planned.id}: {outcome.message}"
+            if agent.on_task_failure == "continue":
+                cause = f"critical task {cause}"
             return Ending("failed", f"failed at {cause}", cause)
-        if planned.index + 1 == len(run.agent.tasks):
-            return Ending("completed", f"{len(run.agent.tasks)} tasks done")
-        return None
+        if planned.index + 1 < len(agent.tasks):
+            return None
+        ended = [self.outcomes[task.id] for task in agent.tasks]
+        done = sum(o.ok for o in ended)
+        completed, message = agent.verdict(done, sum(o.ok or o.status == "failed" for o in ended))
+        return Ending("completed", message) if completed else Ending("failed", message, message)
 
     def _outcome(self, planned: PlannedTask, future: PrefectFuture[Any]) -> TaskOutcome:
         try:

@@ -24,6 +24,7 @@ from toka_agents.config.models import (
     Agent,
     CodeSource,
     CodeTask,
+    FailurePolicy,
     LlmOverrides,
     LlmSettings,
     Orchestration,
@@ -69,6 +70,8 @@ class PlannedTask(_Frozen):
     env: dict[str, str] = {}
     retries: int = 0
     condition: str | None = None
+    priority: Priority | None = None
+    """The task's own priority: a failed `critical` task fails its agent whatever its policy."""
 
 
 class PlannedAgent(_Frozen):
@@ -80,9 +83,33 @@ class PlannedAgent(_Frozen):
     optional_requires: tuple[str, ...] = ()
     sandbox: bool = True
     llm: LlmSettings | None = None
+    on_task_failure: FailurePolicy = "stop"
+    min_success_ratio: float = 1.0
     tasks: tuple[PlannedTask, ...]
     source: str = ""
     extra: dict[str, Any] = {}
+
+    def stops_after_failure_of(self, task: PlannedTask) -> bool:
+        """Whether a failure of `task` ends this agent, its later tasks not run."""
+        return self.on_task_failure == "stop" or task.priority == "critical"
+
+    def verdict(self, done: int, attempted: int) -> tuple[bool, str]:
+        """Whether the agent completed, having done `done` of the `attempted` tasks that ran to
+        an end, and how to say so."""
+        total = len(self.tasks)
+        if done == total:
+            return True, f"{total} tasks done"
+        ratio = done / attempted if attempted else 1.0
+        threshold = f"min_success_ratio {self.min_success_ratio:g}"
+        if ratio >= self.min_success_ratio:
+            return True, f"{done} of {attempted} tasks done, meeting {threshold}"
+        return False, f"{done} of {attempted} tasks done, below {threshold}"
+
+
+TOKA_FAILURE_POLICY: tuple[FailurePolicy, float] = ("continue", 0.8)
+"""Agents loaded from Toka's specs go on after a failed task and complete when 80% are done:
+Toka's own rule."""
+NATIVE_FAILURE_POLICY: tuple[FailurePolicy, float] = ("stop", 1.0)
 
 
 class Plan(_Frozen):
@@ -500,6 +527,11 @@ def _plan_agent(
     image = agent.image or defaults.image or DEFAULT_IMAGE
     env = {**defaults.env, **agent.env}
     retries = agent.retries if "retries" in agent.model_fields_set else defaults.retries
+    native = NATIVE_FAILURE_POLICY if agent.origin.dialect == "native" else TOKA_FAILURE_POLICY
+    on_task_failure = agent.on_task_failure or orchestration.on_task_failure or native[0]
+    ratio = next(
+        r for r in (agent.min_success_ratio, orchestration.min_success_ratio, native[1]) if r is not None
+    )
     # An allowed unsandboxed agent gets the least restricted sandbox there is.
     network = capabilities.grants_network(granted) or not agent.sandbox
     tasks = []
@@ -528,6 +560,7 @@ def _plan_agent(
                 env=env,
                 retries=retries,
                 condition=task.condition,
+                priority=task.priority,
             )
         )
     return PlannedAgent(
@@ -539,6 +572,8 @@ def _plan_agent(
         optional_requires=tuple(agent.optional_requires),
         sandbox=agent.sandbox,
         llm=overrides.over(agent.llm or orchestration.llm),
+        on_task_failure=on_task_failure,
+        min_success_ratio=ratio,
         tasks=tuple(tasks),
         source=agent.origin.file,
         extra=agent.extra,

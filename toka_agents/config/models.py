@@ -33,6 +33,7 @@ from toka_agents.config.limits import (
 
 Priority = Literal["critical", "high", "medium", "low"]
 PRIORITY_RANK: dict[str, int] = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+FailurePolicy = Literal["stop", "continue"]
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 Name = Annotated[
@@ -124,6 +125,7 @@ class CodeTask(_Model):
     name: Name
     description: str = ""
     code: CodeSource
+    priority: Priority | None = Field(None, description="`critical`: its failure fails its agent.")
     limits: Limits = Limits()
     condition: str | None = Field(
         None, description="Run this task only when the run names this condition."
@@ -285,6 +287,12 @@ class Agent(_Model):
     env: dict[str, str] = {}
     retries: int = Field(0, ge=0)
     llm: LlmSettings | None = None
+    on_task_failure: FailurePolicy | None = Field(
+        None, description="What a failed task does to its agent; default: the orchestration's."
+    )
+    min_success_ratio: float | None = Field(
+        None, ge=0, le=1, description="With `continue`; default: the orchestration's."
+    )
     tasks: list[AgentTask] = Field(min_length=1)
     extra: dict[str, Any] = Field(
         {}, description="Keys of the source spec that toka-agents keeps but does not act on."
@@ -370,6 +378,20 @@ class Settings(_Model):
     )
     allow_unsandboxed: bool = False
     sandbox: SandboxSettings = SandboxSettings()
+    on_task_failure: FailurePolicy | None = Field(
+        None,
+        description="What a failed task does to its agent. `stop`: its later tasks do not run and "
+        "the agent fails. `continue`: they run, and the agent completes when the share of its "
+        "tasks done reaches `min_success_ratio`. A failed `critical` task always fails its agent. "
+        "Default: `stop`; for agents from Toka's specs, `continue`.",
+    )
+    min_success_ratio: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="With `continue`: the least share of an agent's attempted tasks that must be "
+        "done for it to complete, 0 to 1. Default: 1; for agents from Toka's specs, 0.8.",
+    )
     extra: dict[str, Any] = {}
 
 

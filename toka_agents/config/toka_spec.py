@@ -11,6 +11,9 @@ The two versions differ in shapes, all accepted here:
   and `tasks.conditional` groups that run only when a run names them (v1.0);
 - metadata: `modified`, `schema_version`, `checksum` (v1.0), kept as they are.
 
+An agent goes on after a failed task and completes when 80% of its tasks are done (Toka's rule),
+unless `spec.on_task_failure` / `spec.min_success_ratio` (or the orchestration) say otherwise.
+
 Every task is described in words, so it loads as an LLM task. Keys toka-agents does not act
 on are kept in the agent's `extra` and shown in its report. Toka's own JSON Schema is
 checked as warnings only.
@@ -35,6 +38,8 @@ from toka_agents.errors import ConfigIssue
 _SPEC_KEYS = ("metadata", "spec", "capabilities", "tasks", "dependencies", "security")
 LIMIT_KEYS = (("memory", "max_memory"), ("cpu", "max_cpu"), ("timeout", "timeout"))
 """Native limit names and the keys Toka writes them under in `resource_limits`."""
+FAILURE_POLICY_KEYS = ("on_task_failure", "min_success_ratio")
+"""Keys of the failure policy, written as in the native format; unset, Toka's own rule holds."""
 
 
 def recognises(document: dict[str, Any]) -> bool:
@@ -53,6 +58,8 @@ def read(document: dict[str, Any], path: Path, shown: str) -> Fragment:
     source.set("description", spec.get("description") or spec.get("name") or "", "spec.description")
     source.set("priority", spec.get("priority", "medium"), "spec.priority")
     source.set("workstream", metadata.get("workstream"), "metadata.workstream")
+    for key in FAILURE_POLICY_KEYS:
+        source.set(key, spec.get(key), f"spec.{key}")
     source.add_requirements(dependencies.get("required"), "dependencies.required")
     source.add_optional(dependencies.get("optional"), "dependencies.optional")
     source.add_capabilities(security.get("capabilities_required"), "security.capabilities_required")

@@ -1,6 +1,7 @@
 """Toka's orchestration TOML: `[orchestration]`, `[security]`, `[llm]` and `[[agents]]`.
 
-Its settings become the orchestration's: `max_concurrent_agents`, the default resource
+Its settings become the orchestration's: `max_concurrent_agents` and the failure policy
+(`on_task_failure`, `min_success_ratio`) of `[orchestration]`, the default resource
 limits (`[security.resource_limits]`), the LLM (`[llm]`). Each `[[agents]]` table is an agent
 whose tasks name the agents they depend on (`dependencies = [...]`); those are hoisted to
 the agent, which then requires them. Sections and keys toka-agents does not act on
@@ -16,10 +17,19 @@ from pydantic import ValidationError
 
 from toka_agents.config.loader import Fragment, issues_from_validation
 from toka_agents.config.models import LlmSettings, Origin, Settings
-from toka_agents.config.toka_spec import LIMIT_KEYS, AgentSource, build_agent
+from toka_agents.config.toka_spec import FAILURE_POLICY_KEYS, LIMIT_KEYS, AgentSource, build_agent
 from toka_agents.errors import ConfigIssue
 
-_AGENT_KEYS = ("name", "priority", "workstream", "description", "capabilities", "tasks", "security")
+_AGENT_KEYS = (
+    "name",
+    "priority",
+    "workstream",
+    "description",
+    "capabilities",
+    "tasks",
+    "security",
+    *FAILURE_POLICY_KEYS,
+)
 _LLM_KEYS = tuple(name for name in LlmSettings.model_fields if name != "options")
 """The keys of `[llm]` that are settings; any other key is kept in `options`."""
 
@@ -65,6 +75,10 @@ def _settings(document: dict[str, Any], shown: str) -> Fragment:
     if "max_concurrent_agents" in orchestration:
         fields["max_concurrent_agents"] = orchestration["max_concurrent_agents"]
         sources["max_concurrent_agents"] = "orchestration.max_concurrent_agents"
+    for key in FAILURE_POLICY_KEYS:
+        if key in orchestration:
+            fields[key] = orchestration[key]
+            sources[key] = f"orchestration.{key}"
     limits = source.mapping(security.get("resource_limits"), "security.resource_limits")
     for native, toka in LIMIT_KEYS:
         if toka in limits:
@@ -103,6 +117,8 @@ def _agent(raw: Any, index: int, shown: str, sandbox_enabled: Any) -> Fragment:
     source.set("description", raw.get("description", ""), "description")
     source.set("priority", raw.get("priority", "medium"), "priority")
     source.set("workstream", raw.get("workstream"), "workstream")
+    for key in FAILURE_POLICY_KEYS:
+        source.set(key, raw.get(key), key)
     source.add_capabilities(security.get("capabilities_required"), "security.capabilities_required")
     source.add_capabilities(capabilities.get("primary"), "capabilities.primary")
     source.add_capabilities(capabilities.get("secondary"), "capabilities.secondary")

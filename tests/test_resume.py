@@ -1,0 +1,175 @@
+"""Resuming a failed or cancelled run without paying twice: the same flow run runs again, its
+completed agent tasks come from Prefect's result storage, the model calls that completed inside
+an unfinished LLM task are answered from storage, and the first attempt's workspace is reused.
+Counted at the scripted model server, through the session's Prefect server and the real Docker
+engine.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from conftest import run_toka, write_config
+from llm_server import OPENAI_PATH, scripted_server, server_error, slow, text, tool_call
+from own_runs import flow_run_id_of, no_leftover_containers  # noqa: F401 (this module's leak check)
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.states import Cancelling
+from test_llm_runs import KEY_ENV, Background, llm_config, wait_for_requests
+
+from toka_agents import ExecutionError, run
+
+pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
+
+
+@pytest.fixture
+def api_key(monkeypatch) -> str:
+    key = f"sk-resume-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv(KEY_ENV, key)
+    return key
+
+
+AGENTS = """
+- name: maker
+  capabilities: [filesystem-write]
+  tasks: [{name: make, code: {language: shell, source: "echo made >> made.txt"}}]
+- name: scout
+  requires: [maker]
+  tasks: [{name: look, instruction: Look at made.txt.}]
+- name: writer
+  requires: [scout]
+  capabilities: [filesystem-write]
+  tasks: [{name: compute, instruction: Compute the sum of 1 to 10.}]
+- name: checker
+  requires: [writer]
+  capabilities: [filesystem-write]
+  tasks: [{name: check, code: {language: shell, source: "echo checked >> checked.txt"}}]
+"""
+
+SUM = "print(sum(range(1, 11)))"
+
+
+def agent_task_runs(flow_run_id) -> list:
+    """The flow run's agent task runs of every attempt (steps left out), oldest first."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200
+        )
+    return sorted((r for r in runs if " · " not in r.name), key=lambda r: r.created)
+
+
+def test_a_resumed_run_sends_only_the_model_calls_not_done_and_reruns_no_completed_task(
+    tmp_path, workspace_root, api_key
+):
+    name = f"resume-{uuid.uuid4().hex[:8]}"
+    script = (
+        tool_call("finish", success=True, summary="made.txt says made."),  # scout
+        tool_call("run_code", language="python", source=SUM),  # writer, model 1
+        server_error(500),  # writer, model 2: the provider fails, the first attempt with it
+        tool_call("finish", success=True, summary="The sum is 55."),  # writer, model 2 again
+    )
+    with scripted_server(*script, api_key=api_key) as server:
+        config = llm_config(tmp_path, server, AGENTS, name=name, max_retries=0)
+        first = run(config, workspace_root=workspace_root)
+        assert first.state.is_failed(), first.state
+        assert len(server.requests_to(OPENAI_PATH)) == 3
+        assert [o.status for o in first.outcomes] == ["completed", "completed", "failed", "skipped"]
+
+        second = run(config, workspace_root=workspace_root, resume=first.flow_run_id)
+        sent = server.requests_to(OPENAI_PATH)
+    assert second.ok, second.state.message
+    assert second.flow_run_id == first.flow_run_id
+    # One request more: the writer's second model call. The scout's call and the writer's
+    # first one were answered from storage; the request carries the first attempt's tool result.
+    assert len(sent) == 4
+    resent = sent[3].body["messages"]
+    assert [m["role"] for m in resent] == ["system", "user", "assistant", "tool"]
+    assert resent[3]["content"] == "exit code 0\n--- stdout ---\n55"
+    assert resent == sent[2].body["messages"]
+    assert [o.status for o in second.outcomes] == ["completed"] * 4
+    assert second.outcomes[2].summary == "The sum is 55."
+
+    # The first attempt's workspace, where the maker's line was written once and not again.
+    assert second.workspace == first.workspace
+    assert (second.workspace / "made.txt").read_text() == "made\n"
+    assert (second.workspace / "checked.txt").read_text() == "checked\n"
+
+    runs = agent_task_runs(first.flow_run_id)
+    by_attempt = [(r.name, r.state.name) for r in runs]
+    assert by_attempt == [
+        ("maker/make", "Completed"),
+        ("scout/look", "Completed"),
+        ("writer/compute", "Failed"),
+        ("checker/check", "Skipped"),
+        ("maker/make", "Cached"),
+        ("scout/look", "Cached"),
+        ("writer/compute", "Completed"),
+        ("checker/check", "Completed"),
+    ]
+
+
+def test_a_cancelled_run_resumes_from_storage_in_the_middle_of_a_model_call(
+    tmp_path, workspace_root, api_key, docker_client
+):
+    name = f"resume-cancel-{uuid.uuid4().hex[:8]}"
+    writer = """
+    - name: writer
+      capabilities: [filesystem-write]
+      tasks: [{name: compute, instruction: Compute the sum of 1 to 10 and write it down.}]
+    """
+    script = (
+        tool_call("write_file", path="sum.txt", content="55\n"),
+        slow(600, text("never sent back")),  # the model hangs; the run is cancelled meanwhile
+        tool_call("finish", success=True, summary="Wrote sum.txt."),
+    )
+    with scripted_server(*script, api_key=api_key) as server:
+        config = llm_config(tmp_path, server, writer, name=name)
+        background = Background(lambda: run(config, workspace_root=workspace_root))
+        flow_run_id = flow_run_id_of(name)
+        wait_for_requests(server, 2)
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
+        background.thread.join(timeout=60)
+        first = background.result
+        assert first.state.is_cancelled(), first.state
+
+        second = run(config, workspace_root=workspace_root, resume=str(flow_run_id))
+        sent = server.requests_to(OPENAI_PATH)
+    assert second.ok, second.state.message
+    assert len(sent) == 3  # model 1 came from storage; model 2, cut by the cancel, was sent again
+    assert sent[2].body["messages"] == sent[1].body["messages"]
+    assert (second.workspace / "sum.txt").read_text() == "55\n"
+    assert second.workspace == first.workspace
+
+
+ONE_TASK = 'agents: [{name: a, tasks: [{name: t, code: {language: shell, source: "true"}}]}]\n'
+
+
+def test_runs_that_cannot_be_resumed_get_one_line_answers(tmp_path, workspace_root, prefect_api):
+    name = f"done-{uuid.uuid4().hex[:8]}"
+    config = write_config(tmp_path, f"name: {name}\n{ONE_TASK}")
+    done = run(config, workspace_root=workspace_root)
+    assert done.ok
+    with pytest.raises(ExecutionError) as refused:
+        run(config, workspace_root=workspace_root, resume=done.flow_run_id)
+    assert str(refused.value) == (
+        f"cannot resume {done.flow_run_id}: it is Completed; "
+        "only a failed, cancelled or crashed run can be resumed"
+    )
+    other = write_config(tmp_path, f"name: other\n{ONE_TASK}", "other.yaml")
+    with pytest.raises(ExecutionError) as refused:
+        run(other, resume=done.flow_run_id)
+    assert str(refused.value) == (
+        f"cannot resume {done.flow_run_id}: it is a run of {name!r}, and this config is 'other'"
+    )
+
+    with pytest.raises(ExecutionError) as refused:
+        run(config, resume="not-a-run")
+    assert str(refused.value) == "cannot resume 'not-a-run': it is not a flow run id"
+    absent = uuid.uuid4()
+    printed = run_toka(
+        "orchestrate", str(config), "--resume", str(absent), env={"PREFECT_API_URL": prefect_api}
+    )
+    assert printed.returncode == 1, printed.stderr
+    assert printed.stderr.strip() == f"error: cannot resume {absent}: Prefect has no such flow run"
