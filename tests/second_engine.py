@@ -44,8 +44,12 @@ class SecondEngine:
         path = self.root / "dockerd.log"
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def start(self, deadline: float = 60) -> None:
-        assert self.process is None or self.process.poll() is not None, "already running"
+        assert not self.running, "already running"
         with open(self.root / "dockerd.log", "ab") as log:
             self.process = subprocess.Popen(
                 [
