@@ -112,13 +112,6 @@ def test_a_timed_out_task_is_measured_too(sandbox, spec):
     assert result.peak_memory is not None and result.peak_pids >= 3
 
 
-def test_an_oom_kill_is_named_and_measured(sandbox, spec):
-    result = sandbox.run(spec("x = bytearray(300 * 1024 * 1024)", memory=64 * MB))
-    print(result.failure, result.peak_memory)
-    assert result.failure == "killed: memory limit 64MB exceeded"
-    assert result.peak_memory is not None and result.peak_memory > 60 * MB
-
-
 def test_a_full_tmp_is_named(sandbox, spec):
     fill = "dd if=/dev/zero of=/tmp/fill bs=1M count=64"
     result = sandbox.run(spec(fill, language="shell", tmp_size=8 * MB))

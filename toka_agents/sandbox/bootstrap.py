@@ -30,19 +30,32 @@ Being another user, the code can neither read this process's memory (and forge t
 nor write to its file descriptors (and pass the cap).
 """
 
+import ast
 import contextlib
 import fcntl
-import json
 import os
-import resource
 import select
 import selectors
 import signal
 import struct
 import subprocess
 import sys
-import termios
 import time
+
+# Images with python3-minimal only (the shell image) lack these three; the supervisor does
+# without them there.
+try:
+    import json
+except ImportError:  # the header is JSON with strings and numbers only: a Python literal too
+    json = None
+try:
+    import resource
+except ImportError:
+    resource = None
+try:
+    from termios import FIONREAD
+except ImportError:
+    FIONREAD = 0x541B  # Linux
 
 TAIL = 4096
 POLL = 0.05
@@ -116,8 +129,8 @@ def field_colon(path, name):
 
 
 FULL_MARGIN = 1024 * 1024
-"""Bytes free below which a file system counts as full: a write that failed for lack of room
-leaves at most a few blocks."""
+"""Bytes free below which a file system counts as full (or 1% of it, if more): a write that
+failed for lack of room leaves at most a few blocks, or a chunk smaller than it wanted."""
 
 
 def is_full(path):
@@ -125,7 +138,7 @@ def is_full(path):
         stats = os.statvfs(path)
     except OSError:
         return None
-    return stats.f_bavail * stats.f_frsize < FULL_MARGIN
+    return stats.f_bavail * stats.f_frsize < max(FULL_MARGIN, stats.f_blocks * stats.f_frsize // 100)
 
 
 def since(now, before):
@@ -211,7 +224,7 @@ def exit_signal(child):
 def waiting(fd):
     """Bytes waiting in a pipe now."""
     try:
-        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        return struct.unpack("i", fcntl.ioctl(fd, FIONREAD, b"\0\0\0\0"))[0]
     except OSError:
         return 0
 
@@ -246,12 +259,28 @@ class Output:
             left -= len(data)
 
 
+def to_json(value):
+    """JSON of the report's values (dicts, strings, numbers, booleans, None), without `json`."""
+    if json is not None:
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(to_json(str(k)) + ": " + to_json(v) for k, v in value.items()) + "}"
+    if isinstance(value, str):
+        escaped = (c if c not in '"\\' and ord(c) >= 0x20 else f"\\u{ord(c):04x}" for c in value)
+        return '"' + "".join(escaped) + '"'
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return repr(value)
+
+
 def wait_for_header(stdin, idle_limit):
     """The header line, once it comes; None when stdin closes first or `idle_limit` passes."""
     if idle_limit is not None and not select.select([stdin], [], [], idle_limit)[0]:
         return None
     line = stdin.readline()
-    return json.loads(line) if line.strip() else None
+    if not line.strip():
+        return None
+    return json.loads(line) if json is not None else ast.literal_eval(line.decode())
 
 
 def main():
@@ -315,15 +344,17 @@ def main():
         output.drain(fd)
     status = child.returncode
     kill_and_reap(child)  # what the code left running; as PID 1 its exit would end them anyway
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN) if resource is not None else None
     cpu = since(cpu_nanoseconds(), before["cpu"])
 
     result = {
         "exit_code": status if status >= 0 else 128 - status,
         "signal": -status if status < 0 else None,
         "timed_out": timed_out,
-        "peak_memory": peak_memory() or usage.ru_maxrss * 1024,
-        "cpu_seconds": round(cpu / 1e9 if cpu is not None else usage.ru_utime + usage.ru_stime, 6),
+        "peak_memory": peak_memory() or (usage.ru_maxrss * 1024 if usage else None),
+        "cpu_seconds": cpu / 1e9
+        if cpu is not None
+        else (usage.ru_utime + usage.ru_stime if usage else None),
         "peak_pids": peak_pids(),
         "refused_forks": since(refused_forks(), before["forks"]),
         "disk_written": since(disk_written(), before["disk"]),
@@ -335,7 +366,7 @@ def main():
         "tmp_full": is_full("/tmp"),
         "workspace_full": is_full("/workspace") if os.path.ismount("/workspace") else None,
     }
-    line = "\0" + header["marker"] + " " + json.dumps(result) + "\n"
+    line = "\0" + header["marker"] + " " + to_json(result) + "\n"
     sys.stderr.buffer.write(line.encode())
     sys.stderr.buffer.flush()
     return 0

@@ -1,6 +1,14 @@
-"""The sandbox image: built from `sandboxes/python` with a registry, or offline without one.
+"""The sandbox images: built from their definitions in `sandboxes/` with a registry, or
+offline without one.
 
-The image carries a label with a digest of its definition, so a second build finds the
+Two come with toka-agents (`IMAGES`): the Python image (`sandboxes/python`, the default) and
+the shell image (`sandboxes/shell`: Debian's essential tools, and python3-minimal only for the
+supervisor). A definition is a directory with a Dockerfile, for machines that can pull, and
+for the offline build either a `build-offline.sh` of its own or a `packages` file (Debian
+packages, one per line) for `sandboxes/build-offline.sh`; an image with extra Debian packages
+is a copy of `sandboxes/shell` with more lines in `packages`.
+
+Each image carries a label with a digest of its definition, so a second build finds the
 image current and does nothing, and a changed definition rebuilds it.
 """
 
@@ -19,7 +27,14 @@ from requests.exceptions import RequestException
 from toka_agents.config.models import DEFAULT_IMAGE
 from toka_agents.errors import SandboxError
 
-DEFINITION = Path(__file__).resolve().parents[2] / "sandboxes" / "python"
+SANDBOXES = Path(__file__).resolve().parents[2] / "sandboxes"
+DEFINITION = SANDBOXES / "python"
+SHELL_IMAGE = "toka-sandbox-shell:1"
+"""The shell image built from `sandboxes/shell`."""
+IMAGES = {DEFAULT_IMAGE: DEFINITION, SHELL_IMAGE: SANDBOXES / "shell"}
+"""The images `toka sandbox build` builds, by name, and their definitions."""
+OFFLINE_BUILD = SANDBOXES / "build-offline.sh"
+"""The offline build of a definition without a `build-offline.sh` of its own."""
 LABEL_DIGEST = "org.toka-agents.definition"
 
 ImageStatus = Literal["current", "stale", "missing"]
@@ -43,6 +58,16 @@ def image_status(
         return "missing"
     labels = image.labels or {}
     return "current" if labels.get(LABEL_DIGEST) == definition_digest(directory) else "stale"
+
+
+def build_images(
+    client: docker.DockerClient, *, force: bool = False, log: Callable[[str], None] = print
+) -> dict[str, str]:
+    """Make sure every image of `IMAGES` is built; return what was done, by image."""
+    return {
+        name: build_image(client, name, directory, force=force, log=log)
+        for name, directory in IMAGES.items()
+    }
 
 
 def build_image(
@@ -69,12 +94,11 @@ def build_image(
     except (BuildError, DockerException, RequestException) as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         log(f"registry build failed ({reason[:160]}); building offline instead")
-    script = directory / "build-offline.sh"
-    run = subprocess.run(
-        ["bash", str(script), name, f"{LABEL_DIGEST}={digest}"],
-        capture_output=True,
-        text=True,
+    own = directory / "build-offline.sh"
+    argv = (
+        ["bash", str(own), name] if own.is_file() else ["bash", str(OFFLINE_BUILD), name, str(directory)]
     )
+    run = subprocess.run([*argv, f"{LABEL_DIGEST}={digest}"], capture_output=True, text=True)
     if run.returncode != 0:
         raise SandboxError(
             f"offline build of {name} failed: {(run.stderr or run.stdout).strip()[-800:]}"

@@ -104,14 +104,15 @@ class SandboxResult(BaseModel):
     def causes(self) -> list[str]:
         """What got in the code's way, each as measured: the pids limit, a full /tmp or
         workspace, output cut at the cap. A full file system is named only for a failed run,
-        since the workspace is shared and a neighbour may have filled it."""
+        and the workspace, which a run's tasks share, only for a task that wrote to it: a
+        neighbour may have filled it."""
         failed = self.exit_code != 0
         found = []
         if self.pids_limit_hit:
             found.append(f"pids limit {self.pids_limit} hit: {self.refused_forks} fork(s) refused")
         if failed and self.tmp_full:
             found.append(f"/tmp full ({format_bytes(self.tmp_size)})")
-        if failed and self.workspace_full:
+        if failed and self.workspace_full and self.disk_written:
             size = f" ({format_bytes(self.workspace_limit)})" if self.workspace_limit else ""
             found.append(f"workspace full{size}")
         for name, size, truncated in (
