@@ -14,7 +14,6 @@ from second_engine import second_engine  # noqa: F401 (the module's engine; test
 
 from toka_agents import run
 from toka_agents.compiling import RUN_LABEL
-from toka_agents.sandbox.workspace import LABEL_WORKSPACE
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -69,7 +68,7 @@ def test_a_run_on_a_remote_engine_keeps_its_workspace_in_a_volume_that_workspace
     with second_engine.client() as client:
         [volume] = client.api.volumes(filters={"label": f"{RUN_LABEL}={run_id}"})["Volumes"]
         assert volume["Name"] == f"toka-ws-{run_id}"
-        assert volume["Labels"][LABEL_WORKSPACE] == "1"
+        assert volume["Labels"]["org.toka-agents.workspace"] == "1"
         assert client.api.containers(all=True, filters={"label": f"{RUN_LABEL}={run_id}"}) == []
 
     env = {"DOCKER_HOST": second_engine.url, "PREFECT_API_URL": prefect_api}
