@@ -13,8 +13,9 @@ its file. A process killed before it could release leaves an owner file beside t
 file; `release_orphaned` (called with the container sweep, `remove_orphans`) releases the
 disks of owners that are gone.
 
-It needs root (mount) and `mkfs.ext4` (Debian's e2fsprogs); where either is missing,
-`attach` logs a warning saying so and returns None: the workspace is then unlimited.
+It needs root (mount), `mkfs.ext4` (Debian's e2fsprogs) and a workspace on this machine (an
+engine elsewhere keeps it in a volume there); where one is missing, `attach` logs a warning
+saying so and returns None: the workspace is then unlimited.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ class WorkspaceDisk:
         mkfs = shutil.which("mkfs.ext4") or shutil.which("mkfs.ext4", path="/usr/sbin:/sbin")
         if mkfs is None:
             raise DiskUnavailable("mkfs.ext4 is missing (apt-get install e2fsprogs)")
+        if not path.is_dir():
+            raise DiskUnavailable("it is not a directory of this machine (a remote engine's volume?)")
         if os.path.ismount(path):
             raise DiskUnavailable("something is mounted there already")
         disk = cls(path, size)
@@ -165,7 +168,6 @@ def _image_size(limit: int) -> int:
 
 def _set_aside(path: Path) -> Path | None:
     """Move a non-empty workspace's files aside (to be copied onto its disk); None if empty."""
-    path.mkdir(parents=True, exist_ok=True)
     if not any(path.iterdir()):
         return None
     aside = path.with_name(path.name + ".before")
