@@ -145,6 +145,7 @@ def test_an_engine_lost_mid_run_fails_the_task_and_the_run_still_reports(
     assert lost.status == "failed"
     assert lost.message.startswith("sandbox error: Docker engine error while"), lost.message
     assert running[0]["Names"][0].lstrip("/") in lost.message  # names the container
+    assert f"Docker engine not reachable at unix://{relay.path}: " in lost.message  # and the engine
     assert "\n" not in lost.message and "Traceback" not in lost.message
     assert outcomes["after/never"].status == "skipped"
 

@@ -68,9 +68,15 @@ def is_local_engine(url: str) -> bool:
 def connect(*, pool_size: int = 10, timeout: float = 60, check: bool = True) -> docker.DockerClient:
     """A client for the engine of `engine_url()`. `check`: connect now and raise
     `EngineUnreachable` if that fails; else connect at the client's first call."""
-    client = EngineClient(engine_url(), pool_size=pool_size, timeout=timeout)
+    url = engine_url()
+    client = EngineClient(url, pool_size=pool_size, timeout=timeout)
     if check:
-        client.ping()
+        try:
+            client.ping()
+        except EngineUnreachable:
+            raise
+        except (DockerException, RequestException) as exc:  # it answered, but not as an engine does
+            raise SandboxError(f"the Docker engine at {url} did not answer a ping: {exc}") from exc
     return client
 
 

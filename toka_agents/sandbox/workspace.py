@@ -15,6 +15,7 @@ Files go in and out of a volume through a helper container that is created and n
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -22,11 +23,12 @@ import secrets
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import docker
-from docker.errors import DockerException, ImageNotFound, NotFound
+from docker.errors import DockerException, ImageNotFound
 from docker.types import Mount
 from requests.exceptions import RequestException
 
@@ -85,14 +87,13 @@ def volume_name(run_id: str) -> str:
     return "toka-ws-" + (re.sub(r"[^A-Za-z0-9_.-]+", "-", run_id).strip("-") or "run")
 
 
+@dataclass(frozen=True)
 class VolumeWorkspace:
     """A run's workspace volume on one engine."""
 
-    def __init__(self, client: docker.DockerClient, name: str, path: Path) -> None:
-        self.client = client
-        self.name = name
-        self.path = path
-        """Its directory on the engine's machine: what a container's bind mount names."""
+    name: str
+    path: Path
+    """Its directory on the engine's machine: what a container's bind mount names."""
 
 
 def create_volume(client: docker.DockerClient, run_id: str) -> VolumeWorkspace:
@@ -111,7 +112,7 @@ def create_volume(client: docker.DockerClient, run_id: str) -> VolumeWorkspace:
         _engine_call(
             f"preparing the workspace volume {name}", client.api.put_archive, helper, "/", _tar(top)
         )
-    return VolumeWorkspace(client, name, Path(created["Mountpoint"]))
+    return VolumeWorkspace(name, Path(created["Mountpoint"]))
 
 
 def find_volume(client: docker.DockerClient, run_id: str) -> str:
@@ -205,12 +206,9 @@ class _Helper:
 
     def __exit__(self, *exc_info: object) -> None:
         if self.id is not None:
-            try:
+            # Gone already is fine; one left behind carries the owner label for the next sweep.
+            with contextlib.suppress(*_ENGINE_ERRORS):
                 self.client.api.remove_container(self.id, force=True)
-            except NotFound:
-                pass
-            except _ENGINE_ERRORS:
-                pass  # it carries the owner label: the next sweep removes it
 
 
 def _tar(*members: tarfile.TarInfo) -> bytes:
