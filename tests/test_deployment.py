@@ -1,17 +1,19 @@
 """prefect.yaml: `prefect deploy --all` makes its deployments (one on a cron schedule), and a
-process worker runs the quickstart deployment."""
+process worker started as README says runs both."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from uuid import UUID
 
 import pytest
 from conftest import REPO
 from prefect import get_client
+from prefect.client.schemas.objects import FlowRun
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 pytestmark = pytest.mark.usefixtures("sandbox_image", "no_leftover_containers")
@@ -28,6 +30,16 @@ def prefect(
         cwd=cwd,
         env={**os.environ, "PREFECT_API_URL": api, "PWD": str(cwd)},
     )
+
+
+def wait_final(flow_run_id: UUID, seconds: float) -> FlowRun:
+    deadline = time.monotonic() + seconds
+    with get_client(sync_client=True) as client:
+        while True:
+            flow_run = client.read_flow_run(flow_run_id)
+            if (flow_run.state and flow_run.state.is_final()) or time.monotonic() > deadline:
+                return flow_run
+            time.sleep(0.5)
 
 
 def test_prefect_yaml_deploys_and_a_worker_runs_it(prefect_api, tmp_path):
@@ -48,16 +60,32 @@ def test_prefect_yaml_deploys_and_a_worker_runs_it(prefect_api, tmp_path):
     assert form["optional_dependencies"]["enum"] == ["config", "ignore", "order"]
     assert all(field.get("description") for field in form.values())
 
-    started = prefect("deployment", "run", "toka-orchestrate/quickstart", api=prefect_api, cwd=tmp_path)
-    assert started.returncode == 0, started.stdout + started.stderr
-    flow_run_id = UUID(next(line for line in started.stdout.splitlines() if "UUID" in line).split()[-1])
+    # Both deployments run, as README says: `prefect deployment run`, then a worker on the pool.
+    flow_run_ids = {}
+    for name in ("quickstart", "nightly-check"):
+        started = prefect("deployment", "run", f"toka-orchestrate/{name}", api=prefect_api, cwd=tmp_path)
+        assert started.returncode == 0, started.stdout + started.stderr
+        flow_run_ids[name] = UUID(
+            next(line for line in started.stdout.splitlines() if "UUID" in line).split()[-1]
+        )
 
-    # The worker starts in another directory: the deployment's pull step brings it here.
-    worker = prefect("worker", "start", "--pool", "toka", "--run-once", api=prefect_api, cwd=tmp_path)
+    # The worker starts in another directory: the deployments' pull step brings it here. (With
+    # a --limit, a --run-once worker waits for the runs it started before it exits.)
+    worker = prefect(
+        "worker", "start", "--pool", "toka", "--run-once", "--limit", "2", api=prefect_api, cwd=tmp_path
+    )
     assert worker.returncode == 0, worker.stdout + worker.stderr
 
-    with get_client(sync_client=True) as client:
-        flow_run = client.read_flow_run(flow_run_id)
-    assert flow_run.state is not None and flow_run.state.is_completed(), flow_run.state
-    assert flow_run.state.message == "5 agents, 6 of 6 tasks done"
-    assert flow_run.parameters == {"paths": ["flows/examples/quickstart.yaml"]}
+    quickstart_run = wait_final(flow_run_ids["quickstart"], 60)
+    nightly_run = wait_final(flow_run_ids["nightly-check"], 60)
+    assert quickstart_run.state is not None and quickstart_run.state.is_completed(), (
+        quickstart_run.state,
+        worker.stdout[-3000:],
+    )
+    assert quickstart_run.state.message == "5 agents, 6 of 6 tasks done"
+    assert quickstart_run.parameters == {"paths": ["flows/examples/quickstart.yaml"]}
+    assert nightly_run.state is not None and nightly_run.state.is_completed(), (
+        nightly_run.state,
+        worker.stdout[-3000:],
+    )
+    assert nightly_run.state.message == "2 agents, 2 of 2 tasks done"
