@@ -86,6 +86,9 @@ def workspace_rm(flow_run_id: UUID, /) -> int:
 
 
 out = Console(highlight=False, soft_wrap=True)
+CANCEL_POLL_SECONDS = 1.0
+"""How often a run of this process looks for a cancel (`toka agent stop`, the UI): a read of
+its flow run, cheap on any database, so that its containers go within seconds of the cancel."""
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ConfigPath = Annotated[Path, Parameter(help="Config files (.yaml, .yml, .toml) or directories of them.")]
@@ -265,7 +268,12 @@ def orchestrate(
     if checked.plan is None:
         _print_issues(checked.issues)
         return 1
-    options = RunOptions(workspace_root=workspace_dir, dry_run=dry_run, resume=resume)
+    options = RunOptions(
+        workspace_root=workspace_dir,
+        dry_run=dry_run,
+        resume=resume,
+        cancel_poll_seconds=CANCEL_POLL_SECONDS,
+    )
     result = _run_watched(checked.plan, options) if watch else _run_printed(checked.plan, options)
     return 0 if result.ok else 1
 
@@ -700,7 +708,9 @@ def spawn(
         planned = planning.plan(planning.select_agents(load(*paths), [agent]), conditions=conditions)
     if deployment is None:
         assert planned is not None
-        options = RunOptions(workspace_root=workspace_dir, dry_run=dry_run)
+        options = RunOptions(
+            workspace_root=workspace_dir, dry_run=dry_run, cancel_poll_seconds=CANCEL_POLL_SECONDS
+        )
         result = _run_watched(planned, options) if watch else _run_printed(planned, options)
         return 0 if result.ok else 1
     return _spawn_on_deployment(deployment, agent, paths, conditions, dry_run, watch, planned)

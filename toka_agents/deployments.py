@@ -162,7 +162,8 @@ def orchestrate(
                 planned = plan(select_agents(load(*paths_to_load), form.agents), **settings)
             except ConfigError as exc:
                 return reporting.config_failed_state(exc.issues)  # type: ignore[return-value]
-    options = RunOptions(dry_run=form.dry_run)
+    # A run looks for a cancel every second, so its containers go within seconds of one.
+    options = RunOptions(dry_run=form.dry_run, cancel_poll_seconds=1.0)
     return execute_plan(schedule_of(planned), options)  # type: ignore[return-value]
 
 
