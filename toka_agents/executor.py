@@ -363,6 +363,7 @@ def container_spec(
         pids=task.limits.pids,
         timeout=task.limits.timeout,
         network=task.docker_network if task.network else None,
+        network_allow=task.network_allow,
         workspace=context.workspace,
         workspace_writable=task.workspace_writable,
         workspace_limit=context.workspace_limit if context.workspace is not None else None,

@@ -66,6 +66,9 @@ class PlannedTask(_Frozen):
     docker_network: str | None = None
     """The Docker network the task's container joins: the run's `sandbox.network` when the
     task has the network, else None."""
+    network_allow: tuple[str, ...] | None = None
+    """Limited network: the only hosts (`host`, `host:port`) the task may reach, through the
+    egress proxy, whose upstream side joins `docker_network`. None: not limited."""
     workspace_writable: bool = False
     env: dict[str, str] = {}
     retries: int = 0
@@ -180,6 +183,7 @@ def _task_json(task: PlannedTask) -> dict[str, Any]:
         "image": task.image,
         "network": task.network,
         "docker_network": task.docker_network,
+        **({"network_allow": list(task.network_allow)} if task.network_allow is not None else {}),
         "workspace": "read-write" if task.workspace_writable else "read-only",
         "condition": task.condition,
     }
@@ -533,7 +537,8 @@ def _plan_agent(
         r for r in (agent.min_success_ratio, orchestration.min_success_ratio, native[1]) if r is not None
     )
     # An allowed unsandboxed agent gets the least restricted sandbox there is.
-    network = capabilities.grants_network(granted) or not agent.sandbox
+    access = capabilities.network_access(granted, agent.network_allow) if agent.sandbox else "full"
+    network = access != "none"
     tasks = []
     for task in agent.tasks:
         if task.condition is not None and task.condition not in conditions:
@@ -556,6 +561,7 @@ def _plan_agent(
                 capabilities=granted,
                 network=network,
                 docker_network=orchestration.sandbox.network if network else None,
+                network_allow=tuple(agent.network_allow) if access == "limited" else None,
                 workspace_writable=capabilities.grants_workspace_write(granted) or not agent.sandbox,
                 env=env,
                 retries=retries,

@@ -6,12 +6,18 @@ Agents name capabilities in `capabilities:` (native), `security.capabilities_req
 | group            | effect on the sandbox                                                 |
 |------------------|-----------------------------------------------------------------------|
 | network          | the container joins a network (without one it has only `lo`)          |
+| limited network  | egress only to the agent's `network_allow` hosts, through a proxy     |
 | workspace-write  | /workspace is mounted read-write (otherwise read-only)                |
 | recorded         | no container effect: kept on the task for the tools that check it     |
 | never granted    | no sandbox ever gets it; the name is kept and a warning says so       |
 | unknown          | kept on the task, grants nothing, and listed in a warning             |
 
-toka-agents has no partial network: `network-access-limited` gives the network too.
+`network-access-limited`, and any agent's `network_allow: [host, host:port, ...]`, give a
+limited network: the container sits on an internal Docker network with no way out but the
+run's egress proxy (`sandbox.egress`), which lets through only the listed hosts and refuses
+every other destination; DNS is refused. `network-access-limited` with no `network_allow`
+lists nothing, so it gives no network at all. A `network_allow` list limits an agent that
+also holds a full network capability: the list is the narrower grant.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ NETWORK = frozenset(
         "http-requests",
     }
 )
+LIMITED_NETWORK = frozenset({"network-access-limited"})
 WORKSPACE_WRITE = frozenset({"filesystem-write", "file-system-write"})
 RECORDED = frozenset(
     {
@@ -65,6 +72,7 @@ RECORDED = frozenset(
 NEVER_GRANTED = frozenset({"admin-privileges", "root", "privileged"})
 
 Group = Literal["network", "workspace-write", "recorded", "never-granted", "unknown"]
+NetworkAccess = Literal["none", "limited", "full"]
 
 
 def group_of(name: str) -> Group:
@@ -81,6 +89,17 @@ def group_of(name: str) -> Group:
 
 def grants_network(capabilities: Iterable[str]) -> bool:
     return any(name in NETWORK for name in capabilities)
+
+
+def network_access(capabilities: Iterable[str], allow: Iterable[str] = ()) -> NetworkAccess:
+    """What network a sandbox gets: `limited` (the `allow` hosts only, through the egress
+    proxy) whenever `allow` lists a host, else `full` for a network capability other than
+    `network-access-limited`, else `none` (only `lo`)."""
+    if any(True for _ in allow):
+        return "limited"
+    if any(name in NETWORK - LIMITED_NETWORK for name in capabilities):
+        return "full"
+    return "none"
 
 
 def grants_workspace_write(capabilities: Iterable[str]) -> bool:

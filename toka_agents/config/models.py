@@ -269,6 +269,24 @@ class Origin(_Model):
         return self.key(self.requires_key, index)
 
 
+_ALLOWED_HOST_PATTERN = re.compile(
+    r"(?P<host>[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?)(:(?P<port>[0-9]{1,5}))?"
+)
+
+
+def _allowed_host(entry: str) -> str:
+    found = _ALLOWED_HOST_PATTERN.fullmatch(entry)
+    if found is None or len(found["host"]) > 253 or not 0 < int(found["port"] or 1) < 65536:
+        raise ValueError(
+            f"{entry!r} is not a host to allow: a host name or IPv4 address, optionally with "
+            "`:port` (1-65535), such as 'api.example.com' or '10.0.0.5:8000'"
+        )
+    return entry.lower()
+
+
+AllowedHost = Annotated[str, AfterValidator(_allowed_host)]
+
+
 class Agent(_Model):
     """One agent: who it is, what it may touch and use, and its ordered tasks."""
 
@@ -281,6 +299,11 @@ class Agent(_Model):
         [], description="Agents whose results are useful if there; they order nothing by default."
     )
     capabilities: list[str] = []
+    network_allow: list[AllowedHost] = Field(
+        [],
+        description="The only hosts (`host` or `host:port`) the agent's sandbox may reach, through "
+        "the run's egress proxy; every other destination, DNS included, is refused.",
+    )
     limits: Limits = Limits()
     image: str | None = None
     sandbox: bool = True

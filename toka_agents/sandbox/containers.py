@@ -41,6 +41,13 @@ from requests.exceptions import RequestException
 
 from toka_agents.errors import SandboxError
 from toka_agents.sandbox.disk import WorkspaceDisk, release_orphaned
+from toka_agents.sandbox.egress import (
+    REFUSED_DNS,
+    Egress,
+    remove_networks,
+    remove_orphaned_networks,
+    start_egress,
+)
 from toka_agents.sandbox.output import Capture, Captured, OutputCallback
 from toka_agents.sandbox.owners import LABEL_OWNER, current_owner, is_orphaned
 from toka_agents.sandbox.pool import PoolKey, WarmPool, pool_key
@@ -114,6 +121,8 @@ class Sandbox:
         self._pools: dict[PoolKey, WarmPool[Warm]] = {}
         self._disks: dict[Path, WorkspaceDisk | None] = {}
         self._image_ids: dict[str, str] = {}
+        self._egress: dict[tuple[str, tuple[str, ...]], Egress] = {}
+        self._egress_lock = threading.Lock()  # held while a proxy starts: one per allow list
 
     @property
     def cancelled(self) -> bool:
@@ -130,7 +139,7 @@ class Sandbox:
         return how it ended. Raises `SandboxError`, with one line naming the container, when
         the engine fails it (no image, engine gone, container removed under it): no engine
         error escapes as anything else."""
-        spec = self._with_disk(spec)
+        spec = self._with_disk(self._with_egress(spec))
         claimed = self._claim(spec)
         if claimed is not None:
             pool, warm = claimed
@@ -183,10 +192,13 @@ class Sandbox:
         """Remove every container carrying this sandbox's labels, then release the workspace
         disks it mounted (their files stay, in plain directories); return how many containers
         there were."""
+        with self._egress_lock:  # a proxy starting now is up (and found below) when this returns
+            self._egress.clear()
         try:
             return remove_labeled(self.client, self.labels)
         finally:
             self.release_disks()
+            remove_networks(self.client, self.labels)  # after their containers, the proxies too
 
     def release_disks(self) -> None:
         """Release the workspace disks this sandbox mounted (see `disk.WorkspaceDisk.release`)."""
@@ -209,6 +221,24 @@ class Sandbox:
         size = disk.size if disk is not None else None
         return (
             spec if size == spec.workspace_limit else spec.model_copy(update={"workspace_limit": size})
+        )
+
+    def _with_egress(self, spec: SandboxSpec) -> SandboxSpec:
+        """`spec` with a limited network (`network_allow`): on the internal network of the proxy
+        for its allow list and upstream network (started for the first such spec), its HTTP
+        clients pointed at the proxy, its DNS refused (see `egress`)."""
+        if spec.network_allow is None:
+            return spec
+        upstream = spec.network or "bridge"
+        key = (upstream, tuple(sorted(set(spec.network_allow))))
+        with self._egress_lock:
+            if self.cancelled:
+                raise SandboxCancelled("the run was cancelled")
+            egress = self._egress.get(key)
+            if egress is None:
+                egress = self._egress[key] = start_egress(self.client, self.labels, upstream, key[1])
+        return spec.model_copy(
+            update={"network": egress.network, "refuse_dns": True, "env": {**spec.env, **egress.env}}
         )
 
     def _image_id(self, name: str) -> str:
@@ -496,6 +526,7 @@ def host_settings(spec: SandboxSpec) -> dict[str, Any]:
         "cap_add": SUPERVISOR_CAPABILITIES,
         "security_opt": ["no-new-privileges"],
         "mounts": mounts,
+        **(REFUSED_DNS if spec.refuse_dns else {}),
         # Output is read from the attach socket; keeping a log file too would only use disk.
         "log_config": LogConfig(type=LogConfig.types.NONE),
     }
@@ -645,4 +676,5 @@ def remove_orphans(client: docker.DockerClient, labels: dict[str, str] | None = 
                 remove(client, container["Id"])
                 removed.append(container["Id"])
     release_orphaned()
+    remove_orphaned_networks(client)
     return removed

@@ -26,6 +26,17 @@ class SandboxSpec(BaseModel):
     pids: int = Field(gt=0)
     timeout: float = Field(gt=0)
     network: str | None = Field(None, description="Docker network to join; None: no network at all.")
+    network_allow: tuple[str, ...] | None = Field(
+        None,
+        description="Limited network: the only hosts (`host`, `host:port`) the code may reach, "
+        "through an egress proxy whose upstream side joins `network`; the container itself joins "
+        "only an internal network shared with the proxy (see `egress`). None: not limited.",
+    )
+    refuse_dns: bool = Field(
+        False,
+        description="Every DNS lookup fails, in about a second: the container's one DNS server "
+        "is its own loopback, where nothing answers (see `egress`).",
+    )
     workspace: Path | None = None
     workspace_writable: bool = False
     workspace_limit: int | None = Field(

@@ -1,0 +1,299 @@
+"""Limited network (`network-access-limited` plus `network_allow`) end to end, against two HTTP
+servers in containers on a Docker network the test made: the listed one answers through the
+egress proxy, the unlisted one is refused by it, DNS is refused, and the sandbox has no route
+around the proxy. No traffic goes anywhere but to the test's own containers and 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from conftest import write_config
+from own_runs import TEST_LABEL, THIS_SESSION, no_leftover_containers, run_containers  # noqa: F401
+
+from toka_agents import run, validate
+from toka_agents.compiling import RUN_LABEL
+from toka_agents.sandbox import Sandbox, SandboxSpec, remove_orphans
+from toka_agents.sandbox.egress import LABEL_EGRESS
+from toka_agents.sandbox.owners import LABEL_OWNER
+
+runs_containers = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
+
+
+@dataclass(frozen=True)
+class Server:
+    host: str
+    address: str
+    token: str
+
+
+@dataclass(frozen=True)
+class Servers:
+    network: str
+    listed: Server
+    unlisted: Server
+
+
+@pytest.fixture
+def servers(docker_client, sandbox_image) -> Iterator[Servers]:
+    """A Docker network of this test's own with no way out, and two HTTP server containers on
+    it, each serving one file that holds a token nobody else knows."""
+    suffix = uuid.uuid4().hex[:8]
+    name = f"toka-test-egress-{suffix}"
+    network = docker_client.networks.create(name, internal=True, labels={TEST_LABEL: THIS_SESSION})
+    started = []
+    try:
+        for role in ("listed", "unlisted"):
+            token = uuid.uuid4().hex
+            serve = (
+                f"mkdir /tmp/site && echo {token} > /tmp/site/token.txt && "
+                "exec python3 -u -m http.server 8000 --directory /tmp/site"
+            )
+            container = docker_client.containers.run(
+                sandbox_image,
+                ["sh", "-c", serve],
+                name=f"toka-test-{role}-{suffix}",
+                detach=True,
+                network=name,
+                user="10001:10001",
+                labels={TEST_LABEL: THIS_SESSION},  # not a toka-agents container: removed below
+            )
+            started.append((container, token))
+        found = []
+        for container, token in started:
+            deadline = time.monotonic() + 30
+            while b"Serving HTTP" not in container.logs():
+                assert time.monotonic() < deadline, (
+                    f"the HTTP server did not start: {container.logs()!r}"
+                )
+                time.sleep(0.1)
+            container.reload()
+            address = container.attrs["NetworkSettings"]["Networks"][name]["IPAddress"]
+            found.append(Server(host=container.name, address=address, token=token))
+        yield Servers(network=name, listed=found[0], unlisted=found[1])
+    finally:
+        for container, _ in started:
+            container.remove(force=True)
+        network.remove()
+
+
+PROBE = """
+import http.client, os, socket, urllib.request
+print("interfaces:", " ".join(sorted(os.listdir("/sys/class/net"))))
+for role, host in (("listed", "{listed}"), ("unlisted", "{unlisted}")):
+    try:
+        with urllib.request.urlopen(f"http://{{host}}:8000/token.txt", timeout=10) as answer:
+            print(f"{{role}} over http:", answer.read().decode().strip())
+    except OSError as exc:
+        print(f"{{role}} over http failed:", exc)
+    proxy = urllib.parse.urlsplit(os.environ.get("HTTPS_PROXY", "http://127.0.0.1:9"))
+    tunnel = http.client.HTTPConnection(proxy.hostname, proxy.port, timeout=10)
+    tunnel.set_tunnel(host, 8000)
+    try:
+        tunnel.request("GET", "/token.txt")
+        print(f"{{role}} over connect:", tunnel.getresponse().read().decode().strip())
+    except OSError as exc:
+        print(f"{{role}} over connect failed:", exc)
+    finally:
+        tunnel.close()
+for name in ("example.com", "{unlisted}"):
+    try:
+        socket.getaddrinfo(name, 80)
+        print(f"dns {{name}}: resolved")
+    except OSError as exc:
+        print(f"dns {{name}} failed:", exc.strerror)
+for role, address in (("listed", "{listed_address}"), ("unlisted", "{unlisted_address}")):
+    try:
+        socket.create_connection((address, 8000), timeout=2).close()
+        print(f"direct to {{role}}: connected")
+    except OSError as exc:
+        print(f"direct to {{role}} failed:", exc.strerror or exc)
+"""
+
+
+def orchestration(tmp_path, servers: Servers):
+    probe = PROBE.format(
+        listed=servers.listed.host,
+        unlisted=servers.unlisted.host,
+        listed_address=servers.listed.address,
+        unlisted_address=servers.unlisted.address,
+    )
+    source = textwrap.indent(probe, " " * 12)
+    return write_config(
+        tmp_path,
+        f"""\
+name: egress-{uuid.uuid4().hex[:8]}
+sandbox: {{network: {servers.network}, pool_size: 0}}
+agents:
+  - name: limited
+    capabilities: [network-access-limited]
+    network_allow: ["{servers.listed.host}:8000"]
+    tasks:
+      - name: probe
+        code:
+          language: python
+          source: |
+{source}
+  - name: nothing-listed
+    capabilities: [network-access-limited]
+    tasks:
+      - name: probe
+        code:
+          language: shell
+          source: ls /sys/class/net | tr '\\n' ' '
+""",
+    )
+
+
+def egress_networks(docker_client, run_id) -> list[str]:
+    labels = [f"{LABEL_EGRESS}=1", f"{RUN_LABEL}={run_id}"]
+    return [n["Name"] for n in docker_client.api.networks(filters={"label": labels})]
+
+
+@runs_containers
+def test_a_limited_agent_reaches_only_its_listed_host_through_the_proxy(
+    tmp_path, workspace_root, servers, docker_client
+):
+    result = run(orchestration(tmp_path, servers), workspace_root=workspace_root)
+    assert result.ok, result.state.message
+    limited, nothing_listed = result.outcomes
+    lines = limited.stdout_tail.splitlines()
+    refusal = f"{servers.unlisted.host}:8000 is not in network_allow (toka egress proxy)"
+
+    assert lines[0] == "interfaces: eth0 lo"
+    # The listed server answers through the proxy, by plain HTTP and through a CONNECT tunnel.
+    assert lines[1] == f"listed over http: {servers.listed.token}"
+    assert lines[2] == f"listed over connect: {servers.listed.token}"
+    # The unlisted one: the proxy refuses it (403, naming it), both ways.
+    assert lines[3] == f"unlisted over http failed: HTTP Error 403: {refusal}"
+    assert lines[4] == f"unlisted over connect failed: Tunnel connection failed: 403 {refusal}"
+    # DNS is refused: no outside name, and not the unlisted server's either.
+    assert lines[5] == "dns example.com failed: Temporary failure in name resolution"
+    assert lines[6] == f"dns {servers.unlisted.host} failed: Temporary failure in name resolution"
+    # No way around the proxy: the engine forwards nothing from the internal network.
+    blocked = ("timed out", "No route to host", "Network is unreachable")
+    assert lines[7].startswith("direct to listed failed: ") and lines[7].endswith(blocked), lines[7]
+    assert lines[8].startswith("direct to unlisted failed: ") and lines[8].endswith(blocked), lines[8]
+    assert servers.unlisted.token not in limited.stdout_tail
+
+    # network-access-limited with nothing listed is no network at all, as without a capability.
+    assert nothing_listed.stdout_tail.split() == ["lo"]
+
+    # The run's end removed the proxy and the internal network with the sandbox containers.
+    assert run_containers(docker_client, result.flow_run_id) == []
+    assert egress_networks(docker_client, result.flow_run_id) == []
+
+
+def _dead_owner() -> str:
+    """An owner label of this host whose process does not run."""
+    pid = 4_000_000
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return f"{socket.gethostname()}:{pid}:1"
+        except PermissionError:
+            pass
+        pid -= 1
+
+
+@pytest.mark.usefixtures("sandbox_image")
+def test_the_proxy_and_network_of_a_killed_process_are_swept(docker_client, servers):
+    """A process killed mid-run leaves its proxy and internal network: the next sweep (each run
+    starts with one, as does `toka sandbox clean`) removes both."""
+    mark = f"egress-sweep-{uuid.uuid4().hex[:8]}"
+    owner = _dead_owner()
+    sandbox = Sandbox(docker_client, {LABEL_OWNER: owner, TEST_LABEL: mark})
+    spec = SandboxSpec(
+        image="toka-sandbox:1",
+        language="shell",
+        source="true",
+        memory=64 * 1024**2,
+        cpus=0.5,
+        pids=32,
+        timeout=30,
+        network=servers.network,
+        network_allow=(f"{servers.listed.host}:8000",),
+    )
+    try:
+        assert sandbox.run(spec).ok
+        # Not closed, as if the process had been killed: its proxy and network are still there.
+        labels = {"label": [f"{LABEL_EGRESS}=1", f"{TEST_LABEL}={mark}"]}
+        assert len(docker_client.api.containers(all=True, filters=labels)) == 1
+        assert len(docker_client.api.networks(filters=labels)) == 1
+
+        remove_orphans(docker_client, {TEST_LABEL: mark})
+
+        assert docker_client.api.containers(all=True, filters=labels) == []
+        assert docker_client.api.networks(filters=labels) == []
+    finally:
+        sandbox.close()
+
+
+ONE_AGENT = """\
+name: planned
+sandbox: {{network: team-net}}
+agents:
+  - name: one
+    capabilities: [{capabilities}]
+    {allow}
+    tasks: [{{name: t, code: {{language: shell, source: "true"}}}}]
+"""
+
+
+def test_the_plan_limits_the_network_to_the_allow_list(tmp_path):
+    cases = [
+        (
+            "network-access-limited",
+            '["api.example.com", "10.0.0.5:8000"]',
+            ("api.example.com", "10.0.0.5:8000"),
+        ),
+        (
+            "network-access",
+            '["Api.Example.com"]',
+            ("api.example.com",),
+        ),  # the list is the narrower grant
+        ("network-access-limited", None, None),
+        ("network-access", None, None),
+    ]
+    found = []
+    for number, (granted, allow, _) in enumerate(cases):
+        path = write_config(
+            tmp_path,
+            ONE_AGENT.format(capabilities=granted, allow=f"network_allow: {allow}" if allow else ""),
+            name=f"case{number}.yaml",
+        )
+        checked = validate([path])
+        assert checked.ok, checked.issues
+        [task] = checked.plan.tasks
+        found.append((task.network, task.docker_network, task.network_allow))
+    assert found == [
+        (True, "team-net", cases[0][2]),
+        (True, "team-net", cases[1][2]),
+        (False, None, None),  # limited with nothing listed: no network at all
+        (True, "team-net", None),  # full network, as before
+    ]
+
+
+def test_validate_names_a_bad_allow_list_entry(tmp_path):
+    cases = [
+        ('["http://api.example.com"]', "'http://api.example.com' is not a host to allow: a host name"),
+        ('["api.example.com:99999"]', "'api.example.com:99999' is not a host to allow"),
+        ('["-bad"]', "'-bad' is not a host to allow"),
+        ("api.example.com", "Input should be a valid list"),
+    ]
+    for number, (value, message) in enumerate(cases):
+        path = write_config(
+            tmp_path,
+            ONE_AGENT.format(capabilities="network-access-limited", allow=f"network_allow: {value}"),
+            name=f"case{number}.yaml",
+        )
+        [problem] = [str(issue) for issue in validate([path]).issues]
+        assert problem.startswith(f"{path}: agents.0.network_allow"), problem
+        assert message in problem and "\n" not in problem, problem
