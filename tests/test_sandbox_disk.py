@@ -176,3 +176,13 @@ def test_attach_and_release_keep_a_directory_at_the_path(tmp_path):
     (workspace / "note").write_text("hi")
     disk.release()
     assert not os.path.ismount(workspace) and (workspace / "note").read_text() == "hi"
+
+
+def test_a_workspace_already_past_the_limit_stays_as_it_was_without_a_disk(tmp_path, caplog):
+    workspace = tmp_path / "big" / "workspace"
+    workspace.mkdir(parents=True)
+    (workspace / "large").write_bytes(b"x" * 12 * MB)
+    assert WorkspaceDisk.attach(workspace, 8 * MB) is None
+    assert "has no size limit (8MB wanted)" in caplog.text
+    assert not os.path.ismount(workspace) and (workspace / "large").stat().st_size == 12 * MB
+    assert sorted(p.name for p in workspace.parent.iterdir()) == ["workspace"]

@@ -102,7 +102,13 @@ class WorkspaceDisk:
                     kept.rename(path)
                 raise
             if kept is not None:
-                _copy_into(kept, path)
+                try:
+                    _copy_into(kept, path)  # fails when the files exceed the limit
+                except BaseException:
+                    _unmount(path)
+                    shutil.rmtree(path)
+                    kept.rename(path)
+                    raise
                 shutil.rmtree(kept)
         except BaseException:
             disk.release()
