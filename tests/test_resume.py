@@ -7,18 +7,21 @@ engine.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import uuid
 
 import pytest
 from conftest import run_toka, write_config
 from llm_server import OPENAI_PATH, scripted_server, server_error, slow, text, tool_call
-from own_runs import flow_run_id_of, no_leftover_containers  # noqa: F401 (this module's leak check)
+from own_runs import no_leftover_containers, remove_run_containers  # noqa: F401 (its leak check)
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.states import Cancelling
-from test_llm_runs import KEY_ENV, Background, llm_config, wait_for_requests
+from prefect.states import Cancelling, Scheduled
+from test_deploy_api import PREFECT, make_pool, prefect, start_run, wait_final
+from test_llm_runs import KEY_ENV, llm_config, wait_for_requests
 
-from toka_agents import ExecutionError, run
+from toka_agents import ExecutionError, deploy, run
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
 
@@ -109,40 +112,6 @@ def test_a_resumed_run_sends_only_the_model_calls_not_done_and_reruns_no_complet
     ]
 
 
-def test_a_cancelled_run_resumes_from_storage_in_the_middle_of_a_model_call(
-    tmp_path, workspace_root, api_key, docker_client
-):
-    name = f"resume-cancel-{uuid.uuid4().hex[:8]}"
-    writer = """
-    - name: writer
-      capabilities: [filesystem-write]
-      tasks: [{name: compute, instruction: Compute the sum of 1 to 10 and write it down.}]
-    """
-    script = (
-        tool_call("write_file", path="sum.txt", content="55\n"),
-        slow(600, text("never sent back")),  # the model hangs; the run is cancelled meanwhile
-        tool_call("finish", success=True, summary="Wrote sum.txt."),
-    )
-    with scripted_server(*script, api_key=api_key) as server:
-        config = llm_config(tmp_path, server, writer, name=name)
-        background = Background(lambda: run(config, workspace_root=workspace_root))
-        flow_run_id = flow_run_id_of(name)
-        wait_for_requests(server, 2)
-        with get_client(sync_client=True) as client:
-            client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
-        background.thread.join(timeout=60)
-        first = background.result
-        assert first.state.is_cancelled(), first.state
-
-        second = run(config, workspace_root=workspace_root, resume=str(flow_run_id))
-        sent = server.requests_to(OPENAI_PATH)
-    assert second.ok, second.state.message
-    assert len(sent) == 3  # model 1 came from storage; model 2, cut by the cancel, was sent again
-    assert sent[2].body["messages"] == sent[1].body["messages"]
-    assert (second.workspace / "sum.txt").read_text() == "55\n"
-    assert second.workspace == first.workspace
-
-
 ONE_TASK = 'agents: [{name: a, tasks: [{name: t, code: {language: shell, source: "true"}}]}]\n'
 
 
@@ -164,12 +133,69 @@ def test_runs_that_cannot_be_resumed_get_one_line_answers(tmp_path, workspace_ro
         f"cannot resume {done.flow_run_id}: it is a run of {name!r}, and this config is 'other'"
     )
 
-    with pytest.raises(ExecutionError) as refused:
-        run(config, resume="not-a-run")
-    assert str(refused.value) == "cannot resume 'not-a-run': it is not a flow run id"
     absent = uuid.uuid4()
+    with pytest.raises(ExecutionError) as refused:
+        run(config, resume=absent)
+    assert str(refused.value) == f"cannot resume {absent}: Prefect has no such flow run"
     printed = run_toka(
-        "orchestrate", str(config), "--resume", str(absent), env={"PREFECT_API_URL": prefect_api}
+        "orchestrate", str(config), "--resume", "not-a-run", env={"PREFECT_API_URL": prefect_api}
     )
     assert printed.returncode == 1, printed.stderr
-    assert printed.stderr.strip() == f"error: cannot resume {absent}: Prefect has no such flow run"
+    assert printed.stderr.strip() == "error: cannot resume 'not-a-run': it is not a flow run id"
+
+
+def test_prefects_retry_of_a_cancelled_deployment_run_resumes_it_on_a_worker(
+    tmp_path, prefect_api, api_key, docker_client
+):
+    """The UI's Retry: the run goes back to Scheduled (AwaitingRetry) and a worker runs it again.
+    The first attempt is cancelled while the model is answering its second call."""
+    name = f"retried-{uuid.uuid4().hex[:8]}"
+    writer = """
+    - name: writer
+      capabilities: [filesystem-write]
+      tasks: [{name: compute, instruction: Compute the sum of 1 to 10 and write it down.}]
+    """
+    script = (
+        tool_call("write_file", path="sum.txt", content="55\n"),
+        slow(600, text("never sent back")),  # the model hangs; the run is cancelled meanwhile
+        tool_call("finish", success=True, summary="Wrote sum.txt."),
+    )
+    with scripted_server(*script, api_key=api_key) as server:
+        config = llm_config(tmp_path, server, writer, name=name)
+        pool = make_pool(name, prefect_api)
+        deploy(config, name=name, work_pool=pool)
+        flow_run_id = start_run(f"toka-orchestrate/{name}", prefect_api, tmp_path)
+        worker = subprocess.Popen(
+            [PREFECT, "worker", "start", "--pool", pool, "--run-once"],
+            cwd=tmp_path,
+            env={**os.environ, "PREFECT_API_URL": prefect_api},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for_requests(server, 2)
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(flow_run_id, Cancelling())
+            worker.wait(timeout=120)
+            first = wait_final(flow_run_id, 60).state
+            assert first is not None and first.is_cancelled(), first
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(
+                    flow_run_id, Scheduled(name="AwaitingRetry", message="Retry from the UI")
+                )
+            again = prefect(
+                "worker", "start", "--pool", pool, "--run-once", api=prefect_api, cwd=tmp_path
+            )
+            assert again.returncode == 0, again.stdout + again.stderr
+            second = wait_final(flow_run_id, 60).state
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+            remove_run_containers(docker_client, flow_run_id)
+        sent = server.requests_to(OPENAI_PATH)
+    assert second is not None and second.is_completed(), second
+    # Model call 1 was answered from storage; call 2, cut by the cancel, was sent again.
+    assert len(sent) == 3
+    assert sent[2].body["messages"] == sent[1].body["messages"]
+    assert sent[2].body["messages"][3]["content"] == "wrote 3 bytes to sum.txt"

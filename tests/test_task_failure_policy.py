@@ -9,7 +9,6 @@ from __future__ import annotations
 import textwrap
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from conftest import write_config
@@ -31,126 +30,112 @@ def tasks(*bodies: str) -> str:
     return "[" + ", ".join(f"{{name: t{i}, {b[1:-1]}}}" for i, b in enumerate(bodies, 1)) + "]"
 
 
-def policy_config(tmp_path: Path, body: str) -> tuple[Path, str]:
-    name = f"policy-{uuid.uuid4().hex[:8]}"
-    return write_config(tmp_path, f"name: {name}\n" + textwrap.dedent(body)), name
+CRITICAL = '{priority: critical, code: {language: shell, source: "echo broken >&2; exit 3"}}'
 
 
-def statuses(result) -> dict[str, str]:
-    return {o.task_id: o.status for o in result.outcomes}
-
-
-def test_stop_written_or_by_default_skips_the_agents_later_tasks_and_its_downstream(
-    tmp_path, workspace_root
-):
-    path, _ = policy_config(
-        tmp_path,
-        f"""
+@pytest.fixture(scope="module")
+def policies(tmp_path_factory, prefect_api, sandbox_image):
+    """One run whose independent agents each show one policy, and the `toka.agent.*` events."""
+    directory = tmp_path_factory.mktemp("policies")
+    name = f"policies-{uuid.uuid4().hex[:8]}"
+    body = f"""
+        name: {name}
+        max_concurrent_agents: 5
         agents:
-          - {{name: default, tasks: {tasks(OK, FAILS, OK)}}}
-          - {{name: written, on_task_failure: stop, min_success_ratio: 0.1, tasks: {tasks(FAILS, OK)}}}
-          - {{name: after, requires: [default], tasks: {tasks(OK)}}}
-        """,
-    )
-    result = run(path, workspace_root=workspace_root)
-    assert statuses(result) == {
-        "default/t1": "completed",
-        "default/t2": "failed",
-        "default/t3": "skipped",
-        "written/t1": "failed",
-        "written/t2": "skipped",
-        "after/t1": "skipped",
-    }
-    messages = {o.task_id: o.message for o in result.outcomes}
-    assert messages["default/t3"] == "not run: earlier task default/t2 failed: exit code 3: broken"
-    assert messages["after/t1"] == (
-        "not run: required agent 'default' failed: default/t2: exit code 3: broken"
-    )
-
-
-def test_continue_above_the_ratio_runs_every_task_completes_the_agent_and_its_downstream(
-    tmp_path, workspace_root
-):
-    path, _ = policy_config(
-        tmp_path,
-        f"""
-        agents:
-          - name: worker
+          - {{name: stops, tasks: {tasks(OK, FAILS, OK)}}}
+          - {{name: stops-written, on_task_failure: stop, min_success_ratio: 0.1, tasks: {tasks(FAILS, OK)}}}
+          - {{name: after-stops, requires: [stops], tasks: {tasks(OK)}}}
+          - name: above
             on_task_failure: continue
             min_success_ratio: 0.8
             tasks: {tasks(OK, FAILS, OK, OK, OK)}
-          - {{name: after, requires: [worker], tasks: {tasks(OK)}}}
-        """,
-    )
-    since = datetime.now(UTC) - timedelta(seconds=5)
-    result = run(path, workspace_root=workspace_root)
-    assert statuses(result) == {
-        **{f"worker/t{i}": "completed" for i in (1, 3, 4, 5)},
-        "worker/t2": "failed",
-        "after/t1": "completed",
-    }
-    runs = task_runs(result.flow_run_id)
-    assert runs["worker/t3"].state.is_completed() and runs["after/t1"].state.is_completed()
-    events = {e.resource.name: e for e in agent_events(result.flow_run_id, since, expected=2)}
-    assert events["worker"].event == "toka.agent.completed"
-    assert events["worker"].payload["message"] == "4 of 5 tasks done, meeting min_success_ratio 0.8"
-
-
-def test_continue_below_the_ratio_fails_the_agent_naming_the_ratio_and_skips_downstream(
-    tmp_path, workspace_root
-):
-    path, _ = policy_config(
-        tmp_path,
-        f"""
-        on_task_failure: continue
-        min_success_ratio: 0.8
-        agents:
-          - {{name: worker, tasks: {tasks(OK, FAILS, OK, FAILS, OK)}}}
-          - {{name: after, requires: [worker], tasks: {tasks(OK)}}}
-        """,
-    )
-    since = datetime.now(UTC) - timedelta(seconds=5)
-    result = run(path, workspace_root=workspace_root)
-    assert result.state.is_failed()
-    assert statuses(result) == {
-        **{f"worker/t{i}": "completed" for i in (1, 3, 5)},
-        **{f"worker/t{i}": "failed" for i in (2, 4)},
-        "after/t1": "skipped",
-    }
-    below = "3 of 5 tasks done, below min_success_ratio 0.8"
-    assert result.outcomes[-1].message == f"not run: required agent 'worker' failed: {below}"
-    events = {e.resource.name: e for e in agent_events(result.flow_run_id, since, expected=2)}
-    assert events["worker"].event == "toka.agent.failed"
-    assert events["worker"].payload["message"] == below
-    assert events["after"].event == "toka.agent.skipped"
-
-
-def test_a_failed_critical_task_fails_its_agent_and_stops_it_even_under_continue(
-    tmp_path, workspace_root
-):
-    critical = '{priority: critical, code: {language: shell, source: "echo broken >&2; exit 3"}}'
-    path, _ = policy_config(
-        tmp_path,
-        f"""
-        agents:
-          - name: worker
+          - {{name: after-above, requires: [above], tasks: {tasks(OK)}}}
+          - name: below
+            on_task_failure: continue
+            tasks: {tasks(OK, FAILS, OK, FAILS, OK)}
+          - {{name: after-below, requires: [below], tasks: {tasks(OK)}}}
+          - name: critical
             on_task_failure: continue
             min_success_ratio: 0
-            tasks: {tasks(OK, critical, OK)}
-          - {{name: after, requires: [worker], tasks: {tasks(OK)}}}
-        """,
-    )
-    result = run(path, workspace_root=workspace_root)
-    assert statuses(result) == {
-        "worker/t1": "completed",
-        "worker/t2": "failed",
-        "worker/t3": "skipped",
-        "after/t1": "skipped",
+            tasks: {tasks(OK, CRITICAL, OK)}
+          - {{name: after-critical, requires: [critical], tasks: {tasks(OK)}}}
+    """
+    # The orchestration's own setting, under the agents' (`below` takes its 0.8 from here).
+    path = write_config(directory, textwrap.dedent(body) + "min_success_ratio: 0.8\n")
+    since = datetime.now(UTC) - timedelta(seconds=5)
+    result = run(path, workspace_root=directory / "runs")
+    events = {e.resource.name: e for e in agent_events(result.flow_run_id, since, expected=9)}
+    return result, events
+
+
+def outcomes_of(result, *agents: str) -> dict[str, tuple[str, str]]:
+    return {o.task_id: (o.status, o.message) for o in result.outcomes if o.agent in agents}
+
+
+def test_stop_written_or_by_default_skips_the_agents_later_tasks_and_its_downstream(policies):
+    result, events = policies
+    found = outcomes_of(result, "stops", "stops-written", "after-stops")
+    assert {task: status for task, (status, _) in found.items()} == {
+        "stops/t1": "completed",
+        "stops/t2": "failed",
+        "stops/t3": "skipped",
+        "stops-written/t1": "failed",
+        "stops-written/t2": "skipped",
+        "after-stops/t1": "skipped",
     }
-    assert result.outcomes[-1].message == (
-        "not run: required agent 'worker' failed: critical task worker/t2: exit code 3: broken"
+    assert found["stops/t3"][1] == "not run: earlier task stops/t2 failed: exit code 3: broken"
+    assert found["after-stops/t1"][1] == (
+        "not run: required agent 'stops' failed: stops/t2: exit code 3: broken"
     )
-    assert task_runs(result.flow_run_id)["worker/t3"].state.name == "Skipped"
+    assert events["stops"].event == events["stops-written"].event == "toka.agent.failed"
+
+
+def test_continue_above_the_ratio_runs_every_task_completes_the_agent_and_its_downstream(policies):
+    result, events = policies
+    found = outcomes_of(result, "above", "after-above")
+    assert {task: status for task, (status, _) in found.items()} == {
+        **{f"above/t{i}": "completed" for i in (1, 3, 4, 5)},
+        "above/t2": "failed",
+        "after-above/t1": "completed",
+    }
+    runs = task_runs(result.flow_run_id)
+    assert runs["above/t3"].state.is_completed() and runs["after-above/t1"].state.is_completed()
+    assert events["above"].event == "toka.agent.completed"
+    assert events["above"].payload["message"] == "4 of 5 tasks done, meeting min_success_ratio 0.8"
+    assert events["after-above"].event == "toka.agent.completed"
+
+
+def test_continue_below_the_ratio_fails_the_agent_naming_the_ratio_and_skips_downstream(policies):
+    result, events = policies
+    found = outcomes_of(result, "below", "after-below")
+    assert {task: status for task, (status, _) in found.items()} == {
+        **{f"below/t{i}": "completed" for i in (1, 3, 5)},
+        **{f"below/t{i}": "failed" for i in (2, 4)},
+        "after-below/t1": "skipped",
+    }
+    below = "3 of 5 tasks done, below min_success_ratio 0.8"
+    assert found["after-below/t1"][1] == f"not run: required agent 'below' failed: {below}"
+    assert events["below"].event == "toka.agent.failed"
+    assert events["below"].payload["message"] == below
+    assert events["after-below"].event == "toka.agent.skipped"
+    # A task failed: the flow run says so, whichever agents completed.
+    assert result.state.is_failed()
+
+
+def test_a_failed_critical_task_fails_its_agent_and_stops_it_even_under_continue(policies):
+    result, events = policies
+    found = outcomes_of(result, "critical", "after-critical")
+    assert {task: status for task, (status, _) in found.items()} == {
+        "critical/t1": "completed",
+        "critical/t2": "failed",
+        "critical/t3": "skipped",
+        "after-critical/t1": "skipped",
+    }
+    assert found["after-critical/t1"][1] == (
+        "not run: required agent 'critical' failed: critical task critical/t2: exit code 3: broken"
+    )
+    assert task_runs(result.flow_run_id)["critical/t3"].state.name == "Skipped"
+    assert events["critical"].event == "toka.agent.failed"
 
 
 def test_tokas_specs_continue_at_0_8_by_default_and_settings_override_it(tmp_path):
