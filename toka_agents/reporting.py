@@ -141,6 +141,7 @@ class RunReport:
             for name, members in self._workstreams.items()
         }
         self._progress: dict[str, UUID] = {}
+        self._before_creation: dict[str, tuple[float, str]] = {}  # progress that came first
         self._opened: set[str] = set()  # artifacts whose creation is queued
         self._latest: dict[str, tuple[float, str]] = {}
         self._flush_queued = False
@@ -164,6 +165,9 @@ class RunReport:
 
     def _create_progress_artifact(self, key: str, percent: float, text: str) -> None:
         self._progress[key] = create_progress_artifact(progress=percent, description=text)
+        newer = self._before_creation.pop(key, None)  # the writer is one thread: no lock needed
+        if newer is not None:
+            update_progress_artifact(self._progress[key], *newer)
 
     def task_finished(self, outcome: TaskOutcome) -> None:
         """Emit the task's event, and move its agent's progress if it is done."""
@@ -188,8 +192,10 @@ class RunReport:
             latest, self._latest = self._latest, {}
             self._flush_queued = False
         for key, (percent, text) in latest.items():
-            if key in self._progress:  # not there: its creation failed, and says so at the end
+            if key in self._progress:
                 update_progress_artifact(self._progress[key], percent, text)
+            else:  # its creation is queued behind this flush (or failed, which the summary says)
+                self._before_creation[key] = (percent, text)
 
     def _workstream_progress(self, name: str) -> tuple[float, str]:
         done, total = self._workstream_done[name], self._workstream_total[name]
