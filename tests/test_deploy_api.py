@@ -4,6 +4,7 @@ clear error, a process worker runs a deployment, and a served deployment runs a 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -94,6 +95,20 @@ def test_deploy_creates_then_updates_the_same_deployment(prefect_api):
     assert not updated.paused
     assert [s.schedule.interval for s in updated.schedules] == [timedelta(minutes=10)]  # type: ignore[union-attr]
     assert updated.parameters["dry_run"] is True and updated.parameters["agents"] == ["report"]
+
+
+def test_deploy_inside_a_running_event_loop_returns_the_id(prefect_api):
+    """In Jupyter (or under Playwright's sync API) an event loop runs; Prefect's `apply` then
+    hands back a coroutine unless told to stay synchronous."""
+    pool = make_pool("toka-deploy-api", prefect_api)
+
+    async def deploy_from_a_notebook() -> object:
+        return toka_agents.deploy(QUICKSTART, name="from-a-loop", work_pool=pool, paused=True)
+
+    deployment_id = asyncio.run(deploy_from_a_notebook())
+    assert isinstance(deployment_id, UUID), deployment_id
+    with get_client(sync_client=True) as client:
+        assert client.read_deployment(deployment_id).name == "from-a-loop"
 
 
 @pytest.mark.parametrize(

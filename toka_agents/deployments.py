@@ -364,7 +364,7 @@ def deploy(
     )
     _check_work_pool(work_pool)
     try:
-        return deployment.apply()
+        return deployment.apply(_sync=True)  # a coroutine, not an id, inside a running loop otherwise
     except Exception as exc:
         raise TokaError(f"could not deploy {FLOW_NAME}/{name}: {_one_line(exc)}") from None
 
