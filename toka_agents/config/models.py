@@ -80,7 +80,7 @@ class _Model(BaseModel):
 
 
 DEFAULT_IMAGE = "toka-sandbox:1"
-"""The sandbox image built from `sandboxes/python` by `toka sandbox build`."""
+"""The sandbox image built from `sandbox/definitions/python` by `toka sandbox build`."""
 
 
 class Limits(_Model):

@@ -1,12 +1,12 @@
-"""The sandbox images: built from their definitions in `sandboxes/` with a registry, or
+"""The sandbox images: built from their definitions in `definitions/` with a registry, or
 offline without one.
 
-Two come with toka-agents (`IMAGES`): the Python image (`sandboxes/python`, the default) and
-the shell image (`sandboxes/shell`: Debian's essential tools, and python3-minimal only for the
+Two come with toka-agents (`IMAGES`): the Python image (`definitions/python`, the default) and
+the shell image (`definitions/shell`: Debian's essential tools, and python3-minimal only for the
 supervisor). A definition is a directory with a Dockerfile, for machines that can pull, and
 for the offline build either a `build-offline.sh` of its own or a `packages` file (Debian
-packages, one per line) for `sandboxes/build-offline.sh`; an image with extra Debian packages
-is a copy of `sandboxes/shell` with more lines in `packages`.
+packages, one per line) for `definitions/build-offline.sh`; an image with extra Debian packages
+is a copy of `definitions/shell` with more lines in `packages`.
 
 Each image carries a label with a digest of its definition, so a second build finds the
 image current and does nothing, and a changed definition rebuilds it.
@@ -27,10 +27,10 @@ from requests.exceptions import RequestException
 from toka_agents.config.models import DEFAULT_IMAGE
 from toka_agents.errors import SandboxError
 
-SANDBOXES = Path(__file__).resolve().parents[2] / "sandboxes"
+SANDBOXES = Path(__file__).resolve().parent / "definitions"
 DEFINITION = SANDBOXES / "python"
 SHELL_IMAGE = "toka-sandbox-shell:1"
-"""The shell image built from `sandboxes/shell`."""
+"""The shell image built from `definitions/shell`."""
 IMAGES = {DEFAULT_IMAGE: DEFINITION, SHELL_IMAGE: SANDBOXES / "shell"}
 """The images `toka sandbox build` builds, by name, and their definitions."""
 OFFLINE_BUILD = SANDBOXES / "build-offline.sh"
