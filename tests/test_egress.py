@@ -5,8 +5,8 @@ around the proxy. No traffic goes anywhere but to the test's own containers and 
 
 from __future__ import annotations
 
-import os
-import socket
+import subprocess
+import sys
 import textwrap
 import time
 import uuid
@@ -19,9 +19,8 @@ from own_runs import TEST_LABEL, THIS_SESSION, no_leftover_containers, run_conta
 
 from toka_agents import run, validate
 from toka_agents.compiling import RUN_LABEL
-from toka_agents.sandbox import Sandbox, SandboxSpec, remove_orphans
+from toka_agents.sandbox import remove_orphans
 from toka_agents.sandbox.egress import LABEL_EGRESS
-from toka_agents.sandbox.owners import LABEL_OWNER
 
 runs_containers = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
 
@@ -190,50 +189,47 @@ def test_a_limited_agent_reaches_only_its_listed_host_through_the_proxy(
     assert egress_networks(docker_client, result.flow_run_id) == []
 
 
-def _dead_owner() -> str:
-    """An owner label of this host whose process does not run."""
-    pid = 4_000_000
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return f"{socket.gethostname()}:{pid}:1"
-        except PermissionError:
-            pass
-        pid -= 1
+KILLED_MIDWAY = """
+import sys, time
+from toka_agents.sandbox import Sandbox, SandboxSpec, connect
+network, allowed, label, mark = sys.argv[1:]
+sandbox = Sandbox(connect(), {label: mark})
+spec = SandboxSpec(
+    image="toka-sandbox:1", language="shell", source="true", memory=64 * 1024**2, cpus=0.5,
+    pids=32, timeout=30, network=network, network_allow=(allowed,),
+)
+print("ran:", sandbox.run(spec).ok, flush=True)
+time.sleep(600)
+"""
 
 
 @pytest.mark.usefixtures("sandbox_image")
 def test_the_proxy_and_network_of_a_killed_process_are_swept(docker_client, servers):
-    """A process killed mid-run leaves its proxy and internal network: the next sweep (each run
-    starts with one, as does `toka sandbox clean`) removes both."""
+    """A process SIGKILLed mid-run leaves its proxy and internal network: the next sweep (each
+    run starts with one, as does `toka sandbox clean`) removes both."""
     mark = f"egress-sweep-{uuid.uuid4().hex[:8]}"
-    owner = _dead_owner()
-    sandbox = Sandbox(docker_client, {LABEL_OWNER: owner, TEST_LABEL: mark})
-    spec = SandboxSpec(
-        image="toka-sandbox:1",
-        language="shell",
-        source="true",
-        memory=64 * 1024**2,
-        cpus=0.5,
-        pids=32,
-        timeout=30,
-        network=servers.network,
-        network_allow=(f"{servers.listed.host}:8000",),
+    labels = {"label": [f"{LABEL_EGRESS}=1", f"{TEST_LABEL}={mark}"]}
+    allowed = f"{servers.listed.host}:8000"
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_MIDWAY, servers.network, allowed, TEST_LABEL, mark],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
-        assert sandbox.run(spec).ok
-        # Not closed, as if the process had been killed: its proxy and network are still there.
-        labels = {"label": [f"{LABEL_EGRESS}=1", f"{TEST_LABEL}={mark}"]}
+        assert child.stdout is not None
+        assert child.stdout.readline() == "ran: True\n"
+        # Its owner still runs, so no sweep touches them yet.
         assert len(docker_client.api.containers(all=True, filters=labels)) == 1
         assert len(docker_client.api.networks(filters=labels)) == 1
-
-        remove_orphans(docker_client, {TEST_LABEL: mark})
-
-        assert docker_client.api.containers(all=True, filters=labels) == []
-        assert docker_client.api.networks(filters=labels) == []
     finally:
-        sandbox.close()
+        child.kill()
+        child.wait()
+        child.stdout.close()
+
+    remove_orphans(docker_client, {TEST_LABEL: mark})
+
+    assert docker_client.api.containers(all=True, filters=labels) == []
+    assert docker_client.api.networks(filters=labels) == []
 
 
 ONE_AGENT = """\
