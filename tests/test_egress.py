@@ -189,6 +189,34 @@ def test_a_limited_agent_reaches_only_its_listed_host_through_the_proxy(
     assert egress_networks(docker_client, result.flow_run_id) == []
 
 
+@runs_containers
+def test_a_limited_agent_whose_upstream_network_does_not_exist_fails_naming_it(
+    tmp_path, workspace_root, docker_client
+):
+    missing = f"toka-test-absent-{uuid.uuid4().hex[:8]}"
+    path = write_config(
+        tmp_path,
+        f"""\
+name: egress-absent-{uuid.uuid4().hex[:8]}
+sandbox: {{network: {missing}}}
+agents:
+  - name: limited
+    capabilities: [network-access-limited]
+    network_allow: [somewhere]
+    tasks: [{{name: t, code: {{language: shell, source: "true"}}}}]
+""",
+    )
+    result = run(path, workspace_root=workspace_root)
+    assert result.state.is_failed()
+    [outcome] = result.outcomes
+    assert outcome.message == (
+        f"sandbox error: could not start the egress proxy on network {missing!r}: "
+        f"network {missing} not found"
+    )
+    assert run_containers(docker_client, result.flow_run_id) == []
+    assert egress_networks(docker_client, result.flow_run_id) == []
+
+
 KILLED_MIDWAY = """
 import sys, time
 from toka_agents.sandbox import Sandbox, SandboxSpec, connect
