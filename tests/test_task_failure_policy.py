@@ -141,6 +141,9 @@ def test_a_failed_critical_task_fails_its_agent_and_stops_it_even_under_continue
 def test_tokas_specs_continue_at_0_8_by_default_and_settings_override_it(tmp_path):
     for agent in plan(load(V03)).agents + plan(load(AGENTS_TOML)).agents:
         assert (agent.on_task_failure, agent.min_success_ratio) == ("continue", 0.8), agent.name
+    shown = plan(load(AGENTS_TOML)).to_json()["agents"][0]  # as `toka plan --json` prints it
+    assert (shown["on_task_failure"], shown["min_success_ratio"]) == ("continue", 0.8)
+    assert shown["tasks"][0]["priority"] == "critical"
     native = write_config(tmp_path, f"agents: [{{name: a, tasks: {tasks(OK)}}}]\n")
     [agent] = plan(load(native)).agents
     assert (agent.on_task_failure, agent.min_success_ratio) == ("stop", 1.0)

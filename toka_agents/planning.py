@@ -157,6 +157,8 @@ class Plan(_Frozen):
                     "workstream": agent.workstream,
                     "requires": list(agent.requires),
                     "optional_requires": list(agent.optional_requires),
+                    "on_task_failure": agent.on_task_failure,
+                    "min_success_ratio": agent.min_success_ratio,
                     "tasks": [_task_json(task) for task in agent.tasks],
                 }
                 for agent in self.agents
@@ -174,6 +176,7 @@ def _task_json(task: PlannedTask) -> dict[str, Any]:
         "id": task.id,
         "name": task.name,
         "kind": task.kind,
+        "priority": task.priority,
         "limits": {
             "memory": format_bytes(task.limits.memory),
             "cpu": task.limits.cpu,
