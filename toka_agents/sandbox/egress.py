@@ -1,13 +1,14 @@
 """Limited network: an internal Docker network per allow list, and the egress proxy on it.
 
 A limited-network sandbox container joins only an internal network (the engine forwards
-nothing from it to any other network) that it shares with one proxy container of toka-agents' own (`egress_proxy.py`
-run in the sandbox image). The proxy's other side joins the upstream network (the run's
-`sandbox.network`), and it lets through only the allowed hosts. The sandbox reaches the proxy
-by its IP address (`HTTP_PROXY`/`HTTPS_PROXY`), so it needs no DNS, and its DNS is refused
-(`REFUSED_DNS`): its one DNS server is 127.0.0.1 in its own network namespace, where nothing
-answers. (On engine 20.10 the embedded DNS of an internal network may otherwise forward
-outside names to the host's servers; this setting is what stops it.)
+nothing from it to any other network) that it shares with one proxy container of
+toka-agents' own (`egress_proxy.py` run in the sandbox image). The proxy's other side joins
+the upstream network (the run's `sandbox.network`), and it lets through only the allowed
+hosts. The sandbox reaches the proxy by its IP address (`HTTP_PROXY`/`HTTPS_PROXY`), so it
+needs no DNS, and its DNS is refused (`REFUSED_DNS`): its one DNS server is 127.0.0.1 in its
+own network namespace, where nothing answers. (On engine 20.10 the embedded DNS of an
+internal network may otherwise forward outside names to the host's servers; this setting is
+what stops it.)
 
 The network and the proxy carry the sandbox's labels (owner and run), so the run's end
 removes them with its containers (`remove_networks` after the containers) and the sweep of a
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 import docker
-from docker.errors import DockerException, NotFound
+from docker.errors import DockerException, ImageNotFound, NotFound
 from requests.exceptions import RequestException
 
 from toka_agents.config.models import DEFAULT_IMAGE
@@ -103,6 +104,11 @@ def start_egress(
         _remove_quietly(client, container_id, network_id)
         if isinstance(exc, SandboxError):
             raise
+        if isinstance(exc, ImageNotFound):
+            raise SandboxError(
+                f"the egress proxy runs in {PROXY_IMAGE!r}, which is not on the Docker engine: "
+                "build it with `toka sandbox build`"
+            ) from exc
         if isinstance(exc, _ENGINE_ERRORS):
             said = getattr(exc, "explanation", None) or str(exc)
             raise SandboxError(
