@@ -3,6 +3,7 @@ time limit on their own, and the next run or `toka sandbox clean` removes them."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -26,6 +27,7 @@ from own_runs import (  # noqa: F401 (no_leftover_containers: this module's leak
 from toka_agents import run
 from toka_agents.compiling import RUN_LABEL
 from toka_agents.sandbox import LABEL_MANAGED
+from toka_agents.sandbox.egress import LABEL_EGRESS
 from toka_agents.sandbox.owners import LABEL_OWNER, current_owner, is_orphaned
 
 pytestmark = pytest.mark.usefixtures("no_leftover_containers")
@@ -92,12 +94,22 @@ def test_sandbox_clean_run_removes_that_runs_containers_whoever_owns_them(docker
     live = park(docker_client, sandbox_image, current_owner(), mine)
     orphaned = park(docker_client, sandbox_image, dead_owner(), mine)
     bystander = park(docker_client, sandbox_image, current_owner(), other)
+    egress_labels = {LABEL_EGRESS: "1", LABEL_MANAGED: "1", LABEL_OWNER: current_owner(), TEST_LABEL: "1"}
+    networks = {
+        run_id: docker_client.networks.create(
+            f"toka-egress-test-{run_id[:8]}", internal=True, labels={**egress_labels, RUN_LABEL: run_id}
+        )
+        for run_id in (mine, other)
+    }
     try:
         cleaned = run_toka("sandbox", "clean", "--run", mine)
         assert cleaned.returncode == 0, cleaned.stderr
         assert cleaned.stdout.strip() == "removed 2 container(s)"
         assert not exists(docker_client, live) and not exists(docker_client, orphaned)
         assert exists(docker_client, bystander)
+        names = {network.name for network in docker_client.networks.list()}
+        assert networks[mine].name not in names, "the run's egress network was left"
+        assert networks[other].name in names
 
         both = run_toka("sandbox", "clean", "--run", other, "--all")
         assert (both.returncode, both.stderr.strip()) == (1, "give --run or --all, not both")
@@ -108,6 +120,9 @@ def test_sandbox_clean_run_removes_that_runs_containers_whoever_owns_them(docker
         assert exists(docker_client, bystander)
     finally:
         remove([live, orphaned, bystander])
+        for network in networks.values():
+            with contextlib.suppress(docker.errors.NotFound):
+                network.remove()
 
 
 def test_a_killed_runs_container_stops_by_itself_and_the_next_run_removes_it(

@@ -35,6 +35,7 @@ from toka_agents.sandbox import (
     remove_labeled,
     remove_orphans,
 )
+from toka_agents.sandbox.egress import remove_networks
 from toka_agents.sandbox.images import build_images
 
 app = cyclopts.App(
@@ -449,10 +450,10 @@ def clean(
         err.print("give --run or --all, not both", markup=False)
         return 1
     client = connect()
-    if run is not None:
-        removed = remove_labeled(client, {LABEL_MANAGED: "1", RUN_LABEL: str(run)})
-    elif all:
-        removed = remove_labeled(client, {LABEL_MANAGED: "1"})
+    if run is not None or all:
+        labels = {LABEL_MANAGED: "1", **({RUN_LABEL: str(run)} if run is not None else {})}
+        removed = remove_labeled(client, labels)
+        remove_networks(client, labels)  # egress networks, once their containers are gone
     else:
         removed = len(remove_orphans(client))
     out.print(f"removed {removed} container(s)", markup=False)
