@@ -48,6 +48,7 @@ from toka_agents.sandbox.egress import (
     remove_orphaned_networks,
     start_egress,
 )
+from toka_agents.sandbox.engine import EngineUnreachable
 from toka_agents.sandbox.output import Capture, Captured, OutputCallback
 from toka_agents.sandbox.owners import LABEL_OWNER, current_owner, is_orphaned
 from toka_agents.sandbox.pool import PoolKey, WarmPool, pool_key
@@ -255,6 +256,8 @@ class Sandbox:
                 f"sandbox image {name!r} is not on the Docker engine: build it with "
                 "`toka sandbox build` (scripts/setup does), or set `image:` to one you have"
             ) from exc
+        except EngineUnreachable:  # its message already says it all
+            raise
         except _ENGINE_ERRORS as exc:
             raise SandboxError(
                 f"the Docker engine could not look up image {name!r}: {engine_said(exc)}"
@@ -368,6 +371,8 @@ class Sandbox:
                 f"sandbox image {spec.image!r} is not on the Docker engine: build it with "
                 "`toka sandbox build` (scripts/setup does), or set `image:` to one you have"
             ) from exc
+        except EngineUnreachable:  # its message already says it all
+            raise
         except _ENGINE_ERRORS as exc:
             what = f"container {name}" if name else f"a container of {spec.image}"
             raise SandboxError(
