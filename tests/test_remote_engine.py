@@ -77,6 +77,7 @@ def test_a_run_on_a_remote_engine_keeps_its_workspace_in_a_volume_that_workspace
     assert got.stdout.startswith("copied ") and str(tmp_path / "copy") in got.stdout
     assert (tmp_path / "copy" / "out" / "report.txt").read_text() == f"engine report {suffix}\n"
     assert (tmp_path / "copy" / "who.txt").read_text() == "10001\n"  # the sandbox user wrote it
+    assert not (tmp_path / "copy" / "lost+found").exists()  # no disk of this machine's over it
 
     # The helper container that read the volume is gone; the volume stays until removed.
     with second_engine.client() as client:

@@ -347,10 +347,13 @@ def _print_run(result: RunResult) -> None:
 
 
 def _print_where(result: RunResult) -> None:
-    if result.workspace is not None:
+    if result.workspace is not None and result.workspace.is_dir():
         out.print(f"Workspace (what the agents wrote): {result.workspace}", markup=False)
         for entry in sorted(result.workspace.iterdir()):
             out.print(f"  {entry.name}{'/' if entry.is_dir() else ''}", markup=False)
+    elif result.workspace is not None and result.flow_run_id is not None:  # a volume on the engine
+        out.print("Workspace: a volume on the Docker engine; to copy it out:", markup=False)
+        out.print(f"  toka workspace get {result.flow_run_id} DEST", markup=False)
     if result.flow_run_id is not None:
         out.print(f"Flow run: {result.flow_run_id}", markup=False)
         out.print(_where_to_look(str(result.flow_run_id)), markup=False)

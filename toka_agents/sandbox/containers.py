@@ -215,6 +215,10 @@ class Sandbox:
         why), so that its result claims none."""
         if spec.workspace is None or spec.workspace_limit is None:
             return spec
+        from toka_agents.sandbox.workspace import workspace_mode  # it imports this module
+
+        if workspace_mode() == "volume":  # the engine's own directory: a disk of ours would hide it
+            return spec.model_copy(update={"workspace_limit": None})
         with self._lock:
             if spec.workspace not in self._disks:
                 self._disks[spec.workspace] = WorkspaceDisk.attach(spec.workspace, spec.workspace_limit)
