@@ -35,8 +35,8 @@ CASES = {
     "workspace-fill": (
         "capabilities: [filesystem-write]",
         "shell",
-        # most of the 1GB at once (blocks allocated, not written), then a write past the rest
-        "fallocate -l 1000M /workspace/fill && dd if=/dev/zero of=/workspace/more bs=1M count=200",
+        # most of the run's 64MB at once (blocks allocated, not written), then a write past the rest
+        "fallocate -l 56M /workspace/fill && dd if=/dev/zero of=/workspace/more bs=1M count=32",
     ),
     "root-fs-write": ("{}", "shell", "touch /usr/bin/planted"),
     "host-read": ("{}", "shell", "cat {secret_file}"),
@@ -72,6 +72,7 @@ def test_each_abuse_is_contained_named_and_its_neighbour_completes(
 name: abuse-{uuid.uuid4().hex[:8]}
 max_concurrent_agents: {len(CASES) + 1}
 sandbox: {{pool_size: 0}}
+defaults: {{limits: {{workspace: 64MB}}}}  # the run's workspace
 agents:
 {case_agents(secret_file)}
   - name: neighbour
@@ -111,9 +112,9 @@ agents:
 
         status, message = ended("workspace-fill")
         assert status == "failed"
-        assert message.startswith("workspace full (1GB): exit code 1: ")
+        assert message.startswith("workspace full (64MB): exit code 1: ")
         assert "No space left on device" in outcomes["workspace-fill"].stderr_tail
-        assert 1 * 1024**2 < outcomes["workspace-fill"].disk_written <= 200 * 1024**2
+        assert 1 * 1024**2 < outcomes["workspace-fill"].disk_written <= 32 * 1024**2
 
         assert ended("root-fs-write") == (
             "failed",

@@ -106,7 +106,9 @@ agents:
     image: {image_with_tree}
     tasks: [{{name: look, code: {{language: shell, source: "mkdir -p /tmp/a/b && tree --noreport /tmp/a"}}}}]
   - name: plain-shell
-    tasks: [{{name: look, code: {{language: shell, source: "command -v tree || echo no tree here"}}}}]
+    tasks:
+      - {{name: look, code: {{language: shell, source: "command -v tree || echo no tree here"}}}}
+      - {{name: tree, image: {image_with_tree}, code: {{language: shell, source: "command -v tree"}}}}
   - name: python
     image: {DEFAULT_IMAGE}
     tasks: [{{name: json, code: {{language: python, source: "import json; print(json.dumps([1]))"}}}}]
@@ -119,10 +121,12 @@ agents:
     assert result.state.is_completed(), result.state.message
     assert outcomes["with-tree/look"].stdout_tail == "/tmp/a\n└── b\n"
     assert outcomes["plain-shell/look"].stdout_tail == "no tree here\n"
+    assert outcomes["plain-shell/tree"].stdout_tail == "/usr/bin/tree\n"  # the task's own image
     assert outcomes["python/json"].stdout_tail == "[1]\n"
     for task, image in (
         ("with-tree/look", image_with_tree),
         ("plain-shell/look", SHELL_IMAGE),
+        ("plain-shell/tree", image_with_tree),
         ("python/json", DEFAULT_IMAGE),
     ):
         assert outcomes[task].image == image

@@ -358,6 +358,7 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
         run_id=str(flow_run.id),
         sandbox_error=sandbox_error,
         dry_run=options.dry_run,
+        workspace_limit=plan.workspace_limit,
         labels=labels,
         agents=dict(schedule.agents),
         api_keys=api_keys,

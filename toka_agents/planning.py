@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from toka_agents.config import capabilities
-from toka_agents.config.limits import format_bytes, format_seconds
+from toka_agents.config.limits import DEFAULT_WORKSPACE_LIMIT, format_bytes, format_seconds
 from toka_agents.config.loader import load_paths
 from toka_agents.config.models import (
     DEFAULT_IMAGE,
@@ -46,6 +46,7 @@ class TaskLimits(_Frozen):
     cpu: float
     timeout: float
     pids: int
+    workspace: int
 
 
 class PlannedTask(_Frozen):
@@ -137,6 +138,11 @@ class Plan(_Frozen):
     def tasks(self) -> list[PlannedTask]:
         return [task for agent in self.agents for task in agent.tasks]
 
+    @property
+    def workspace_limit(self) -> int:
+        """The size of the run's workspace: the largest any of its tasks is given."""
+        return max((task.limits.workspace for task in self.tasks), default=DEFAULT_WORKSPACE_LIMIT)
+
     def agent(self, name: str) -> PlannedAgent:
         for agent in self.agents:
             if agent.name == name:
@@ -182,6 +188,7 @@ def _task_json(task: PlannedTask) -> dict[str, Any]:
             "cpu": task.limits.cpu,
             "timeout": format_seconds(task.limits.timeout),
             "pids": task.limits.pids,
+            "workspace": format_bytes(task.limits.workspace),
         },
         "image": task.image,
         "network": task.network,
@@ -558,9 +565,13 @@ def _plan_agent(
                 code=task.code if isinstance(task, CodeTask) else None,
                 instruction=None if isinstance(task, CodeTask) else task.instruction,
                 limits=TaskLimits(
-                    memory=limits.memory, cpu=limits.cpu, timeout=limits.timeout, pids=limits.pids
+                    memory=limits.memory,
+                    cpu=limits.cpu,
+                    timeout=limits.timeout,
+                    pids=limits.pids,
+                    workspace=limits.workspace,
                 ),
-                image=image,
+                image=task.image or image,
                 capabilities=granted,
                 network=network,
                 docker_network=orchestration.sandbox.network if network else None,

@@ -90,6 +90,11 @@ class Limits(_Model):
     cpu: CpuShare | None = Field(None, description="CPU share: 50%, 0.5 or '2 cores'.")
     timeout: Duration | None = Field(None, description="Wall-clock limit per task: 30s, 5m, 2h.")
     pids: int | None = Field(None, gt=0, description="Most processes and threads at once.")
+    workspace: MemorySize | None = Field(
+        None,
+        description="Size of the run's workspace, which its tasks share (the largest any task "
+        "is given wins): a write past it fails with 'no space left on device'.",
+    )
 
     def over(self, base: Limits) -> Limits:
         """These limits, with every unset field taken from `base`."""
@@ -99,7 +104,7 @@ class Limits(_Model):
         return base.model_copy(update=mine)
 
 
-DEFAULT_LIMITS = Limits(memory="512MB", cpu="1 core", timeout="10m", pids=256)
+DEFAULT_LIMITS = Limits(memory="512MB", cpu="1 core", timeout="10m", pids=256, workspace="1GB")
 """What a task gets when no level of the config sets a limit."""
 
 
@@ -127,6 +132,7 @@ class CodeTask(_Model):
     code: CodeSource
     priority: Priority | None = Field(None, description="`critical`: its failure fails its agent.")
     limits: Limits = Limits()
+    image: str | None = Field(None, description="The sandbox image of this task (default: its agent's).")
     condition: str | None = Field(
         None, description="Run this task only when the run names this condition."
     )
@@ -143,6 +149,7 @@ class LlmTask(_Model):
     estimated_duration: str | None = Field(None, description="A hint for people: 2h, 1d, 1w.")
     tools: list[str] = []
     limits: Limits = Limits()
+    image: str | None = Field(None, description="The sandbox image its code runs in (default: its agent's).")
     condition: str | None = Field(
         None, description="Run this task only when the run names this condition."
     )
