@@ -73,7 +73,9 @@ def workspace_get(flow_run_id: UUID, destination: Path, /) -> int:
     from toka_agents.sandbox.workspace import copy_out
 
     copied = copy_out(connect(), str(flow_run_id), destination)
-    out.print(f"copied {len(copied)} path(s) of run {flow_run_id}'s workspace to {destination}", markup=False)
+    out.print(
+        f"copied {len(copied)} path(s) of run {flow_run_id}'s workspace to {destination}", markup=False
+    )
     return 0
 
 

@@ -149,7 +149,7 @@ class LlmTask(_Model):
     estimated_duration: str | None = Field(None, description="A hint for people: 2h, 1d, 1w.")
     tools: list[str] = []
     limits: Limits = Limits()
-    image: str | None = Field(None, description="The sandbox image its code runs in (default: its agent's).")
+    image: str | None = Field(None, description="The sandbox image of its code (default: its agent's).")
     condition: str | None = Field(
         None, description="Run this task only when the run names this condition."
     )
