@@ -171,11 +171,13 @@ def test_attach_and_release_keep_a_directory_at_the_path(tmp_path):
     workspace.mkdir(parents=True)
     disk = WorkspaceDisk.attach(workspace, 8 * MB)
     assert disk is not None and os.path.ismount(workspace)
+    assert list(workspace.iterdir()) == []  # the agents see an empty workspace, no lost+found
     stats = os.statvfs(workspace)
     assert 7.5 * MB <= stats.f_bavail * stats.f_frsize <= 9 * MB  # about the limit, for files
     (workspace / "note").write_text("hi")
     disk.release()
     assert not os.path.ismount(workspace) and (workspace / "note").read_text() == "hi"
+    assert [entry.name for entry in workspace.iterdir()] == ["note"]
 
 
 def test_a_workspace_already_past_the_limit_stays_as_it_was_without_a_disk(tmp_path, caplog):

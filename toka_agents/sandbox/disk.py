@@ -96,6 +96,9 @@ class WorkspaceDisk:
             kept = _set_aside(path)
             try:
                 _run("mount", "-o", "loop,nosuid,nodev", str(disk.file), str(path))
+                # mkfs's lost+found is no file of the agents' (nothing will fsck this disk)
+                with contextlib.suppress(OSError):
+                    (path / "lost+found").rmdir()
             except BaseException:
                 if kept is not None:  # put the files back where they were
                     path.rmdir()
