@@ -8,6 +8,7 @@ import os
 import pty
 import re
 import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from uuid import UUID
@@ -173,6 +174,27 @@ def test_spawn_on_a_deployment_asks_for_that_agent_and_stop_cancels_a_run_not_st
     )
 
 
+def stop_and_see_containers_go(
+    docker_client, flow_run_id: UUID, env: dict[str, str]
+) -> tuple[subprocess.Popen[str], datetime | None]:
+    """Start `toka agent stop`, and return it with the moment the run's containers were all
+    gone (None if some outlived two minutes), watched while the stop runs."""
+    stopping = subprocess.Popen(
+        [TOKA, "agent", "stop", str(flow_run_id)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if not run_containers(docker_client, flow_run_id):
+            return stopping, datetime.now(UTC)
+        time.sleep(0.05)
+    return stopping, None
+
+
 def test_monitor_follows_a_running_run_and_stop_removes_its_containers_within_5s(
     tmp_path, docker_client, prefect_api
 ):
@@ -200,21 +222,7 @@ def test_monitor_follows_a_running_run_and_stop_removes_its_containers_within_5s
             cwd=REPO,
         )
         wait_for_running_container(docker_client, flow_run_id)
-        stopping = subprocess.Popen(
-            [TOKA, "agent", "stop", str(flow_run_id)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
-        )
-        gone_at = None
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if not run_containers(docker_client, flow_run_id):
-                gone_at = datetime.now(UTC)
-                break
-            time.sleep(0.05)
+        stopping, gone_at = stop_and_see_containers_go(docker_client, flow_run_id, env)
         stop_out, stop_err = stopping.communicate(timeout=60)
         watched_out, watched_err = monitor.communicate(timeout=60)
         running.communicate(timeout=60)
@@ -290,3 +298,48 @@ def test_every_verbs_help_shows_an_example(verb, example):
     shown = io.StringIO()
     app.help_print(verb, console=Console(file=shown, width=120))
     assert example in shown.getvalue(), shown.getvalue()
+
+
+def test_stop_cancels_a_run_on_a_process_worker_and_its_containers_go_within_5s(
+    tmp_path, docker_client, prefect_api, background
+):
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from toka_agents import deploy
+
+    name = unique("worker-stop")
+    pool = unique("stop-pool")
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    deploy(write_config(tmp_path, LONG_TASK.format(name=name)), name=name, work_pool=pool)
+    spawned = toka(prefect_api, "agent", "spawn", "--deployment", name, "--agent", "long")
+    assert spawned.returncode == 0, spawned.stdout + spawned.stderr
+    flow_run_id = UUID(re.search(r"^Flow run: (\S+) ", spawned.stdout, re.M)[1])  # type: ignore[index]
+    worker = background.start(
+        "worker",
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool],
+        env={"PREFECT_API_URL": prefect_api},
+    )
+    try:
+        wait_for_running_container(docker_client, flow_run_id)  # the worker's run reached its task
+        env = {**os.environ, "PREFECT_API_URL": prefect_api}
+        stopping, gone_at = stop_and_see_containers_go(docker_client, flow_run_id, env)
+        stop_out, stop_err = stopping.communicate(timeout=60)
+        deadline = time.monotonic() + 120
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < deadline:
+                flow_run = client.read_flow_run(flow_run_id)
+                if flow_run.state is not None and flow_run.state.is_final():
+                    break
+                time.sleep(0.5)
+            states = client.read_flow_run_states(flow_run_id)
+    finally:
+        remove_run_containers(docker_client, flow_run_id)
+    assert worker.poll() is None, background.log("worker")  # the worker outlives its run's cancel
+    assert stopping.returncode == 0, stop_out + stop_err
+    assert f"Flow run {flow_run_id}: Cancelled" in stop_out
+    assert flow_run.state is not None and flow_run.state.is_cancelled(), flow_run.state
+    [cancelling] = [state.timestamp for state in states if state.name == "Cancelling"]
+    assert gone_at is not None, "the worker's run kept its containers two minutes after the stop"
+    took = (gone_at - cancelling).total_seconds()
+    assert took <= STOP_BOUND, f"containers gone {took:.1f} s after the cancel"

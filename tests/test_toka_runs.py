@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,10 @@ def test_v03_dry_run_walks_all_78_tasks_in_prefect():
     assert result.state.message == "9 agents, 78 of 78 tasks done"
     assert result.workspace is None  # a dry run touches nothing
 
-    runs = task_runs(result.flow_run_id)
+    # Task runs reach the server as events, which it records a moment after the flow returns.
+    deadline = time.monotonic() + 30
+    while len(runs := task_runs(result.flow_run_id)) < 78 and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert len(runs) == 78
     for task_run in runs.values():
         assert task_run.state.is_completed() and task_run.state.name == "DryRun"

@@ -369,7 +369,7 @@ def main():
     line = "\0" + header["marker"] + " " + to_json(result) + "\n"
     sys.stderr.buffer.write(line.encode())
     sys.stderr.buffer.flush()
-    return 0
+    return 124 if timed_out else 0  # as timeout(1): the engine's exit code says why it ended
 
 
 if __name__ == "__main__":
