@@ -98,17 +98,17 @@ def test_a_shell_task_ends_with_its_main_process(sandbox, spec, status):
 
 
 LEAVES_PRINTERS_BEHIND = """
-import subprocess, sys, threading, time
+import os, subprocess, sys, threading, time
 
-def tick():
+def tick():  # os.write: one line, one write, whatever the other writers do meanwhile
     while True:
-        print("thread tick", flush=True)
+        os.write(1, b"thread tick\\n")
         time.sleep(0.05)
 
 threading.Thread(target=tick, daemon=True).start()
-subprocess.Popen([sys.executable, "-c", "import time\\nwhile True:\\n print('child tick', flush=True)\\n time.sleep(0.05)"])
+subprocess.Popen([sys.executable, "-c", "import os, time\\nwhile True:\\n os.write(1, b'child tick\\\\n')\\n time.sleep(0.05)"])
 time.sleep(0.5)
-print("main done", flush=True)
+os.write(1, b"main done\\n")
 """
 
 
