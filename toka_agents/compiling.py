@@ -37,7 +37,7 @@ from pydantic import SecretStr
 
 from toka_agents import executor, reporting, resuming
 from toka_agents.config.models import PRIORITY_RANK, LlmSettings
-from toka_agents.errors import LlmError, SandboxError
+from toka_agents.errors import LlmError, SandboxError, one_line
 from toka_agents.executor import ExecutionContext, TaskOutcome
 from toka_agents.llm.gateway import Acquire, from_environment
 from toka_agents.llm.loop import StepRunner
@@ -158,7 +158,7 @@ def read_secret_keys(plan: Plan) -> dict[str, SecretStr]:
         except Exception as exc:  # missing, of another type, or the API is away
             raise LlmSetupError(
                 f"the Prefect Secret block {name!r} (llm.api_key_secret) cannot be read: "
-                + _one_line(exc)
+                + one_line(exc)
             ) from None
         if not isinstance(value, str) or not value:
             raise LlmSetupError(f"the Prefect Secret block {name!r} (llm.api_key_secret) holds no key")
@@ -224,7 +224,7 @@ def upsert_rate_limits(plan: Plan) -> None:
                     limit.name, limit.slots, slot_decay_per_second=limit.decay
                 )
     except Exception as exc:  # the API refused or is away: say so before any task starts
-        raise LlmSetupError(f"cannot set up the LLM rate limits in Prefect: {_one_line(exc)}") from None
+        raise LlmSetupError(f"cannot set up the LLM rate limits in Prefect: {one_line(exc)}") from None
 
 
 def rate_limit_hook(settings: LlmSettings, *, cancel: threading.Event) -> Acquire | None:
@@ -391,13 +391,9 @@ def _end_sandbox(sandbox: Sandbox, logger: reporting.RunLogger) -> None:
         logger.error(
             "could not remove the run's sandbox containers: %s. The next run on this host "
             "or `toka sandbox clean` removes them.",
-            _one_line(exc),
+            one_line(exc),
         )
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
 
 
 class CancellationWatcher:
@@ -447,7 +443,7 @@ class CancellationWatcher:
                         "cannot read this flow run's state to watch for a cancel "
                         "(%d attempt(s) so far): %s; trying again every %gs",
                         failures,
-                        _one_line(exc),
+                        one_line(exc),
                         self.interval,
                     )
                 continue
@@ -702,7 +698,7 @@ class Scheduler:
             state = future.state
             outcome = state.result(raise_on_failure=False) if state.is_final() else None
         except Exception as exc:  # the task engine itself failed, e.g. the API refused it
-            return executor.failed(planned, f"Prefect could not run the task: {_one_line(exc)}")
+            return executor.failed(planned, f"Prefect could not run the task: {one_line(exc)}")
         if isinstance(outcome, TaskOutcome):
             return outcome
         # Prefect ended the task run, not our code: a crash, or a task that waited for one

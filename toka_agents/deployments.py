@@ -34,7 +34,7 @@ from toka_agents import reporting
 from toka_agents.compiling import RunOptions, execute_plan, schedule_of
 from toka_agents.config import load
 from toka_agents.config.models import LlmOverrides
-from toka_agents.errors import ConfigError, ConfigIssue, TokaError
+from toka_agents.errors import ConfigError, ConfigIssue, TokaError, one_line
 from toka_agents.planning import plan, select_agents, validate
 
 FLOW_NAME = "toka-orchestrate"
@@ -366,7 +366,7 @@ def deploy(
     try:
         return deployment.apply(_sync=True)  # a coroutine, not an id, inside a running loop otherwise
     except Exception as exc:
-        raise TokaError(f"could not deploy {FLOW_NAME}/{name}: {_one_line(exc)}") from None
+        raise TokaError(f"could not deploy {FLOW_NAME}/{name}: {one_line(exc)}") from None
 
 
 def _check_work_pool(work_pool: str) -> None:
@@ -381,7 +381,7 @@ def _check_work_pool(work_pool: str) -> None:
             f"`prefect work-pool create {work_pool} --type process`"
         ) from None
     except Exception as exc:
-        raise TokaError(f"cannot reach the Prefect API: {_one_line(exc)}") from None
+        raise TokaError(f"cannot reach the Prefect API: {one_line(exc)}") from None
 
 
 def serve(
@@ -407,8 +407,3 @@ def serve(
     from prefect import serve as prefect_serve
 
     prefect_serve(deployment)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

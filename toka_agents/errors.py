@@ -16,6 +16,13 @@ class TokaError(Exception):
     """Base class of every error toka-agents raises on purpose."""
 
 
+def one_line(exc: BaseException) -> str:
+    """An error's first line (at most 300 characters), or its type's name if it says nothing:
+    what a user is shown of an error that is not toka-agents' own."""
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
 @dataclass(frozen=True)
 class ConfigIssue:
     """One problem in one config file, located by its key path (`agents.1.limits.memory`)."""

@@ -40,7 +40,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from toka_agents.errors import TokaError
+from toka_agents.errors import TokaError, one_line
 from toka_agents.planning import Plan
 
 TaskStatus = Literal["waiting", "running", "completed", "failed", "skipped", "cancelled"]
@@ -323,7 +323,7 @@ class Watch:
             raise
         except Exception as exc:
             if self.view is None:
-                raise WatchError(f"cannot read flow run {self.flow_run_id}: {_one_line(exc)}") from None
+                raise WatchError(f"cannot read flow run {self.flow_run_id}: {one_line(exc)}") from None
             return self.view  # the API hiccuped: draw what we had and ask again
         self.view = view
         return view
@@ -441,8 +441,3 @@ def latest_task_runs(plan: Plan, flow_names: Sequence[str]) -> dict[str, LatestR
             )
             latest[agent.name] = LatestRun(found[0]) if found else None
     return latest
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
