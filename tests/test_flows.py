@@ -507,8 +507,8 @@ def test_deployment_flow_fails_with_the_config_problems(tmp_path):
     )
     state = orchestrate(paths=[str(bad)], return_state=True)
     assert state.is_failed()
-    assert state.message == (
-        f"1 config problem(s):\n{bad}: agents.0.requires.0: agent 'a' requires 'ghost', which is not "
+    assert state.message == (  # one line: problems joined by "; "
+        f"1 config problem(s): {bad}: agents.0.requires.0: agent 'a' requires 'ghost', which is not "
         "defined (defined agents: a)"
     )
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+import logging
 import os
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 from uuid import UUID
 
 import cyclopts
@@ -20,14 +21,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from toka_agents import __version__, graphs, planning
+from toka_agents import __version__, graphs, planning, text
 from toka_agents.api import RunResult, run_plan
 from toka_agents.compiling import RUN_LABEL, RunOptions
 from toka_agents.config.limits import format_bytes
 from toka_agents.config.models import DEFAULT_IMAGE, LlmOverrides, OrchestrationFile
 from toka_agents.errors import ConfigError, ConfigIssue, TokaError
+from toka_agents.executor import TaskOutcome
 from toka_agents.planning import Validation
-from toka_agents.reporting import llm_columns
+from toka_agents.reporting import llm_columns, task_message
 from toka_agents.sandbox import (
     LABEL_MANAGED,
     connect,
@@ -38,13 +40,16 @@ from toka_agents.sandbox import (
 from toka_agents.sandbox.egress import remove_networks
 from toka_agents.sandbox.images import build_images
 
+if TYPE_CHECKING:
+    from toka_agents.watching import LatestRun
+
 app = cyclopts.App(
     name="toka",
     help="Run teams of agents on Prefect: orchestration configs become Prefect flows, "
     "agent code runs in Docker sandboxes.",
     version=__version__,
     suppress_keyboard_interrupt=False,  # `main` says "interrupted" and exits 130
-    error_formatter=lambda error: Text(f"error: {' '.join(str(error).split())}"),  # one line
+    error_formatter=lambda error: Text(f"error: {text.visible(' '.join(str(error).split()))}"),
 )
 sandbox_app = cyclopts.App(name="sandbox", help="The Docker sandbox: its image and its containers.")
 app.command(sandbox_app)
@@ -72,9 +77,13 @@ def workspace_get(flow_run_id: UUID, destination: Path, /) -> int:
     `toka workspace get 0b6e...-... ./out`. The engine is the one DOCKER_HOST names."""
     from toka_agents.sandbox.workspace import copy_out
 
-    copied = copy_out(connect(), str(flow_run_id), destination)
+    copied, left_out = copy_out(connect(), str(flow_run_id), destination)
+    if left_out:
+        err.print(f"warning: {text.visible(left_out.warning(destination))}", markup=False)
     out.print(
-        f"copied {len(copied)} path(s) of run {flow_run_id}'s workspace to {destination}", markup=False
+        f"copied {len(copied)} path(s) of run {flow_run_id}'s workspace to "
+        + text.visible(str(destination)),
+        markup=False,
     )
     return 0
 
@@ -88,11 +97,12 @@ def workspace_rm(flow_run_id: UUID, /) -> int:
     return 0
 
 
-out = Console(highlight=False, soft_wrap=True)
+# Whatever they print that toka-agents did not write goes through `text` and never as markup.
+out = Console(highlight=False, soft_wrap=True, emoji=False)
 CANCEL_POLL_SECONDS = 1.0
 """How often a run of this process looks for a cancel (`toka agent stop`, the UI): a read of
 its flow run, cheap on any database, so that its containers go within seconds of the cancel."""
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 ConfigPath = Annotated[Path, Parameter(help="Config files (.yaml, .yml, .toml) or directories of them.")]
 Conditions = Annotated[
@@ -119,22 +129,26 @@ WatchFlag = Annotated[
 ]
 
 
-def _print_issues(issues: list[ConfigIssue]) -> None:
+def print_issues(issues: list[ConfigIssue], console: Console | None = None) -> None:
+    """Each config problem on one line: `FILE: key.path: message`."""
     for issue in issues:
-        err.print(str(issue), markup=False)
+        (console or err).print(text.one_line(str(issue), None), markup=False)
 
 
-def _print_warnings(checked: Validation, *, all_of_them: bool = False) -> None:
+def print_warnings(
+    checked: Validation, *, all_of_them: bool = False, console: Console | None = None
+) -> None:
     """Plan warnings always; file warnings (Toka schema departures) in full only on request."""
+    console = console or err
     planned = checked.plan.warnings if checked.plan else ()
     for warning in planned:
-        err.print(f"warning: {warning}", markup=False)
+        console.print(f"warning: {text.one_line(str(warning), None)}", markup=False)
     from_files = [w for w in checked.warnings if w not in planned]
     if all_of_them:
         for warning in from_files:
-            err.print(f"warning: {warning}", markup=False)
+            console.print(f"warning: {text.one_line(str(warning), None)}", markup=False)
     elif from_files:
-        err.print(
+        console.print(
             f"{len(from_files)} more warning(s) about the files: `toka validate` lists them",
             markup=False,
         )
@@ -156,15 +170,16 @@ def validate(
         optional_dependencies=optional_dependencies,
         allow_unsandboxed=allow_unsandboxed or None,
     )
-    _print_warnings(checked, all_of_them=True)
+    print_warnings(checked, all_of_them=True)
     if not checked.ok:
-        _print_issues(checked.issues)
+        print_issues(checked.issues)
         err.print(f"{len(checked.issues)} problem(s) found", markup=False)
         return 1
     assert checked.plan is not None
     plan = checked.plan
     out.print(
-        f"ok: {plan.name}: {len(plan.agents)} agents, {len(plan.tasks)} tasks, {len(plan.waves)} waves",
+        f"ok: {text.visible(plan.name, newlines=False)}: {len(plan.agents)} agents, "
+        f"{len(plan.tasks)} tasks, {len(plan.waves)} waves",
         markup=False,
     )
     return 0
@@ -187,28 +202,41 @@ def plan(
         optional_dependencies=optional_dependencies,
         allow_unsandboxed=allow_unsandboxed or None,
     )
-    _print_warnings(checked)
+    print_warnings(checked)
     if checked.plan is None:
-        _print_issues(checked.issues)
+        print_issues(checked.issues)
         return 1
     if json_:
         print(json.dumps(checked.plan.to_json(), indent=2))
         return 0
-    planned = checked.plan
-    out.print(f"[bold]{planned.name}[/]: {planned.description}")
+    print_plan(checked.plan, out)
+    return 0
+
+
+def print_plan(planned: planning.Plan, console: Console) -> None:
+    """The plan's name and description, then a row per agent: its wave, settings and tasks."""
+    console.print(
+        Text.assemble(
+            (text.visible(planned.name, newlines=False), "bold"), ": ", text.visible(planned.description)
+        )
+    )
     table = Table("wave", "agent", "priority", "workstream", "requires", "tasks")
     wave_of = {name: i for i, wave in enumerate(planned.waves, 1) for name in wave}
     for agent in planned.agents:
         table.add_row(
             str(wave_of[agent.name]),
-            agent.name,
-            agent.priority,
-            agent.workstream,
-            ", ".join(agent.requires) or "-",
-            "\n".join(f"{task.name} ({task.kind})" for task in agent.tasks) or "-",
+            _cell(agent.name),
+            _cell(agent.priority),
+            _cell(agent.workstream),
+            _cell(", ".join(agent.requires) or "-"),
+            Text("\n").join(_cell(f"{task.name} ({task.kind})") for task in agent.tasks) or "-",
         )
-    out.print(table)
-    return 0
+    console.print(table)
+
+
+def _cell(value: str, style: str = "") -> Text:
+    """A table cell of text toka-agents did not write: one visible line, never markup."""
+    return Text(text.visible(value, newlines=False), style=style)
 
 
 @app.command
@@ -267,9 +295,9 @@ def orchestrate(
         allow_unsandboxed=allow_unsandboxed or None,
         llm_overrides=LlmOverrides(provider=llm_provider, model=llm_model, base_url=llm_base_url),
     )
-    _print_warnings(checked)
+    print_warnings(checked)
     if checked.plan is None:
-        _print_issues(checked.issues)
+        print_issues(checked.issues)
         return 1
     options = RunOptions(
         workspace_root=workspace_dir,
@@ -283,7 +311,7 @@ def orchestrate(
 
 def _run_printed(planned: planning.Plan, options: RunOptions) -> RunResult:
     result = run_plan(planned, options)
-    _print_run(result)
+    print_run(result, out)
     return result
 
 
@@ -312,53 +340,63 @@ def _run_watched(planned: planning.Plan, options: RunOptions) -> RunResult:
             follower.join(timeout=30)
     if failed or watch.view is None:
         if failed:
-            err.print(f"the live view stopped: {failed[0]}", markup=False)
-        _print_run(result)
+            err.print(f"the live view stopped: {text.visible(str(failed[0]))}", markup=False)
+        print_run(result, out)
         return result
-    _print_where(result)
+    print_where(result, out)
     return result
 
 
-def _print_run(result: RunResult) -> None:
-
-    with_llm = any(outcome.steps is not None for outcome in result.outcomes)
-    llm_headers = list(llm_columns(result.outcomes[0])) if with_llm else []
-    table = Table("task", "status", "duration", "peak memory", "cpu time", *llm_headers, "message")
-    table.columns[0].overflow = "fold"
-    table.columns[0].min_width = 24
-    colors = {"completed": "green", "dry-run": "green", "failed": "red", "skipped": "yellow"}
-    for outcome in result.outcomes:
-        table.add_row(
-            outcome.task_id,
-            f"[{colors.get(outcome.status, 'yellow')}]{outcome.status}[/]",
-            "-" if outcome.duration is None else f"{outcome.duration:.2f}s",
-            format_bytes(outcome.peak_memory),
-            "-" if outcome.cpu_seconds is None else f"{outcome.cpu_seconds:.3f}s",
-            *(llm_columns(outcome).values() if with_llm else ()),
-            "" if outcome.status == "completed" else outcome.message,
-        )
-    out.print(table)
-    if with_llm:
+def print_run(result: RunResult, console: Console) -> None:
+    """The summary table of every task, the run's end, and where to find what it left."""
+    console.print(summary_table(result.outcomes))
+    if any(outcome.steps is not None for outcome in result.outcomes):
         tokens_in = sum(o.input_tokens or 0 for o in result.outcomes)
         tokens_out = sum(o.output_tokens or 0 for o in result.outcomes)
         costs = [o.cost for o in result.outcomes if o.cost is not None]
         cost = f", cost {sum(costs):.4f}" if costs else ""
-        out.print(f"Tokens: {tokens_in} in, {tokens_out} out{cost}", markup=False)
-    out.print(f"Run: {result.state.name}: {result.state.message}", markup=False)
-    _print_where(result)
+        console.print(f"Tokens: {tokens_in} in, {tokens_out} out{cost}", markup=False)
+    message = text.one_line(result.state.message or "")
+    console.print(f"Run: {text.visible(result.state.name)}: {message}", markup=False)
+    print_where(result, console)
 
 
-def _print_where(result: RunResult) -> None:
+def summary_table(outcomes: list[TaskOutcome]) -> Table:
+    with_llm = any(outcome.steps is not None for outcome in outcomes)
+    llm_headers = list(llm_columns(outcomes[0])) if with_llm else []
+    table = Table("task", "status", "duration", "peak memory", "cpu time", *llm_headers, "message")
+    table.columns[0].overflow = "fold"
+    table.columns[0].min_width = 24
+    colors = {"completed": "green", "dry-run": "green", "failed": "red", "skipped": "yellow"}
+    for outcome in outcomes:
+        table.add_row(
+            _cell(outcome.task_id),
+            _cell(outcome.status, colors.get(outcome.status, "yellow")),
+            "-" if outcome.duration is None else f"{outcome.duration:.2f}s",
+            format_bytes(outcome.peak_memory),
+            "-" if outcome.cpu_seconds is None else f"{outcome.cpu_seconds:.3f}s",
+            *(llm_columns(outcome).values() if with_llm else ()),
+            Text("" if outcome.status == "completed" else task_message(outcome)),
+        )
+    return table
+
+
+def print_where(result: RunResult, console: Console) -> None:
+    """The workspace and its entries (one visible line each, whatever their names hold), and
+    the flow run with where to look at it."""
     if result.workspace is not None and result.workspace.is_dir():
-        out.print(f"Workspace (what the agents wrote): {result.workspace}", markup=False)
+        console.print(
+            f"Workspace (what the agents wrote): {text.visible(str(result.workspace))}", markup=False
+        )
         for entry in sorted(result.workspace.iterdir()):
-            out.print(f"  {entry.name}{'/' if entry.is_dir() else ''}", markup=False)
+            name = text.visible(entry.name, newlines=False)
+            console.print(f"  {name}{'/' if entry.is_dir() else ''}", markup=False)
     elif result.workspace is not None and result.flow_run_id is not None:  # a volume on the engine
-        out.print("Workspace: a volume on the Docker engine; to copy it out:", markup=False)
-        out.print(f"  toka workspace get {result.flow_run_id} DEST", markup=False)
+        console.print("Workspace: a volume on the Docker engine; to copy it out:", markup=False)
+        console.print(f"  toka workspace get {result.flow_run_id} DEST", markup=False)
     if result.flow_run_id is not None:
-        out.print(f"Flow run: {result.flow_run_id}", markup=False)
-        out.print(_where_to_look(str(result.flow_run_id)), markup=False)
+        console.print(f"Flow run: {result.flow_run_id}", markup=False)
+        console.print(_where_to_look(str(result.flow_run_id)), markup=False)
 
 
 def _where_to_look(flow_run_id: str) -> str:
@@ -387,7 +425,7 @@ def graph(
         paths, conditions=conditions, optional_dependencies=optional_dependencies
     )
     if checked.plan is None:
-        _print_issues(checked.issues)
+        print_issues(checked.issues)
         return 1
     if format in ("svg", "png"):
         data = graphs.render(checked.plan, format)
@@ -397,6 +435,8 @@ def graph(
     else:
         data = (graphs.mermaid if format == "mermaid" else graphs.dot)(checked.plan).encode()
     if output is None:
+        if sys.stdout.isatty() and format in ("mermaid", "dot"):
+            data = text.visible(data.decode()).encode()  # the configs' names, on a terminal
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
     else:
@@ -421,7 +461,7 @@ def build(
 ) -> int:
     """Build the sandbox images (Python and shell): from a registry when one answers, otherwise
     offline from Debian."""
-    build_images(connect(), force=force, log=lambda line: out.print(line, markup=False))
+    build_images(connect(), force=force, log=lambda line: out.print(text.visible(line), markup=False))
     return 0
 
 
@@ -538,10 +578,12 @@ def runtime_exec(
         with Sandbox(connect(), {"org.toka-agents.runtime": "exec"}) as sandbox:
             result = sandbox.run(spec, on_output=pass_on)
     except SandboxError as exc:
-        err.print(f"error: {exc}", markup=False)
+        err.print(f"error: {text.visible(str(exc))}", markup=False)
         return EXEC_SANDBOX_ERROR
+    # The code's own output passed through raw above, as `docker run` does: the user ran it.
+    # What toka-agents says about it is shown literally.
     if result.failure:
-        err.print(result.failure, markup=False)
+        err.print(text.visible(result.failure), markup=False)
     cut = [name for name in ("stdout", "stderr") if getattr(result, f"{name}_truncated")]
     err.print(
         f"exit code {result.exit_code} · wall {format_seconds(round(result.duration, 3))} · "
@@ -653,29 +695,35 @@ def agent_list(
         paths, conditions=conditions, optional_dependencies=optional_dependencies
     )
     if checked.plan is None:
-        _print_issues(checked.issues)
+        print_issues(checked.issues)
         return 1
     planned = checked.plan
     with _prefect_api():
         latest = latest_task_runs(planned, [planned.name, FLOW_NAME])
+    # Piped, the table keeps one line per agent, for grep, instead of wrapping at 80 columns.
+    console = out if out.is_terminal else Console(highlight=False, width=200, emoji=False)
+    console.print(agents_table(planned, latest))
+    return 0
+
+
+def agents_table(planned: planning.Plan, latest: dict[str, LatestRun | None]) -> Table:
+    """A row per agent: its settings and its latest task run (state, task, end)."""
     table = Table("agent", "workstream", "priority", "tasks", "requires", "latest", "task", "ended")
     colors = {"Completed": "green", "Failed": "red", "Crashed": "red", "Running": "cyan"}
     for agent in planned.agents:
         found = latest[agent.name]
         when = found.task_run.end_time if found else None
         table.add_row(
-            agent.name,
-            agent.workstream,
-            agent.priority,
+            _cell(agent.name),
+            _cell(agent.workstream),
+            _cell(agent.priority),
             str(len(agent.tasks)),
-            ", ".join(agent.requires) or "-",
-            f"[{colors.get(found.state_name, 'yellow')}]{found.state_name}[/]" if found else "never run",
-            found.task if found else "-",
+            _cell(", ".join(agent.requires) or "-"),
+            _cell(found.state_name, colors.get(found.state_name, "yellow")) if found else "never run",
+            _cell(found.task) if found else "-",
             when.astimezone().strftime("%Y-%m-%d %H:%M:%S") if when else "-",
         )
-    # Piped, the table keeps one line per agent, for grep, instead of wrapping at 80 columns.
-    (out if out.is_terminal else Console(highlight=False, width=200)).print(table)
-    return 0
+    return table
 
 
 @agent_app.command
@@ -743,7 +791,9 @@ def _spawn_on_deployment(
     with _prefect_api():
         flow_run = runs.start_on_deployment(deployment, parameters)
     out.print(
-        f"Flow run: {flow_run.id} ({flow_run.name}) on {runs.deployment_name(deployment)}", markup=False
+        f"Flow run: {flow_run.id} ({text.visible(flow_run.name, newlines=False)}) on "
+        + text.visible(runs.deployment_name(deployment), newlines=False),
+        markup=False,
     )
     if not watch:
         out.print(f"Follow it: toka agent monitor {flow_run.id}", markup=False)
@@ -788,10 +838,11 @@ def stop(flow_run_id: FlowRunId, /) -> int:
     with _prefect_api():
         before = runs.read_flow_run(run_id)
         if before.state is not None and before.state.is_final():
-            out.print(f"Flow run {run_id} has already ended: {before.state.name}", markup=False)
+            ended = text.visible(before.state.name, newlines=False)
+            out.print(f"Flow run {run_id} has already ended: {ended}", markup=False)
             return 0 if runs.is_cancelled(before) else 1
         flow_run = runs.stop(run_id)
-    state = flow_run.state.name if flow_run.state else "?"
+    state = text.visible(flow_run.state.name, newlines=False) if flow_run.state else "?"
     removed = runs.remove_local_containers(run_id) if runs.is_cancelled(flow_run) else None
     left = f"; removed {removed} container(s) it left" if removed else ""
     out.print(f"Flow run {run_id}: {state}{left}", markup=False)
@@ -804,15 +855,39 @@ def stop(flow_run_id: FlowRunId, /) -> int:
     return 0
 
 
+class VisibleLogLines(logging.Formatter):
+    """Prefect's console log lines with their control characters shown as escapes (`\\x1b`):
+    they carry task output, state messages and the providers' errors, and Prefect's console
+    handler prints them to the terminal as they are."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return text.visible(self.inner.format(record))
+
+
+def show_log_lines_literally() -> None:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not isinstance(
+            handler.formatter, VisibleLogLines
+        ):
+            handler.setFormatter(VisibleLogLines(handler.formatter or logging.Formatter()))
+
+
 def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    show_log_lines_literally()
     try:
         app()
     except ConfigError as exc:
-        _print_issues(exc.issues)
+        print_issues(exc.issues)
         sys.exit(1)
     except TokaError as exc:
-        err.print(f"error: {exc}", markup=False)
+        err.print(f"error: {text.visible(str(exc))}", markup=False)
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)

@@ -11,16 +11,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from toka_agents import text
+
 
 class TokaError(Exception):
     """Base class of every error toka-agents raises on purpose."""
 
 
 def one_line(exc: BaseException) -> str:
-    """An error's first line (at most 300 characters), or its type's name if it says nothing:
-    what a user is shown of an error that is not toka-agents' own."""
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    """An error as one visible line of at most 300 characters (a longer one names its cut), or
+    its type's name if it says nothing: what a user is shown of an error not toka-agents' own."""
+    said = str(exc).strip()
+    return text.one_line(said, 300) if said else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,11 @@ class ExecutionError(TokaError):
 
 class LlmError(TokaError):
     """A model call failed for good: a refusal (4xx), or retries used up. Says the provider's
-    reason; never holds an API key (the gateway redacts it)."""
+    reason in one visible line (a provider's text is not toka-agents' to trust: a model step's
+    task run shows it as its state message); never holds an API key (the gateway redacts it)."""
 
     def __init__(self, message: str, *, status_code: int | None = None, attempts: int = 1) -> None:
-        super().__init__(message)
+        super().__init__(text.one_line(message))
         self.status_code = status_code
         self.attempts = attempts
 

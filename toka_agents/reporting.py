@@ -30,25 +30,37 @@ from prefect.events import emit_event
 from prefect.states import Cancelled, Completed, Failed, State
 from pydantic import BaseModel
 
+from toka_agents import text
 from toka_agents.config.limits import format_bytes
+from toka_agents.errors import one_line
 from toka_agents.executor import TaskOutcome
 from toka_agents.llm.messages import AssistantMessage, Message, ToolMessage
 from toka_agents.planning import Plan, PlannedAgent, PlannedTask
 
+TASK_MESSAGE_LIMIT = 500
+"""The most characters of a task run's state message; a run's is `text.MESSAGE_LIMIT`."""
+
 
 def task_state(outcome: TaskOutcome, *, with_data: bool = True) -> State[TaskOutcome]:
     """The final state of an agent task's Prefect task run; `with_data=False` leaves the
-    outcome out, for a task run created in its final state (the scheduler holds the outcome)."""
+    outcome out, for a task run created in its final state (the scheduler holds the outcome).
+    Its message is the outcome's as one visible line (`text.one_line`); the outcome keeps its own."""
     data = outcome if with_data else None
+    message = task_message(outcome)
     if outcome.status == "completed":
-        return Completed(message=outcome.message, data=data)
+        return Completed(message=message, data=data)
     if outcome.status == "dry-run":
-        return Completed(name="DryRun", message=outcome.message, data=data)
+        return Completed(name="DryRun", message=message, data=data)
     if outcome.status == "skipped":
-        return Cancelled(name="Skipped", message=outcome.message, data=data)
+        return Cancelled(name="Skipped", message=message, data=data)
     if outcome.status == "cancelled":
-        return Cancelled(message=outcome.message, data=data)
-    return Failed(message=outcome.message, data=data)
+        return Cancelled(message=message, data=data)
+    return Failed(message=message, data=data)
+
+
+def task_message(outcome: TaskOutcome) -> str:
+    """A task's message as its task run's state and the run's summary show it."""
+    return text.one_line(outcome.message, TASK_MESSAGE_LIMIT)
 
 
 RunLogger = logging.Logger | logging.LoggerAdapter[Any]
@@ -88,8 +100,8 @@ class OutputLog:
             self.not_logged += 1
             return
         self.logged += 1
-        text = line.decode("utf-8", "replace").rstrip()
-        self.logger.info(text if stream == "stdout" else f"[stderr] {text}")
+        shown = text.visible(line.decode("utf-8", "replace").rstrip())  # it reaches terminals
+        self.logger.info(shown if stream == "stdout" else f"[stderr] {shown}")
 
     def close(self) -> None:
         for stream, partial in self._partial.items():
@@ -191,11 +203,11 @@ class RunReport:
         with self._lock:
             latest, self._latest = self._latest, {}
             self._flush_queued = False
-        for key, (percent, text) in latest.items():
+        for key, (percent, description) in latest.items():
             if key in self._progress:
-                update_progress_artifact(self._progress[key], percent, text)
+                update_progress_artifact(self._progress[key], percent, description)
             else:  # its creation is queued behind this flush (or failed, which the summary says)
-                self._before_creation[key] = (percent, text)
+                self._before_creation[key] = (percent, description)
 
     def _workstream_progress(self, name: str) -> tuple[float, str]:
         done, total = self._workstream_done[name], self._workstream_total[name]
@@ -236,7 +248,9 @@ class RunReport:
         failed_writes = [write.exception() for write in self._writes if write.exception()]
         if failed_writes:
             logger.warning(
-                "could not update %d progress artifact(s): %s", len(failed_writes), failed_writes[0]
+                "could not update %d progress artifact(s): %s",
+                len(failed_writes),
+                one_line(failed_writes[0]),
             )
         outcomes = list(outcomes)
         with_llm = any(outcome.steps is not None for outcome in outcomes)
@@ -271,7 +285,7 @@ class RunReport:
                     description=f"What the agents of {self.plan.name} carry beyond their tasks",
                 )
         except Exception as exc:  # the API failed us; the run's result stands
-            logger.error("could not write the run's summary artifact: %s", exc)
+            logger.error("could not write the run's summary artifact: %s", one_line(exc))
 
 
 TASK_EVENTS = ("completed", "failed", "cancelled")
@@ -333,7 +347,9 @@ def conversation_artifact(task: PlannedTask, outcome: TaskOutcome, conversation:
             description=f"The conversation of {task.id} with its model ({outcome.status})",
         )
     except Exception as exc:  # the API failed us; the task's outcome stands
-        get_run_logger().error("could not write the conversation artifact of %s: %s", task.id, exc)
+        get_run_logger().error(
+            "could not write the conversation artifact of %s: %s", text.visible(task.id), one_line(exc)
+        )
 
 
 def conversation_markdown(task: PlannedTask, outcome: TaskOutcome, conversation: list[Message]) -> str:
@@ -405,7 +421,7 @@ class RunSummary(BaseModel):
 def run_state(
     plan: Plan, outcomes: list[TaskOutcome], workspace: Path | None, *, cancelled: bool
 ) -> State[RunSummary]:
-    """The flow run's final state, with a message that names what failed."""
+    """The flow run's final state, with a one-line message that names what failed."""
     summary = RunSummary(workspace=str(workspace) if workspace else None, outcomes=outcomes)
     failed = [o for o in outcomes if o.status == "failed"]
     skipped = [o for o in outcomes if o.status == "skipped"]
@@ -414,20 +430,23 @@ def run_state(
     if cancelled:
         return Cancelled(message=f"cancelled: {counts}", data=summary)
     if failed:
-        first = "; ".join(f"{o.task_id}: {o.message}" for o in failed[:3])
+        first = "; ".join(f"{o.task_id}: {task_message(o)}" for o in failed[:3])
         more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
         skipped_agents = sorted({o.agent for o in skipped})
         tail = f"; skipped agents: {', '.join(skipped_agents)}" if skipped_agents else ""
-        return Failed(message=f"{len(failed)} task(s) failed: {first}{more}{tail}", data=summary)
-    return Completed(message=f"{len(plan.agents)} agents, {counts}", data=summary)
+        message = f"{len(failed)} task(s) failed: {first}{more}{tail}"
+        return Failed(message=text.one_line(message), data=summary)
+    return Completed(message=text.one_line(f"{len(plan.agents)} agents, {counts}"), data=summary)
 
 
 def refused_state(reason: str) -> State[None]:
     """The state of a flow run that refused to start any task."""
-    return Failed(message=f"refused before starting any task: {reason}")
+    return Failed(message=text.one_line(f"refused before starting any task: {reason}"))
 
 
 def config_failed_state(issues: Iterable[object]) -> State[None]:
-    """The state of a flow run whose config did not load: every problem, one per line."""
-    lines = [str(issue) for issue in issues]
-    return Failed(message=f"{len(lines)} config problem(s):\n" + "\n".join(lines))
+    """The state of a flow run whose config did not load: its problems on one line, `; ` between
+    them, as many as fit."""
+    problems = [str(issue) for issue in issues]
+    message = f"{len(problems)} config problem(s): " + "; ".join(problems)
+    return Failed(message=text.one_line(message))

@@ -40,6 +40,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from toka_agents import text
 from toka_agents.errors import TokaError, one_line
 from toka_agents.planning import Plan
 
@@ -215,7 +216,8 @@ def _totals_from_artifacts(client: Any, flow_run_id: UUID) -> dict[str, int]:
 
 
 def render(view: RunView) -> RenderableType:
-    """The live display: a title line, then one row per agent."""
+    """The live display: a title line, then one row per agent. Names come from the server, as
+    they were written: each is one visible line, never markup."""
     table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
     for column in ("agent", "progress", "tasks", "status", "current task"):
         table.add_column(column)
@@ -223,35 +225,43 @@ def render(view: RunView) -> RenderableType:
         total = agent.total if agent.total is not None else max(agent.ended, 1)
         color = _COLORS.get(agent.status, "cyan")
         table.add_row(
-            agent.name,
+            Text(_name(agent.name)),
             ProgressBar(total=total, completed=agent.ended, width=24, complete_style=color),
             f"{agent.done}/{agent.total if agent.total is not None else '?'}",
             Text(agent.status, style=color),
-            agent.current or "",
+            Text(_name(agent.current or "")),
         )
     title = Text.assemble(
         ("flow run ", "dim"),
-        (view.flow_run.name, "bold"),
+        (_name(view.flow_run.name), "bold"),
         (f" ({view.flow_run.id}): ", "dim"),
-        (view.state_name, "bold"),
+        (_name(view.state_name), "bold"),
     )
     return Group(title, table)
 
 
+def _name(name: str) -> str:
+    return text.visible(name, newlines=False)
+
+
 def failure_line(task: TaskView) -> str:
-    return f"✗ {task.name} {task.state_name.lower()}: {task.message}"
+    """A line for a task run that failed, with its state message: one visible line."""
+    return f"✗ {_name(task.name)} {_name(task.state_name.lower())}: {text.one_line(task.message)}"
 
 
 def task_line(task: TaskView) -> str:
-    """A plain line for one task run's new state."""
-    reason = f": {task.message}" if task.status in ("failed", "skipped", "cancelled") else ""
-    return f"{task.name}: {task.state_name}{reason}"
+    """A plain line for one task run's new state: one visible line."""
+    reason = (
+        f": {text.one_line(task.message)}" if task.status in ("failed", "skipped", "cancelled") else ""
+    )
+    return f"{_name(task.name)}: {_name(task.state_name)}{reason}"
 
 
 def end_line(view: RunView) -> str:
+    """The run's end state and message: one visible line."""
     state = view.flow_run.state
-    message = state.message if state and state.message else ""
-    return f"Run: {view.state_name}" + (f": {message}" if message else "")
+    message = text.one_line(state.message) if state and state.message else ""
+    return f"Run: {_name(view.state_name)}" + (f": {message}" if message else "")
 
 
 class Watch:
@@ -338,7 +348,7 @@ class Watch:
             def show(view: RunView) -> None:
                 for task in self._changed(view):
                     if task.status == "failed":
-                        live.console.print(Text(failure_line(task), style="red"))
+                        live.console.print(Text(failure_line(task), style="red"))  # Text: no markup
                 live.update(render(view))
 
             yield show

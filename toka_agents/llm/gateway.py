@@ -24,6 +24,7 @@ import httpx
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, SecretStr
 
+from toka_agents import text
 from toka_agents.config.models import LlmSettings
 from toka_agents.llm import anthropic, openai
 from toka_agents.llm.errors import LlmCancelled, LlmError, MalformedReply
@@ -241,7 +242,7 @@ class Gateway:
             logger.warning(
                 "%s: %s; retry %d of %d in %.1fs",
                 self.where,
-                reason,
+                text.one_line(reason, 500),
                 attempt,
                 self.settings.max_retries,
                 wait,
