@@ -321,3 +321,53 @@ def test_validate_names_a_bad_allow_list_entry(tmp_path):
         [problem] = [str(issue) for issue in validate([path]).issues]
         assert problem.startswith(f"{path}: agents.0.network_allow"), problem
         assert message in problem and "\n" not in problem, problem
+
+
+ROUTES = r"""
+import socket, struct
+def address(hex_text):
+    return socket.inet_ntoa(struct.pack("<I", int(hex_text, 16)))
+for line in open("/proc/net/route").read().splitlines()[1:]:
+    interface, destination, gateway = line.split()[:3]
+    print("route", interface, address(destination), address(gateway))
+print("ipv6", open("/proc/sys/net/ipv6/conf/all/disable_ipv6").read().strip(),
+      len(open("/proc/net/if_inet6").read().split()))
+"""
+
+
+def host_ipv4_addresses(interface: str | None = None) -> set[str]:
+    """This machine's IPv4 addresses (of one interface): read from its own configuration."""
+    argv = ["ip", "-4", "-o", "addr", "show", *(["dev", interface] if interface else [])]
+    listed = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return {line.split()[3].split("/")[0] for line in listed.splitlines()}
+
+
+@pytest.mark.usefixtures("sandbox_image")
+def test_the_limited_network_has_no_way_to_the_host(docker_client, servers):
+    """The internal network's gateway, where a limited sandbox's default route points, is no
+    address of the host's: the host's side of its bridge has none. Shown from the configuration
+    inside the container and on the host, with no traffic sent anywhere."""
+    from toka_agents.sandbox import Sandbox, SandboxSpec
+    from toka_agents.sandbox.owners import LABEL_OWNER, current_owner
+
+    spec = SandboxSpec(
+        image="toka-sandbox:1", language="python", source=ROUTES, memory=64 * 1024**2, cpus=0.5,
+        pids=32, timeout=30, network=servers.network, network_allow=(f"{servers.listed.host}:8000",),
+    )  # fmt: skip
+    with Sandbox(docker_client, {TEST_LABEL: THIS_SESSION}) as sandbox:
+        result = sandbox.run(spec)
+        assert result.ok, result.failure
+        labels = [f"{LABEL_EGRESS}=1", f"{LABEL_OWNER}={current_owner()}"]
+        [network] = docker_client.api.networks(filters={"label": labels})
+        network = docker_client.api.inspect_network(network["Id"])
+        gateway = network["IPAM"]["Config"][0]["Gateway"]
+        bridge = f"br-{network['Id'][:12]}"
+        # The container: one interface on the internal network, its default route via the
+        # gateway; no IPv6 at all.
+        routes = [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("route")]
+        assert ["eth0", "0.0.0.0", gateway] in routes, routes
+        assert all(via in ("0.0.0.0", gateway) for _, _, via in routes)
+        assert "ipv6 1 0" in result.stdout.splitlines()
+        # The host: nothing holds the gateway address, its side of the bridge has no address.
+        assert host_ipv4_addresses(bridge) == set()
+        assert gateway not in host_ipv4_addresses()

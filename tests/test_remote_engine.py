@@ -76,7 +76,8 @@ def test_a_run_on_a_remote_engine_keeps_its_workspace_in_a_volume_that_workspace
     assert got.returncode == 0, got.stderr
     assert got.stdout.startswith("copied ") and str(tmp_path / "copy") in got.stdout
     assert (tmp_path / "copy" / "out" / "report.txt").read_text() == f"engine report {suffix}\n"
-    assert (tmp_path / "copy" / "who.txt").read_text() == "10001\n"  # the sandbox user wrote it
+    uid = run_user(run_id).split(":")[0]
+    assert (tmp_path / "copy" / "who.txt").read_text() == f"{uid}\n"  # the run's own user wrote it
     assert not (tmp_path / "copy" / "lost+found").exists()  # no disk of this machine's over it
 
     # The helper container that read the volume is gone; the volume stays until removed.
@@ -91,6 +92,12 @@ def test_a_run_on_a_remote_engine_keeps_its_workspace_in_a_volume_that_workspace
         "(runs on this machine's own engine keep theirs in a directory: see `toka orchestrate`'s "
         f"output, or {_default_root()})"
     ]
+
+
+def run_user(run_id: str) -> str:
+    from toka_agents.sandbox.users import run_user
+
+    return run_user(run_id)
 
 
 def _default_root():

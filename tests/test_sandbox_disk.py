@@ -15,9 +15,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import run_toka
 
 from toka_agents.sandbox import Sandbox, SandboxSpec, create_workspace, remove_orphans
-from toka_agents.sandbox.disk import WorkspaceDisk, disk_file, mounted_disks
+from toka_agents.sandbox.disk import DISK_SUFFIX, WorkspaceDisk, disk_file, mounted_disks
 
 MB = 1024**2
 pytestmark = pytest.mark.usefixtures("no_leftover_containers")
@@ -84,7 +85,7 @@ def test_a_write_past_the_limit_fails_with_enospc_and_the_task_says_workspace_fu
     assert not os.path.ismount(workspace)
     assert (workspace / "big").stat().st_size >= 15 * MB
     assert not disk_file(workspace).exists()
-    assert disk_file(workspace) not in mounted_disks()
+    assert all(disk.file != disk_file(workspace) for disk in mounted_disks())
 
 
 def test_files_already_in_the_workspace_are_kept(docker_client, spec, workspace):
@@ -130,7 +131,37 @@ def test_the_disk_of_a_sigkilled_process_is_released_by_the_sweep(
     remove_orphans(docker_client)
     assert not os.path.ismount(workspace)
     assert (workspace / "kept.txt").read_text() == "kept\n"
-    assert not disk_file(workspace).exists()
+    assert not list(workspace.parent.glob(f"*{DISK_SUFFIX}"))
+
+
+def test_a_killed_runners_disk_is_released_from_another_toka_home_after_its_folder_went(
+    sandbox_image, tmp_path
+):
+    """The disk of a runner SIGKILLed under one TOKA_HOME, whose run folder was deleted since,
+    is found from the mount table by `toka sandbox clean` under another TOKA_HOME, and
+    unmounted: its space is freed."""
+    workspace = create_workspace(tmp_path / "home-a" / "runs", "killed")
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_OWNER, str(workspace), sandbox_image],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TOKA_HOME": str(tmp_path / "home-a")},
+    )
+    assert killed.returncode == -9, killed.stderr
+    assert os.path.ismount(workspace)
+    shutil.rmtree(workspace.parent, ignore_errors=True)  # all but the busy mount point
+    [left] = [disk for disk in mounted_disks() if disk.mount_point == workspace]
+    assert left.file_deleted and not left.file.exists()
+
+    cleaned = run_toka("sandbox", "clean", env={"TOKA_HOME": str(tmp_path / "home-b")})
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert all(disk.mount_point != workspace for disk in mounted_disks())
+    assert f" {workspace} " not in Path("/proc/self/mountinfo").read_text()
+    assert not any(left.file.name in line for line in _loop_devices())
+
+
+def _loop_devices() -> list[str]:
+    return subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout.splitlines()
 
 
 def test_without_root_the_workspace_is_unlimited_and_a_warning_says_so():

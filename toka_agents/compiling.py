@@ -35,7 +35,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import allow_failure, quote
 from pydantic import SecretStr
 
-from toka_agents import executor, reporting, resuming
+from toka_agents import executor, reporting, resuming, text
 from toka_agents.config.models import PRIORITY_RANK, LlmSettings
 from toka_agents.errors import LlmError, SandboxError, one_line
 from toka_agents.executor import ExecutionContext, TaskOutcome
@@ -43,6 +43,7 @@ from toka_agents.llm.gateway import Acquire, from_environment
 from toka_agents.llm.loop import StepRunner
 from toka_agents.planning import Plan, PlannedAgent, PlannedTask
 from toka_agents.sandbox import Sandbox, connect, create_workspace, remove_orphans
+from toka_agents.sandbox.users import LABEL_USER, run_user
 from toka_agents.tagging import add_deferred_tags, agent_tags
 
 RUN_LABEL = "org.toka-agents.run"
@@ -311,7 +312,7 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
     resuming.separate_attempts(flow_context, [agent_task, step_task])
     logger = get_run_logger()
     for warning in plan.warnings:
-        logger.warning("%s", warning)
+        logger.warning("%s", text.one_line(warning, None))
     refusal = executor.llm_refusal(plan, dry_run=options.dry_run)
     api_keys: dict[str, SecretStr] = {}
     if refusal is None and not options.dry_run:
@@ -322,24 +323,10 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
             refusal = str(exc)
     if refusal is not None:
         return reporting.refused_state(refusal)  # type: ignore[return-value]
-    workspace = None
-    if not options.dry_run:
-        name = resuming.workspace_name(plan.name, flow_run.id, options.workspace_root, datetime.now(UTC))
-        try:
-            workspace = create_workspace(
-                options.workspace_root,
-                name,
-                run_id=str(flow_run.id),
-            )
-        except SandboxError as exc:  # a workspace volume on an engine that failed
-            return reporting.refused_state(str(exc))  # type: ignore[return-value]
-        logger.info("Workspace: %s", workspace)
-    report = reporting.RunReport(plan, workspace)
+    workspace, sandbox, sandbox_error = None, None, None
     labels = {RUN_LABEL: str(flow_run.id)}
-
-    sandbox, sandbox_error = None, None
-    needs_sandbox = not options.dry_run and bool(plan.tasks)  # LLM tasks' tools run in it too
-    if needs_sandbox:
+    user = run_user(str(flow_run.id))
+    if not options.dry_run and plan.tasks:  # LLM tasks' tools run in the sandbox too
         try:
             # Not checked here: each call asks the engine, so a task's retries can outlive an outage.
             client = connect(pool_size=2 * plan.max_concurrent_agents + 2, check=False)
@@ -348,10 +335,22 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
                     "Removed %d sandbox container(s) left by toka-agents processes that were killed",
                     len(orphans),
                 )
+            user = run_user(str(flow_run.id), client, label=RUN_LABEL)
+            labels[LABEL_USER] = user
             sandbox = Sandbox(client, labels, pool_size=plan.pool_size)
         except SandboxError as exc:
             sandbox_error = str(exc)
-            logger.error("%s", exc)
+            logger.error("%s", one_line(exc))
+    if not options.dry_run:
+        name = resuming.workspace_name(plan.name, flow_run.id, options.workspace_root, datetime.now(UTC))
+        try:
+            workspace = create_workspace(
+                options.workspace_root, name, run_id=str(flow_run.id), user=user
+            )
+        except SandboxError as exc:  # a workspace volume on an engine that failed
+            return reporting.refused_state(str(exc))  # type: ignore[return-value]
+        logger.info("Workspace: %s", workspace)
+    report = reporting.RunReport(plan, workspace)
     context = ExecutionContext(
         sandbox=sandbox,
         workspace=workspace,
@@ -362,6 +361,7 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
         labels=labels,
         agents=dict(schedule.agents),
         api_keys=api_keys,
+        sandbox_user=user,
     )
     context.rate_limits = functools.partial(rate_limit_hook, cancel=context.cancel)
     watcher = CancellationWatcher(
@@ -386,14 +386,14 @@ def _end_sandbox(sandbox: Sandbox, logger: reporting.RunLogger) -> None:
     """Stop whatever still runs (a run left early) and remove the run's containers."""
     try:
         sandbox.cancel()
-        sandbox.remove_leftovers()
+        for warning in sandbox.remove_leftovers():
+            logger.warning("%s", text.one_line(warning, None))
     except Exception as exc:  # the engine is the one that failed; the run's result stands
         logger.error(
             "could not remove the run's sandbox containers: %s. The next run on this host "
             "or `toka sandbox clean` removes them.",
             one_line(exc),
         )
-
 
 
 class CancellationWatcher:

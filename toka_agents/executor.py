@@ -28,7 +28,8 @@ from toka_agents.llm.messages import Message
 from toka_agents.llm.tools import Toolbox
 from toka_agents.planning import Plan, PlannedAgent, PlannedTask
 from toka_agents.sandbox import Sandbox, SandboxCancelled, SandboxResult, SandboxSpec
-from toka_agents.sandbox.containers import OutputCallback
+from toka_agents.sandbox.output import OutputCallback
+from toka_agents.sandbox.spec import SANDBOX_USER
 
 Status = Literal["completed", "failed", "skipped", "cancelled", "dry-run"]
 
@@ -92,6 +93,8 @@ class ExecutionContext:
     """The rate-limit hook of a model's gateway, when its settings set limits."""
     workspace_limit: int | None = DEFAULT_WORKSPACE_LIMIT
     """Bytes the run's workspace may hold (`limits.workspace`); None: no limit."""
+    sandbox_user: str = SANDBOX_USER
+    """The `uid:gid` the run's code runs as: one of its own (`sandbox.users`)."""
 
 
 def llm_refusal(plan: Plan, *, dry_run: bool) -> str | None:
@@ -377,6 +380,7 @@ def container_spec(
         },
         labels={**context.labels, "org.toka-agents.task": task.id},
         name=f"toka-{task.agent}-{task.name}"[:60],
+        user=context.sandbox_user,
     )
 
 

@@ -2,13 +2,8 @@
 used, and removes every container it made. It knows nothing of Prefect.
 """
 
-from toka_agents.sandbox.containers import (
-    LABEL_MANAGED,
-    Sandbox,
-    SandboxCancelled,
-    remove_labeled,
-    remove_orphans,
-)
+from toka_agents.sandbox.cleanup import LABEL_MANAGED, remove_labeled, remove_orphans
+from toka_agents.sandbox.containers import Sandbox, SandboxCancelled
 from toka_agents.sandbox.engine import connect
 from toka_agents.sandbox.images import build_image, image_status
 from toka_agents.sandbox.pool import WarmPool, pool_key

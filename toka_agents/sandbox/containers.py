@@ -1,4 +1,5 @@
-"""Runs code in a container of its own per call and removes it whatever happens.
+"""The sandbox's one door: `Sandbox` runs code in a container of its own per call and removes
+it whatever happens.
 
 The container's settings come from a `SandboxSpec` and nowhere else: no network unless
 asked, memory/cpu/pids limits, a read-only root file system with a tmpfs /tmp, and
@@ -14,84 +15,43 @@ starts a container of its own, as without a pool.
 
 A spec with a `workspace_limit` gets its workspace on a disk of that size (`disk`), mounted
 before the first container that mounts the workspace and released when the sandbox removes
-its leftovers at the run's end.
+its leftovers at the run's end; a workspace without one is cleaned where it lies then. Either
+way only what may reach the host stays (`sanitize`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import secrets
-import select
-import socket
 import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import docker
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
-from docker.types import LogConfig, Mount
-from docker.utils.socket import frames_iter
-from requests.exceptions import RequestException
+from docker.errors import ImageNotFound
 
 from toka_agents.errors import SandboxError
-from toka_agents.sandbox.disk import WorkspaceDisk, release_orphaned
-from toka_agents.sandbox.egress import (
-    REFUSED_DNS,
-    Egress,
-    remove_networks,
-    remove_orphaned_networks,
-    start_egress,
-)
-from toka_agents.sandbox.engine import EngineUnreachable
-from toka_agents.sandbox.output import Capture, Captured, OutputCallback
-from toka_agents.sandbox.owners import LABEL_OWNER, current_owner, is_orphaned
+from toka_agents.sandbox.attach import is_waiting, run_attached
+from toka_agents.sandbox.cleanup import LABEL_MANAGED, kill, remove, remove_labeled
+from toka_agents.sandbox.creation import Container, create_container, engine_errors, image_missing
+from toka_agents.sandbox.disk import WorkspaceDisk
+from toka_agents.sandbox.egress import Egress, remove_networks, start_egress
+from toka_agents.sandbox.engine import ENGINE_ERRORS, EngineUnreachable, engine_said
+from toka_agents.sandbox.output import OutputCallback
+from toka_agents.sandbox.owners import LABEL_OWNER, current_owner
 from toka_agents.sandbox.pool import PoolKey, WarmPool, pool_key
+from toka_agents.sandbox.sanitize import clean_in_place
 from toka_agents.sandbox.spec import SandboxResult, SandboxSpec
 
-LABEL_MANAGED = "org.toka-agents.managed"
-BOOTSTRAP = resources.files("toka_agents.sandbox").joinpath("bootstrap.py").read_text()
-SUPERVISOR_USER = "0:0"
-"""The supervisor (PID 1) runs as another user than the code, so the code cannot reach its
-memory or file descriptors (and through them the output cap and the report)."""
-SUPERVISOR_CAPABILITIES = ["SETUID", "SETGID", "KILL"]
-"""All the supervisor keeps of root: enough to start the code as `SandboxSpec.user` and to
-kill it at its time limit (and what it leaves running, at its end). No other capability (not
-even reading files it does not own), and the code has none at all."""
-_STREAMS = {1: "stdout", 2: "stderr"}
-_ENGINE_ERRORS = (DockerException, RequestException, OSError)
-HOST_GRACE = 2.0
-"""Seconds past the time limit after which this process kills the container, in case the
-supervisor (which kills the code at the limit and reports what it used) could not."""
-DEADLINE_GRACE = 5.0
-"""Seconds past the time limit after which the supervisor ends the container itself, in
-case this process died before its timer could kill it."""
-IDLE_LIMIT = 3600
-"""Seconds a container waits for its code before its supervisor ends it: a warm container
-of a process that forgot it (without dying, which closes its socket) does not wait forever."""
-
+__all__ = ["LABEL_MANAGED", "Sandbox", "SandboxCancelled"]
 
 logger = logging.getLogger(__name__)
 
 
 class SandboxCancelled(SandboxError):
     """The sandbox was cancelled: it starts no more containers."""
-
-
-@dataclass(frozen=True)
-class Container:
-    """A container a sandbox created: its id, and the name `docker ps` shows."""
-
-    id: str
-    name: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.name} ({self.id[:12]})" if self.name else self.id[:12]
 
 
 @dataclass(frozen=True)
@@ -120,7 +80,7 @@ class Sandbox:
         self._lock = threading.Condition()
         self._cancelled = threading.Event()
         self._pools: dict[PoolKey, WarmPool[Warm]] = {}
-        self._disks: dict[Path, WorkspaceDisk | None] = {}
+        self._workspaces: dict[Path, WorkspaceDisk | None] = {}  # the bind-mounted ones, with disks
         self._image_ids: dict[str, str] = {}
         self._egress: dict[tuple[str, tuple[str, ...]], Egress] = {}
         self._egress_lock = threading.Lock()  # held while a proxy starts: one per allow list
@@ -180,49 +140,61 @@ class Sandbox:
             live = list(self._live)
             pools = list(self._pools.values())
         for container_id in live:
-            _kill(self.client, container_id)
+            kill(self.client, container_id)
         for pool in pools:
             pool.close()
 
     def close(self) -> None:
         """Cancel (see `cancel`) and remove every container carrying this sandbox's labels."""
         self.cancel()
-        self.remove_leftovers()
+        for warning in self.remove_leftovers():
+            logger.warning("%s", warning)
 
-    def remove_leftovers(self) -> int:
-        """Remove every container carrying this sandbox's labels, then release the workspace
-        disks it mounted (their files stay, in plain directories); return how many containers
-        there were."""
+    def remove_leftovers(self) -> list[str]:
+        """Remove every container carrying this sandbox's labels, then release the workspaces
+        it mounted (see `release_workspaces`); return its warnings."""
         with self._egress_lock:  # a proxy starting now is up (and found below) when this returns
             self._egress.clear()
         try:
-            return remove_labeled(self.client, self.labels)
+            remove_labeled(self.client, self.labels)
         finally:
-            self.release_disks()
+            warnings = self.release_workspaces()
             remove_networks(self.client, self.labels)  # after their containers, the proxies too
+        return warnings
 
-    def release_disks(self) -> None:
-        """Release the workspace disks this sandbox mounted (see `disk.WorkspaceDisk.release`)."""
+    def release_workspaces(self) -> list[str]:
+        """Leave the workspaces this sandbox bind-mounted as plain directories holding only what
+        may reach the host: a disk is released (`disk.WorkspaceDisk.release`), a directory
+        cleaned where it lies (`sanitize.clean_in_place`). Call it once no container runs.
+        Returns one warning per workspace that held something that was not kept."""
         with self._lock:
-            disks = [disk for disk in self._disks.values() if disk is not None]
-            self._disks.clear()
-        for disk in disks:
-            disk.release()
+            workspaces = dict(self._workspaces)
+            self._workspaces.clear()
+        warnings = []
+        for path, disk in workspaces.items():
+            kept = disk.release() if disk is not None else clean_in_place(path)
+            if kept:
+                warnings.append(kept.warning(path))
+        return warnings
 
     def _with_disk(self, spec: SandboxSpec) -> SandboxSpec:
         """`spec`, its workspace on a disk of its `workspace_limit` (mounted for the first spec
         of that workspace); without the limit where no disk could be mounted (a warning said
         why), so that its result claims none."""
-        if spec.workspace is None or spec.workspace_limit is None:
+        if spec.workspace is None:
             return spec
         from toka_agents.sandbox.workspace import workspace_mode  # it imports this module
 
         if workspace_mode() == "volume":  # the engine's own directory: a disk of ours would hide it
             return spec.model_copy(update={"workspace_limit": None})
         with self._lock:
-            if spec.workspace not in self._disks:
-                self._disks[spec.workspace] = WorkspaceDisk.attach(spec.workspace, spec.workspace_limit)
-            disk = self._disks[spec.workspace]
+            if spec.workspace not in self._workspaces:
+                self._workspaces[spec.workspace] = (
+                    WorkspaceDisk.attach(spec.workspace, spec.workspace_limit, spec.user)
+                    if spec.workspace_limit is not None
+                    else None
+                )
+            disk = self._workspaces[spec.workspace]
         size = disk.size if disk is not None else None
         return (
             spec if size == spec.workspace_limit else spec.model_copy(update={"workspace_limit": size})
@@ -256,13 +228,10 @@ class Sandbox:
         try:
             found = self.client.api.inspect_image(name)["Id"]
         except ImageNotFound as exc:
-            raise SandboxError(
-                f"sandbox image {name!r} is not on the Docker engine: build it with "
-                "`toka sandbox build` (scripts/setup does), or set `image:` to one you have"
-            ) from exc
+            raise SandboxError(image_missing(name)) from exc
         except EngineUnreachable:  # its message already says it all
             raise
-        except _ENGINE_ERRORS as exc:
+        except ENGINE_ERRORS as exc:
             raise SandboxError(
                 f"the Docker engine could not look up image {name!r}: {engine_said(exc)}"
             ) from exc
@@ -293,7 +262,7 @@ class Sandbox:
                     self.pool_size,
                     make=lambda: self._make_warm(spec),
                     discard=self._discard_warm,
-                    alive=_waiting,
+                    alive=lambda warm: is_waiting(warm.stream),
                 )
                 self._pools[key] = pool
                 pool.start()
@@ -357,32 +326,7 @@ class Sandbox:
         else:
             labels = {**self.labels, **spec.labels}
             name = f"{spec.name}-{secrets.token_hex(4)}" if spec.name else None
-        image = self._image_id(spec.image)
-        try:
-            created = self.client.api.create_container(
-                image,
-                command=["python3", "-c", BOOTSTRAP, str(IDLE_LIMIT)],
-                user=SUPERVISOR_USER,
-                stdin_open=True,  # with detach=False the SDK also sets StdinOnce
-                labels=labels,
-                name=name,
-                working_dir="/workspace" if spec.workspace else "/tmp",
-                network_disabled=spec.network is None,
-                host_config=self.client.api.create_host_config(**host_settings(spec)),
-            )
-        except ImageNotFound as exc:
-            raise SandboxError(
-                f"sandbox image {spec.image!r} is not on the Docker engine: build it with "
-                "`toka sandbox build` (scripts/setup does), or set `image:` to one you have"
-            ) from exc
-        except EngineUnreachable:  # its message already says it all
-            raise
-        except _ENGINE_ERRORS as exc:
-            what = f"container {name}" if name else f"a container of {spec.image}"
-            raise SandboxError(
-                f"the Docker engine refused to create {what}: {engine_said(exc)}"
-            ) from exc
-        return Container(created["Id"], name)
+        return create_container(self.client, self._image_id(spec.image), spec, labels, name)
 
     def _start(self, container_id: str) -> None:
         """Start a created container, unless the sandbox is cancelled (then it never runs)."""
@@ -415,275 +359,14 @@ class Sandbox:
         *,
         warm: bool,
     ) -> SandboxResult:
-        """Send `spec`'s code to the supervisor on `stream` (starting the container first
-        unless it is `warm`, already running) and collect the result. The time limit, the
-        host's timer and the supervisor's deadline alike, counts from here."""
-        api = self.client.api
-        marker = f"TOKA-RESULT-{secrets.token_hex(8)}"
-        header = {
-            "language": spec.language,
-            "output_limit": spec.output_limit,
-            "marker": marker,
-            "user": spec.user,
-            "cwd": "/workspace" if spec.workspace else "/tmp",
-            "timeout": spec.timeout,
-            "deadline": spec.timeout + DEADLINE_GRACE,
-            "env": spec.env,
-        }
-        payload = json.dumps(header).encode() + b"\n" + spec.source.encode()
-        capture = Capture(spec.output_limit, b"\0" + marker.encode(), on_output)
-        timed_out = threading.Event()
-
-        def on_deadline() -> None:
-            timed_out.set()
-            _kill(self.client, container.id)
-
-        timer = threading.Timer(spec.timeout + HOST_GRACE, on_deadline)
-        timer.daemon = True
-        try:
-            if not warm:
-                with engine_errors("starting", container):
-                    self._start(container.id)
-            started = time.monotonic()
-            timer.start()
-            _send(stream, payload)
-            for number, chunk in _frames(stream, container):
-                if number in _STREAMS:
-                    capture.add(_STREAMS[number], chunk)
-                    # A warm container's result is in: the task is done, and the container,
-                    # which now ends by itself, is retired without waiting for its end.
-                    if warm and capture.complete:
-                        break
-            if warm and capture.complete:
-                status: dict[str, Any] = {}
-                state: dict[str, Any] = {}
-            else:
-                with engine_errors("waiting for", container):
-                    status = api.wait(container.id, timeout=max(spec.timeout, 30))
-            duration = time.monotonic() - started
-        finally:
-            timer.cancel()
-            with contextlib.suppress(OSError):
-                stream.close()
-        if status:
-            with engine_errors("inspecting", container):
-                state = api.inspect_container(container.id)["State"]
-        if state.get("Status") in ("removing", "dead") and not (timed_out.is_set() or self.cancelled):
-            raise SandboxError(f"container {container} was removed while its task ran")
-        output = capture.finish()
-        killed_at_limit = timed_out.is_set() or bool(output.report and output.report.timed_out)
-        return _result(
+        return run_attached(
+            self.client,
+            container,
+            stream,
             spec,
-            container.id,
-            output,
-            status=status.get("StatusCode"),
-            oom_killed=bool(state.get("OOMKilled")),
-            timed_out=killed_at_limit,
-            cancelled=self.cancelled and not killed_at_limit,
-            duration=min(duration, spec.timeout) if killed_at_limit else duration,
+            on_output,
             warm=warm,
+            start=self._start,
+            cancelled=lambda: self.cancelled,
             image_digest=self._image_ids.get(spec.image),
         )
-
-
-@contextlib.contextmanager
-def engine_errors(doing: str, container: Container) -> Iterator[None]:
-    """Turn an error of the engine (or of the connection to it) into a one-line `SandboxError`
-    saying what the engine said, doing what, to which container."""
-    try:
-        yield
-    except _ENGINE_ERRORS as exc:
-        raise SandboxError(
-            f"Docker engine error while {doing} container {container}: {engine_said(exc)}"
-        ) from exc
-
-
-def engine_said(exc: BaseException) -> str:
-    """The engine's own words from an error, in one line."""
-    explanation = getattr(exc, "explanation", None)  # an APIError's message from the engine
-    text = str(explanation or exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
-def _frames(stream: Any, container: Container) -> Iterator[tuple[int, bytes]]:
-    """The attach stream's (stream number, bytes) frames, failing as `engine_errors` does."""
-    with engine_errors("reading the output of", container):
-        yield from frames_iter(stream, tty=False)
-
-
-def host_settings(spec: SandboxSpec) -> dict[str, Any]:
-    """The Docker host config of a spec: where every limit and permission reaches the container."""
-    mounts = []
-    if spec.workspace is not None:
-        mounts.append(
-            Mount(
-                target="/workspace",
-                source=str(spec.workspace),
-                type="bind",
-                read_only=not spec.workspace_writable,
-            )
-        )
-    return {
-        "network_mode": spec.network or "none",
-        "mem_limit": spec.memory,
-        "memswap_limit": spec.memory,  # no swap: the memory limit is the limit
-        "nano_cpus": int(spec.cpus * 1e9),
-        "pids_limit": spec.pids,
-        "read_only": True,
-        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={spec.tmp_size},mode=1777"},
-        "cap_drop": ["ALL"],
-        "cap_add": SUPERVISOR_CAPABILITIES,
-        "security_opt": ["no-new-privileges"],
-        "mounts": mounts,
-        **(REFUSED_DNS if spec.refuse_dns else {}),
-        # Output is read from the attach socket; keeping a log file too would only use disk.
-        "log_config": LogConfig(type=LogConfig.types.NONE),
-    }
-
-
-def _send(stream: Any, payload: bytes) -> None:
-    raw = getattr(stream, "_sock", stream)
-    raw.settimeout(None)  # quiet code may print nothing for long; the timer enforces the limit
-    try:
-        raw.sendall(payload)
-        raw.shutdown(socket.SHUT_WR)  # closes the container's stdin (StdinOnce)
-    except OSError:
-        pass  # the container is already gone (killed, or no python3 in the image): its result says why
-
-
-def _result(
-    spec: SandboxSpec,
-    container_id: str,
-    output: Captured,
-    *,
-    status: int | None,
-    oom_killed: bool,
-    timed_out: bool,
-    cancelled: bool,
-    duration: float,
-    warm: bool,
-    image_digest: str | None = None,
-) -> SandboxResult:
-    report = output.report
-    stderr_text = output.stderr.decode("utf-8", "replace")
-    error = output.report_error
-    if report is None and error is None and not (timed_out or cancelled or oom_killed):
-        last = stderr_text.strip().splitlines()[-1:] or ["no output"]
-        error = f"the sandbox supervisor did not report (container exit code {status}): {last[0][:300]}"
-    return SandboxResult(
-        exit_code=report.exit_code if report else status,
-        stdout=output.stdout.decode("utf-8", "replace"),
-        stderr=stderr_text,
-        stdout_bytes=output.stdout_bytes,
-        stderr_bytes=output.stderr_bytes,
-        stdout_tail=output.stdout_tail.decode("utf-8", "replace"),
-        stderr_tail=output.stderr_tail.decode("utf-8", "replace"),
-        peak_memory=report.peak_memory if report else None,
-        cpu_seconds=report.cpu_seconds if report else None,
-        peak_pids=report.peak_pids if report else None,
-        refused_forks=report.refused_forks if report else None,
-        disk_written=report.disk_written if report else None,
-        tmp_full=bool(report and report.tmp_full),
-        workspace_full=bool(report and report.workspace_full),
-        oom_killed=oom_killed or bool(report and report.oom_kills),
-        error=error,
-        output_limit=spec.output_limit,
-        duration=duration,
-        timed_out=timed_out,
-        cancelled=cancelled,
-        timeout=spec.timeout,
-        memory_limit=spec.memory,
-        pids_limit=spec.pids,
-        tmp_size=spec.tmp_size,
-        workspace_limit=spec.workspace_limit,
-        image=spec.image,
-        image_digest=image_digest,
-        container_id=container_id,
-        warm=warm,
-    )
-
-
-def _waiting(warm: Warm) -> bool:
-    """Whether a warm container's supervisor still waits: its socket has nothing to read. It
-    writes nothing before its header, so anything there (its end, most likely) means gone."""
-    raw = getattr(warm.stream, "_sock", warm.stream)
-    if raw is None:  # closed
-        return False
-    try:
-        readable, _, _ = select.select([raw], [], [], 0)
-    except (OSError, ValueError):
-        return False
-    return not readable
-
-
-def _kill(client: docker.DockerClient, container_id: str) -> None:
-    with contextlib.suppress(*_ENGINE_ERRORS):  # already stopped or gone: removal follows
-        client.api.kill(container_id)
-
-
-def remove(client: docker.DockerClient, container_id: str, attempts: int = 5) -> None:
-    """Force-remove a container; gone already is fine. Raises `SandboxError` if it stays."""
-    last: Exception | None = None
-    for attempt in range(attempts):
-        try:
-            client.api.remove_container(container_id, force=True, v=True)
-            return
-        except NotFound:
-            return
-        except APIError as exc:
-            if exc.status_code == 409 and "in progress" in str(exc):
-                _wait_until_removed(client, container_id)  # another remover's: gone when we return
-                return
-            last = exc
-        except _ENGINE_ERRORS as exc:
-            last = exc
-        time.sleep(0.2 * (attempt + 1))
-    said = engine_said(last) if last else "no answer"
-    raise SandboxError(f"could not remove container {container_id[:12]}: {said}")
-
-
-def _wait_until_removed(client: docker.DockerClient, container_id: str, bound: float = 30.0) -> None:
-    deadline = time.monotonic() + bound
-    while time.monotonic() < deadline:
-        try:
-            client.api.inspect_container(container_id)
-        except NotFound:
-            return
-        except _ENGINE_ERRORS:
-            return  # the engine's trouble is for the next caller to report
-        time.sleep(0.05)
-
-
-def remove_labeled(client: docker.DockerClient, labels: dict[str, str]) -> int:
-    """Remove every container that carries all of `labels`; return how many there were."""
-    found = list_labeled(client, labels)
-    for container_id in found:
-        remove(client, container_id)
-    return len(found)
-
-
-def list_labeled(client: docker.DockerClient, labels: dict[str, str]) -> list[str]:
-    filters = {"label": [f"{key}={value}" for key, value in labels.items()]}
-    return [c["Id"] for c in client.api.containers(all=True, filters=filters)]
-
-
-def remove_orphans(client: docker.DockerClient, labels: dict[str, str] | None = None) -> list[str]:
-    """Remove the containers of toka-agents processes on this host that were killed before
-    they could clean up (see `owners`), only those carrying `labels` too when given, then
-    release the workspace disks such processes left mounted; return the container ids
-    removed. Never raises: what cannot be removed now is tried again by the next run."""
-    wanted = [f"{LABEL_MANAGED}=1", *(f"{key}={value}" for key, value in (labels or {}).items())]
-    try:
-        found = client.api.containers(all=True, filters={"label": wanted})
-    except _ENGINE_ERRORS:
-        found = []
-    removed = []
-    for container in found:
-        owner = (container.get("Labels") or {}).get(LABEL_OWNER)
-        if owner is not None and is_orphaned(owner):
-            with contextlib.suppress(SandboxError):
-                remove(client, container["Id"])
-                removed.append(container["Id"])
-    release_orphaned()
-    remove_orphaned_networks(client)
-    return removed

@@ -8,10 +8,15 @@ container mounts it: a write past the limit then fails inside the container with
 the host's disk holds at most the limit's worth of blocks for the run.
 
 When the run ends, `release` copies what the agents wrote into a plain directory at the
-workspace's path (where the run's summary says its files are), unmounts the disk and deletes
-its file. A process killed before it could release leaves an owner file beside the disk
-file; `release_orphaned` (called with the container sweep, `remove_orphans`) releases the
-disks of owners that are gone.
+workspace's path (where the run's summary says its files are), keeping only what may reach the
+host (`sanitize.copy_clean`: no setuid bits, FIFOs, sockets, devices or outward links),
+unmounts the disk and deletes its file.
+
+A process killed before it could release leaves its disk mounted. The disk file's name carries
+its owner (`<workspace>.<pid>-<start>.workspace-disk`, see `owners`), and the loop devices and
+the mount table say where every such disk is mounted, whichever `TOKA_HOME` it lives under and
+even when its run folder was deleted since: `release_orphaned` (called with the container sweep,
+`remove_orphans`, and by `toka sandbox clean`) releases the disks of owners that are gone.
 
 It needs root (mount), `mkfs.ext4` (Debian's e2fsprogs) and a workspace on this machine (an
 engine elsewhere keeps it in a volume there); where one is missing, `attach` logs a warning
@@ -21,10 +26,11 @@ saying so and returns None: the workspace is then unlimited.
 from __future__ import annotations
 
 import contextlib
-import glob
 import logging
 import os
+import re
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -32,10 +38,14 @@ from pathlib import Path
 
 from toka_agents.config.limits import format_bytes
 from toka_agents.sandbox.owners import current_owner, is_orphaned
+from toka_agents.sandbox.sanitize import KEPT_MODE_BITS, Sanitized, copy_clean
 from toka_agents.sandbox.spec import SANDBOX_USER
 
 DISK_SUFFIX = ".workspace-disk"
-"""The disk file of workspace `W` is `W` + this suffix; its owner file adds `.owner`."""
+"""The disk file of workspace `W` is `W.<pid>-<start>` + this suffix: its owner process, whose
+host is this one (a loop mount is of this host)."""
+VOLUME_LABEL = "toka-workspace"
+"""The ext4 label of every workspace disk, for people reading `lsblk -f`."""
 _MAX_INODES_RATIO = 64 * 1024
 """One inode per this many bytes: fewer inode tables than mkfs's default, less overhead."""
 
@@ -48,21 +58,20 @@ class DiskUnavailable(Exception):
 
 @dataclass
 class WorkspaceDisk:
-    """A mounted workspace disk: `path` is the workspace, `size` its limit in bytes."""
+    """A mounted workspace disk: `path` is the workspace, `size` its limit in bytes, `file` the
+    sparse file that holds it."""
 
     path: Path
     size: int
-
-    @property
-    def file(self) -> Path:
-        return disk_file(self.path)
+    file: Path
 
     @classmethod
-    def attach(cls, path: Path, size: int) -> WorkspaceDisk | None:
-        """Mount a file system of `size` bytes on the workspace `path`, keeping what the
-        directory already holds; None (with a warning logged) where that cannot be done."""
+    def attach(cls, path: Path, size: int, user: str = SANDBOX_USER) -> WorkspaceDisk | None:
+        """Mount a file system of `size` bytes, its root owned by `user` (`uid:gid`), on the
+        workspace `path`, keeping what the directory already holds; None (with a warning logged)
+        where that cannot be done."""
         try:
-            return cls._attach(path, size)
+            return cls._attach(path, size, user)
         except DiskUnavailable as exc:
             logger.warning(
                 "the workspace %s has no size limit (%s wanted): %s", path, format_bytes(size), exc
@@ -70,7 +79,7 @@ class WorkspaceDisk:
             return None
 
     @classmethod
-    def _attach(cls, path: Path, size: int) -> WorkspaceDisk:
+    def _attach(cls, path: Path, size: int, user: str) -> WorkspaceDisk:
         if os.geteuid() != 0:
             raise DiskUnavailable("mounting a disk of its own needs root")
         mkfs = shutil.which("mkfs.ext4") or shutil.which("mkfs.ext4", path="/usr/sbin:/sbin")
@@ -80,16 +89,15 @@ class WorkspaceDisk:
             raise DiskUnavailable("it is not a directory of this machine (a remote engine's volume?)")
         if os.path.ismount(path):
             raise DiskUnavailable("something is mounted there already")
-        disk = cls(path, size)
-        disk.file.with_name(disk.file.name + ".owner").write_text(current_owner())
+        disk = cls(path, size, disk_file(path))
         try:
-            with open(disk.file, "wb") as handle:
+            with open(disk.file, "xb") as handle:
                 handle.truncate(_image_size(size))  # sparse: blocks are used as they are written
-            uid, gid = SANDBOX_USER.split(":")
+            uid, gid = user.split(":")
             _run(
                 mkfs,
                 "-q", "-F", "-m", "0", "-N", str(max(size // _MAX_INODES_RATIO, 1024)),
-                "-O", "^has_journal",
+                "-L", VOLUME_LABEL, "-O", "^has_journal",
                 "-E", f"nodiscard,lazy_itable_init=1,root_owner={uid}:{gid}",
                 str(disk.file),
             )  # fmt: skip
@@ -118,54 +126,111 @@ class WorkspaceDisk:
             raise
         return disk
 
-    def release(self) -> None:
-        """Put what the workspace holds in a plain directory at its path, unmount the disk and
-        delete its file. Never raises: what cannot be done is logged."""
+    def release(self) -> Sanitized:
+        """Put what the workspace holds in a plain directory at its path (keeping only what may
+        reach the host, see `sanitize`), unmount the disk and delete its file; return what was
+        left out. Never raises: what cannot be done is logged."""
+        kept = Sanitized()
         try:
             if os.path.ismount(self.path):
                 out = self.path.with_name(self.path.name + ".out")
                 shutil.rmtree(out, ignore_errors=True)
-                out.mkdir()
-                _copy_into(self.path, out)
+                out.mkdir(mode=0o700)
+                kept = copy_clean(self.path, out)
+                top = os.stat(self.path)  # the disk's root: the sandbox's user may chmod it
+                os.chown(out, top.st_uid, top.st_gid)
+                os.chmod(out, top.st_mode & KEPT_MODE_BITS)
                 _unmount(self.path)
                 self.path.rmdir()
                 out.rename(self.path)
         except (OSError, DiskUnavailable) as exc:
             logger.warning("could not release the workspace disk of %s: %s", self.path, exc)
-            return
-        for leftover in (self.file, self.file.with_name(self.file.name + ".owner")):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
+            return kept
+        with contextlib.suppress(FileNotFoundError):
+            self.file.unlink()
+        return kept
 
 
-def disk_file(workspace: Path) -> Path:
-    return workspace.with_name(workspace.name + DISK_SUFFIX)
+def disk_file(workspace: Path, owner: str | None = None) -> Path:
+    """The disk file of `workspace` mounted by `owner` (by default this process)."""
+    _, pid, start = (owner or current_owner()).rsplit(":", 2)
+    return workspace.with_name(f"{workspace.name}.{pid}-{start}{DISK_SUFFIX}")
 
 
-def mounted_disks() -> list[Path]:
-    """The workspace disk files that back a loop device now."""
+@dataclass(frozen=True)
+class MountedDisk:
+    """A workspace disk mounted on this host: where, its file, and the process that mounted it."""
+
+    mount_point: Path
+    file: Path
+    owner: str
+    file_deleted: bool
+
+
+_DISK_NAME = re.compile(r"\.(?P<pid>[0-9]+)-(?P<start>[0-9]*)" + re.escape(DISK_SUFFIX) + "$")
+
+
+def mounted_disks() -> list[MountedDisk]:
+    """Every workspace disk mounted on this host now, found from the mount table and the loop
+    devices behind it, whatever `TOKA_HOME` it lives under and even when its file was deleted."""
     found = []
-    for backing in glob.glob("/sys/block/loop*/loop/backing_file"):
-        with contextlib.suppress(OSError):
-            name = Path(backing).read_text().strip().removesuffix(" (deleted)")
-            if name.endswith(DISK_SUFFIX):
-                found.append(Path(name))
+    for source, mount_point in _mount_table():
+        if not source.startswith("/dev/loop"):
+            continue
+        try:
+            backing = Path(f"/sys/block/{Path(source).name}/loop/backing_file").read_text().strip()
+        except OSError:
+            continue
+        deleted = backing.endswith(" (deleted)")
+        file = Path(backing.removesuffix(" (deleted)"))
+        named = _DISK_NAME.search(file.name)
+        if named is None:
+            continue  # not a workspace disk of ours
+        owner = f"{socket.gethostname()}:{named['pid']}:{named['start']}"
+        found.append(MountedDisk(Path(mount_point), file, owner, deleted))
     return found
+
+
+def _mount_table() -> list[tuple[str, str]]:
+    """(source, mount point) of every mount this process sees."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    mounts = []
+    for line in lines:
+        fields = line.split()
+        separator = fields.index("-") if "-" in fields else -1
+        if separator < 0 or len(fields) < separator + 3:
+            continue
+        mounts.append((_unescape(fields[separator + 2]), _unescape(fields[4])))
+    return mounts
+
+
+def _unescape(text: str) -> str:
+    """The kernel writes space, tab, newline and backslash in mount table paths as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), text)
 
 
 def release_orphaned() -> list[Path]:
     """Release the workspace disks whose owner process is gone (killed before it could);
-    return their workspaces. Never raises."""
+    return their mount points. A disk whose file was deleted (its run folder removed) has
+    nothing to keep: it is unmounted, which frees its space. Never raises."""
     released = []
-    for file in mounted_disks():
-        try:
-            owner = file.with_name(file.name + ".owner").read_text().strip()
-        except OSError:
-            continue  # not one of ours, or it is being released now
-        if is_orphaned(owner):
-            workspace = file.with_name(file.name.removesuffix(DISK_SUFFIX))
-            WorkspaceDisk(workspace, 0).release()
-            released.append(workspace)
+    for disk in mounted_disks():
+        if not is_orphaned(disk.owner):
+            continue
+        if disk.file_deleted:
+            try:
+                _unmount(disk.mount_point)
+            except DiskUnavailable as exc:
+                logger.warning("could not release the workspace disk at %s: %s", disk.mount_point, exc)
+                continue
+        else:
+            kept = WorkspaceDisk(disk.mount_point, 0, disk.file).release()
+            if kept:
+                logger.warning("%s", kept.warning(disk.mount_point))
+        released.append(disk.mount_point)
     return released
 
 
@@ -187,7 +252,11 @@ def _set_aside(path: Path) -> Path | None:
 
 
 def _copy_into(source: Path, target: Path) -> None:
-    _run("cp", "-a", "--", f"{source}/.", f"{target}/")
+    """Copy files already in a workspace onto its disk; `DiskUnavailable` when they do not fit."""
+    try:
+        copy_clean(source, target)
+    except OSError as exc:
+        raise DiskUnavailable(f"its files do not fit: {exc.strerror or exc}") from exc
 
 
 def _unmount(path: Path, attempts: int = 20) -> None:

@@ -1,11 +1,12 @@
 """Limited network: an internal Docker network per allow list, and the egress proxy on it.
 
 A limited-network sandbox container joins only an internal network (the engine forwards
-nothing from it to any other network) that it shares with one proxy container of
-toka-agents' own (`egress_proxy.py` run in the sandbox image). The proxy's other side joins
-the upstream network (the run's `sandbox.network`), and it lets through only the allowed
-hosts. The sandbox reaches the proxy by its IP address (`HTTP_PROXY`/`HTTPS_PROXY`), so it
-needs no DNS, and its DNS is refused (`REFUSED_DNS`): its one DNS server is 127.0.0.1 in its
+nothing from it to any other network, and the host's side of its bridge has no address, see
+`NO_HOST_SIDE`) that it shares with one proxy container of toka-agents' own (`egress_proxy.py`
+run in the sandbox image). The proxy's other side joins the upstream network (the run's
+`sandbox.network`), and it lets through only the allowed hosts. The sandbox reaches the
+proxy by its IP address (`HTTP_PROXY`/`HTTPS_PROXY`), so it needs no DNS, and its DNS is
+refused (`REFUSED_DNS`): its one DNS server is 127.0.0.1 in its
 own network namespace, where nothing answers. (On engine 20.10 the embedded DNS of an
 internal network may otherwise forward outside names to the host's servers; this setting is
 what stops it.)
@@ -27,11 +28,11 @@ from dataclasses import dataclass
 from importlib import resources
 
 import docker
-from docker.errors import DockerException, ImageNotFound, NotFound
-from requests.exceptions import RequestException
+from docker.errors import ImageNotFound, NotFound
 
 from toka_agents.config.models import DEFAULT_IMAGE
 from toka_agents.errors import SandboxError
+from toka_agents.sandbox.engine import ENGINE_ERRORS
 from toka_agents.sandbox.owners import LABEL_OWNER, is_orphaned
 
 LABEL_EGRESS = "org.toka-agents.egress"
@@ -48,8 +49,18 @@ REFUSED_DNS = {"dns": ["127.0.0.1"], "dns_opt": ["timeout:1", "attempts:1"]}
 """Host settings that refuse a container DNS: its one server is its own loopback (the engine's
 embedded DNS forwards to a `--dns 127.0.0.x` inside the container's namespace), where
 nothing listens, tried once for a second, so every lookup fails soon."""
+NO_HOST_SIDE = {"com.docker.network.bridge.inhibit_ipv4": "true"}
+"""Bridge options of the internal network: the host's side of the bridge gets no IPv4 address.
+The engine still writes a gateway into the network's settings (and a default route via it into
+each container), but no address of the host answers there, so a sandbox on the network reaches
+the proxy and nothing else: not the host, nor any other network through it. (Its IPv6 is off:
+the engine disables it in containers of a network without IPv6, and `NO_IPV6` says so again.)"""
+NO_IPV6 = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
+"""Sysctls of a limited-network sandbox: no IPv6 at all, so the bridge's link-local address on
+the host's side is out of reach too."""
+LIMITED_SANDBOX = {**REFUSED_DNS, "sysctls": NO_IPV6}
+"""The host settings of a limited-network sandbox container, beside its internal network."""
 PROXY_SOURCE = resources.files("toka_agents.sandbox").joinpath("egress_proxy.py").read_text()
-_ENGINE_ERRORS = (DockerException, RequestException, OSError)
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +91,9 @@ def start_egress(
     api = client.api
     network_id = container_id = None
     try:
-        network_id = api.create_network(name, driver="bridge", internal=True, labels=marked)["Id"]
+        network_id = api.create_network(
+            name, driver="bridge", internal=True, options=NO_HOST_SIDE, labels=marked
+        )["Id"]
         container_id = api.create_container(
             PROXY_IMAGE,
             command=["python3", "-c", PROXY_SOURCE, json.dumps(allow)],
@@ -109,7 +122,7 @@ def start_egress(
                 f"the egress proxy runs in {PROXY_IMAGE!r}, which is not on the Docker engine: "
                 "build it with `toka sandbox build`"
             ) from exc
-        if isinstance(exc, _ENGINE_ERRORS):
+        if isinstance(exc, ENGINE_ERRORS):
             said = getattr(exc, "explanation", None) or str(exc)
             raise SandboxError(
                 f"could not start the egress proxy on network {upstream!r}: {said.splitlines()[0][:300]}"
@@ -137,10 +150,10 @@ def _remove_quietly(
     client: docker.DockerClient, container_id: str | None, network_id: str | None
 ) -> None:
     if container_id is not None:
-        with contextlib.suppress(*_ENGINE_ERRORS):
+        with contextlib.suppress(*ENGINE_ERRORS):
             client.api.remove_container(container_id, force=True)
     if network_id is not None:
-        with contextlib.suppress(*_ENGINE_ERRORS):
+        with contextlib.suppress(*ENGINE_ERRORS):
             client.api.remove_network(network_id)
 
 
@@ -161,7 +174,7 @@ def remove_orphaned_networks(client: docker.DockerClient) -> int:
         if owner is None or not is_orphaned(owner):
             continue
         filters = {"label": [f"{LABEL_EGRESS}=1", f"{LABEL_OWNER}={owner}"]}
-        with contextlib.suppress(*_ENGINE_ERRORS):
+        with contextlib.suppress(*ENGINE_ERRORS):
             for container in client.api.containers(all=True, filters=filters):
                 client.api.remove_container(container["Id"], force=True)
         removed += _remove_network(client, network)
@@ -171,7 +184,7 @@ def remove_orphaned_networks(client: docker.DockerClient) -> int:
 def _networks(client: docker.DockerClient, labels: list[str]) -> list[dict]:
     try:
         return client.api.networks(filters={"label": labels})
-    except _ENGINE_ERRORS as exc:
+    except ENGINE_ERRORS as exc:
         logger.warning("could not list egress networks: %s", exc)
         return []
 
@@ -182,6 +195,6 @@ def _remove_network(client: docker.DockerClient, network: dict) -> bool:
         return True
     except NotFound:
         return False
-    except _ENGINE_ERRORS as exc:
+    except ENGINE_ERRORS as exc:
         logger.warning("could not remove egress network %s: %s", network.get("Name"), exc)
         return False

@@ -29,6 +29,8 @@ from toka_agents.errors import SandboxError
 LOCAL_SOCKETS = ("unix:///var/run/docker.sock", "unix:///run/docker.sock")
 """Where this machine's own engine listens by default."""
 DEFAULT_URL = LOCAL_SOCKETS[0]
+ENGINE_ERRORS = (DockerException, RequestException, OSError)
+"""What a call to the engine (or the connection to it) may raise."""
 
 
 class EngineUnreachable(SandboxError, DockerException):
@@ -129,6 +131,13 @@ class _EngineApi(docker.APIClient):
             return super().send(request, **kwargs)
         except (RequestsConnectionError, ConnectionError, FileNotFoundError) as exc:
             raise EngineUnreachable(self.engine_url, unreachable_reason(exc)) from exc
+
+
+def engine_said(exc: BaseException) -> str:
+    """The engine's own words from an error, in one line."""
+    explanation = getattr(exc, "explanation", None)  # an APIError's message from the engine
+    text = str(explanation or exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def unreachable_reason(exc: BaseException) -> str:

@@ -35,7 +35,7 @@ class SandboxSpec(BaseModel):
     refuse_dns: bool = Field(
         False,
         description="Every DNS lookup fails, in about a second: the container's one DNS server "
-        "is its own loopback, where nothing answers (see `egress`).",
+        "is its own loopback, where nothing answers; and it has no IPv6 (see `egress`).",
     )
     workspace: Path | None = None
     workspace_writable: bool = False

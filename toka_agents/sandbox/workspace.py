@@ -20,6 +20,7 @@ import io
 import os
 import re
 import secrets
+import stat
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -28,21 +29,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import docker
-from docker.errors import DockerException, ImageNotFound
+from docker.errors import ImageNotFound
 from docker.types import Mount
-from requests.exceptions import RequestException
 
 from toka_agents.config.models import DEFAULT_IMAGE
 from toka_agents.errors import SandboxError
-from toka_agents.sandbox.containers import LABEL_MANAGED, engine_said
-from toka_agents.sandbox.engine import connect, engine_url, is_local_engine
+from toka_agents.sandbox.cleanup import LABEL_MANAGED
+from toka_agents.sandbox.engine import ENGINE_ERRORS, connect, engine_said, engine_url, is_local_engine
 from toka_agents.sandbox.owners import LABEL_OWNER, LABEL_RUN, current_owner
+from toka_agents.sandbox.sanitize import Sanitized
 from toka_agents.sandbox.spec import SANDBOX_USER
 
 WORKSPACE_ENV = "TOKA_WORKSPACE"
 LABEL_WORKSPACE = "org.toka-agents.workspace"
 """Carried by workspace volumes, and by the helper containers that reach into them."""
-_ENGINE_ERRORS = (DockerException, RequestException, OSError)
 
 WorkspaceMode = Literal["bind", "volume"]
 
@@ -63,24 +63,42 @@ def workspace_mode(environ: Mapping[str, str] | None = None) -> WorkspaceMode:
     return chosen  # type: ignore[return-value]
 
 
-def create_workspace(root: Path | None, run_name: str, *, run_id: str | None = None) -> Path:
-    """Make the run's workspace, writable by the sandbox user; return the path to bind-mount.
+def create_workspace(
+    root: Path | None, run_name: str, *, run_id: str | None = None, user: str = SANDBOX_USER
+) -> Path:
+    """Make the run's workspace, writable by `user` (the `uid:gid` its code runs as); return
+    the path to bind-mount.
 
-    In `volume` mode (see the module) the path is the volume's directory on the engine's
-    machine, which that engine can mount; `run_id` names and labels the volume."""
+    A directory's run folder (`<root>/<run name>`) is this process's user's alone (mode 700):
+    no other user of the machine reaches what the sandbox wrote. A workspace that exists already
+    (a resumed run's) is handed to `user` whole. In `volume` mode (see the module) the path is
+    the volume's directory on the engine's machine, which that engine can mount; `run_id` names
+    and labels the volume."""
     if workspace_mode() == "volume":
-        return create_volume(connect(), run_id or run_name).path
+        return create_volume(connect(), run_id or run_name, user).path
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", run_name).strip("-") or "run"
     path = (root or default_root()).expanduser().resolve() / safe / "workspace"
     path.mkdir(parents=True, exist_ok=True)
-    uid, gid = (int(part) for part in SANDBOX_USER.split(":"))
+    path.parent.chmod(0o700)
+    uid, gid = (int(part) for part in user.split(":"))
     if os.geteuid() == 0:
+        if os.stat(path).st_uid not in (0, uid):
+            _hand_over(path, uid, gid)
         os.chown(path, uid, gid)
         path.chmod(0o755)
     else:
-        # Without root we cannot hand the directory to the sandbox user; let it write anyway.
+        # Without root we cannot hand the directory to the sandbox user; let it write anyway
+        # (the run folder keeps every other user out).
         path.chmod(0o777)
     return path
+
+
+def _hand_over(path: Path, uid: int, gid: int) -> None:
+    """Make every file under `path` `uid:gid`'s: an earlier attempt's code ran as another user."""
+    for directory, subdirectories, files in os.walk(path):
+        for name in [*subdirectories, *files]:
+            with contextlib.suppress(OSError):
+                os.lchown(os.path.join(directory, name), uid, gid)
 
 
 def volume_name(run_id: str) -> str:
@@ -96,16 +114,16 @@ class VolumeWorkspace:
     """Its directory on the engine's machine: what a container's bind mount names."""
 
 
-def create_volume(client: docker.DockerClient, run_id: str) -> VolumeWorkspace:
-    """Create (or find) the run's workspace volume and give its top directory to the sandbox
-    user. Raises `SandboxError` in one line when the engine fails it."""
+def create_volume(client: docker.DockerClient, run_id: str, user: str = SANDBOX_USER) -> VolumeWorkspace:
+    """Create (or find) the run's workspace volume and give its top directory to `user`.
+    Raises `SandboxError` in one line when the engine fails it."""
     name = volume_name(run_id)
     labels = {LABEL_MANAGED: "1", LABEL_WORKSPACE: "1", LABEL_RUN: run_id}
     try:
         created = client.api.create_volume(name, driver="local", labels=labels)
-    except _ENGINE_ERRORS as exc:
+    except ENGINE_ERRORS as exc:
         raise SandboxError(f"could not create the workspace volume {name}: {engine_said(exc)}") from exc
-    uid, gid = (int(part) for part in SANDBOX_USER.split(":"))
+    uid, gid = (int(part) for part in user.split(":"))
     top = tarfile.TarInfo("workspace")
     top.type, top.mode, top.uid, top.gid = tarfile.DIRTYPE, 0o755, uid, gid
     with _Helper(client, name, run_id, read_only=False) as helper:
@@ -129,11 +147,14 @@ def find_volume(client: docker.DockerClient, run_id: str) -> str:
     return names[0]
 
 
-def copy_out(client: docker.DockerClient, run_id: str, destination: Path) -> list[str]:
+def copy_out(client: docker.DockerClient, run_id: str, destination: Path) -> tuple[list[str], Sanitized]:
     """Copy flow run `run_id`'s workspace volume into `destination` (made if missing); return
-    the paths copied, relative to it. Links that point outside it and special files are skipped."""
+    the paths copied, relative to it, and what was left out or changed: as on every way files of
+    a sandbox reach the host (see `sanitize`), links that lead outside it, FIFOs and device
+    nodes are left out and setuid/setgid bits cleared (`tarfile`'s "data" filter)."""
     name = find_volume(client, run_id)
     destination.mkdir(parents=True, exist_ok=True)
+    found = Sanitized()
     with _Helper(client, name, run_id, read_only=True) as helper, tempfile.TemporaryFile() as spool:
         chunks, _ = _engine_call(
             f"reading the workspace volume {name}", client.api.get_archive, helper, "/workspace/."
@@ -142,7 +163,7 @@ def copy_out(client: docker.DockerClient, run_id: str, destination: Path) -> lis
             spool.write(chunk)
         spool.seek(0)
         with tarfile.open(fileobj=spool, mode="r|") as archive:
-            return list(_extract(archive, destination))
+            return list(_extract(archive, destination, found)), found
 
 
 def remove_volume(client: docker.DockerClient, run_id: str) -> str:
@@ -152,7 +173,7 @@ def remove_volume(client: docker.DockerClient, run_id: str) -> str:
     return name
 
 
-def _extract(archive: tarfile.TarFile, destination: Path) -> Iterator[str]:
+def _extract(archive: tarfile.TarFile, destination: Path, found: Sanitized) -> Iterator[str]:
     for member in archive:
         relative = member.name.removeprefix("./").lstrip("/")
         if not relative or relative == ".":
@@ -160,8 +181,21 @@ def _extract(archive: tarfile.TarFile, destination: Path) -> Iterator[str]:
         try:
             archive.extract(member, destination, filter="data")  # refuses escapes and device files
         except tarfile.FilterError:
+            found.dropped.append((relative, _left_out(member)))
             continue
+        if member.mode & (stat.S_ISUID | stat.S_ISGID):
+            found.cleared.append(relative)
         yield relative
+
+
+def _left_out(member: tarfile.TarInfo) -> str:
+    if member.issym() or member.islnk():
+        return f"a link to {member.linkname!r}, outside the workspace"
+    if member.isfifo():
+        return "a FIFO"
+    if member.ischr() or member.isblk():
+        return "a device node"
+    return "a path outside the workspace"
 
 
 class _Helper:
@@ -197,7 +231,7 @@ class _Helper:
                 f"image {DEFAULT_IMAGE!r} is not on the Docker engine at {engine_url()}: build it "
                 "there with `toka sandbox build` (with DOCKER_HOST set to that engine)"
             ) from exc
-        except _ENGINE_ERRORS as exc:
+        except ENGINE_ERRORS as exc:
             raise SandboxError(
                 f"could not reach the workspace volume {self.volume}: {engine_said(exc)}"
             ) from exc
@@ -207,7 +241,7 @@ class _Helper:
     def __exit__(self, *exc_info: object) -> None:
         if self.id is not None:
             # Gone already is fine; one left behind carries the owner label for the next sweep.
-            with contextlib.suppress(*_ENGINE_ERRORS):
+            with contextlib.suppress(*ENGINE_ERRORS):
                 self.client.api.remove_container(self.id, force=True)
 
 
@@ -222,5 +256,5 @@ def _tar(*members: tarfile.TarInfo) -> bytes:
 def _engine_call(doing: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     try:
         return call(*args, **kwargs)
-    except _ENGINE_ERRORS as exc:
+    except ENGINE_ERRORS as exc:
         raise SandboxError(f"Docker engine error while {doing}: {engine_said(exc)}") from exc
