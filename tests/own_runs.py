@@ -20,7 +20,7 @@ from prefect import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.exceptions import ObjectNotFound
 
-from toka_agents.compiling import RUN_LABEL
+from toka_agents.orchestration.flow import RUN_LABEL
 from toka_agents.sandbox import LABEL_MANAGED
 
 TEST_LABEL = "org.toka-agents.test"

@@ -14,7 +14,7 @@ from prefect import flow, get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelling
 
-from toka_agents.compiling import CancellationWatcher
+from toka_agents.orchestration.cancellation import CancellationWatcher
 
 
 class Relay:

@@ -22,7 +22,7 @@ from own_runs import (  # noqa: F401 (no_leftover_containers: this module's leak
 )
 from test_flows import GONE_WITHIN, LONG_TASK, task_runs, unique
 
-from toka_agents.compiling import RUN_LABEL
+from toka_agents.orchestration.flow import RUN_LABEL
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
 

@@ -75,7 +75,7 @@ def test_deploy_creates_then_updates_the_same_deployment(prefect_api):
     assert made.paused
     assert [s.schedule.cron for s in made.schedules] == ["0 3 * * *"]  # type: ignore[union-attr]
     assert made.parameters == {"paths": [str(QUICKSTART.resolve())]}
-    assert made.entrypoint == "toka_agents.deployments.orchestrate"
+    assert made.entrypoint == "toka_agents.orchestration.deployments.orchestrate"
     form = made.parameter_openapi_schema["properties"]
     assert form["max_concurrent_agents"]["title"] == "Max concurrent agents"
     # The server holds runs to the form's schema (as the UI's form does) before any run exists.

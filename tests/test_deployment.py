@@ -55,7 +55,7 @@ def test_prefect_yaml_deploys_and_a_worker_runs_it(prefect_api, tmp_path):
     assert nightly.parameters == {"paths": ["flows/examples/nightly-check.yaml"]}
     assert [s.schedule.cron for s in nightly.schedules] == ["0 3 * * *"]  # type: ignore[union-attr]
     assert nightly.schedules[0].active and not nightly.paused
-    # The UI's run form: titled, described fields from the flow in toka_agents.deployments.
+    # The UI's run form: titled, described fields from the flow in toka_agents.orchestration.deployments.
     form = quickstart.parameter_openapi_schema["properties"]
     assert form["optional_dependencies"]["enum"] == ["config", "ignore", "order"]
     assert all(field.get("description") for field in form.values())

@@ -18,7 +18,7 @@ from conftest import write_config
 from own_runs import TEST_LABEL, THIS_SESSION, no_leftover_containers, run_containers  # noqa: F401
 
 from toka_agents import run, validate
-from toka_agents.compiling import RUN_LABEL
+from toka_agents.orchestration.flow import RUN_LABEL
 from toka_agents.sandbox import remove_orphans
 from toka_agents.sandbox.egress import LABEL_EGRESS
 

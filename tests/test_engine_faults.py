@@ -35,7 +35,7 @@ from second_engine import SecondEngine, second_engine  # noqa: F401 (tests name 
 from test_flows import artifacts, task_runs
 
 from toka_agents import run
-from toka_agents.compiling import RUN_LABEL
+from toka_agents.orchestration.flow import RUN_LABEL
 from toka_agents.sandbox import LABEL_MANAGED
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image")

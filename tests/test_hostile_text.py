@@ -27,10 +27,11 @@ from prefect.states import Completed, Failed
 from rich.console import Console
 from test_flows import task_runs, unique
 
-from toka_agents import cli, reporting, run, text, watching
+from toka_agents import cli, run, text
 from toka_agents.api import RunResult
 from toka_agents.errors import ConfigIssue
 from toka_agents.executor import TaskOutcome
+from toka_agents.orchestration import reporting, watching
 from toka_agents.planning import Plan, PlannedAgent, PlannedTask, Validation
 
 MARKUP = [

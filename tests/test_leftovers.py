@@ -25,7 +25,7 @@ from own_runs import (  # noqa: F401 (no_leftover_containers: this module's leak
 )
 
 from toka_agents import run
-from toka_agents.compiling import RUN_LABEL
+from toka_agents.orchestration.flow import RUN_LABEL
 from toka_agents.sandbox import LABEL_MANAGED
 from toka_agents.sandbox.egress import LABEL_EGRESS
 from toka_agents.sandbox.owners import LABEL_OWNER, current_owner, is_orphaned

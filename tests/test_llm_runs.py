@@ -320,8 +320,8 @@ def test_tokas_v03_specs_run_their_78_llm_tasks_against_a_configured_provider(wo
     from test_toka_specs import V03
 
     from toka_agents.api import run_plan
-    from toka_agents.compiling import RunOptions
     from toka_agents.config.models import LlmOverrides
+    from toka_agents.orchestration.flow import RunOptions
     from toka_agents.planning import validate
 
     finish = tool_call("finish", success=True, summary="Done at once.")
@@ -417,8 +417,8 @@ def test_bad_llm_flags_get_one_line_answers(tmp_path, prefect_api):
 
 
 def test_rate_limits_hold_across_two_flow_runs_at_once(tmp_path, workspace_root, api_key):
-    from toka_agents.compiling import rate_limits_of
     from toka_agents.config.models import LlmSettings
+    from toka_agents.orchestration.llm_setup import rate_limits_of
 
     model = f"scripted-{uuid.uuid4().hex[:8]}"  # a limit of its own, whatever ran before
     per_minute, steps, agents = 60, 3, 4
@@ -543,7 +543,7 @@ def test_the_key_can_come_from_a_prefect_secret_block(tmp_path, workspace_root):
 
 def test_a_missing_key_variable_or_secret_block_refuses_the_run_before_any_task(tmp_path, monkeypatch):
     from toka_agents import ExecutionError
-    from toka_agents.compiling import compile_flow
+    from toka_agents.orchestration.flow import compile_flow
     from toka_agents.planning import validate
 
     monkeypatch.delenv(KEY_ENV, raising=False)

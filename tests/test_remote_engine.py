@@ -13,7 +13,7 @@ from conftest import run_toka, write_config
 from second_engine import second_engine  # noqa: F401 (the module's engine; tests name it: F811)
 
 from toka_agents import run
-from toka_agents.compiling import RUN_LABEL
+from toka_agents.orchestration.flow import RUN_LABEL
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

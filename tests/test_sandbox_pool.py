@@ -20,8 +20,8 @@ from conftest import write_config
 from docker.errors import NotFound
 
 from toka_agents import load, plan, run
-from toka_agents.compiling import RUN_LABEL
 from toka_agents.errors import SandboxError
+from toka_agents.orchestration.flow import RUN_LABEL
 from toka_agents.sandbox import Sandbox, SandboxCancelled, SandboxSpec, create_workspace, remove_orphans
 
 MB = 1024**2

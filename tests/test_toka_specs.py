@@ -14,7 +14,7 @@ from conftest import run_toka, write_config
 from toka_agents import ConfigError, load, plan, validate
 from toka_agents.config import load_paths
 from toka_agents.config.models import LlmTask
-from toka_agents.reporting import agent_notes
+from toka_agents.orchestration.reporting import agent_notes
 
 SPECS = Path(__file__).resolve().parent / "data" / "toka-specs"
 V03 = SPECS / "v0.3"

@@ -27,7 +27,7 @@ from prefect import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
 from toka_agents import run
-from toka_agents.compiling import RUN_LABEL
+from toka_agents.orchestration.flow import RUN_LABEL
 from toka_agents.sandbox import Sandbox, SandboxSpec
 from toka_agents.sandbox.sanitize import Sanitized
 from toka_agents.sandbox.users import LABEL_USER, RUN_UIDS, preferred_uid, run_user, user_of

@@ -7,10 +7,8 @@ agent tasks in Docker sandboxes, reported into Prefect states, artifacts and eve
 __version__ = "0.1.0"
 
 from toka_agents.api import RunResult, run, run_plan
-from toka_agents.compiling import RunOptions, compile_flow
 from toka_agents.config import Orchestration, load
 from toka_agents.config.models import LlmOverrides
-from toka_agents.deployments import deploy, orchestrate, serve
 from toka_agents.errors import (
     ConfigError,
     ConfigIssue,
@@ -22,6 +20,7 @@ from toka_agents.errors import (
     TokaError,
 )
 from toka_agents.executor import TaskOutcome
+from toka_agents.orchestration import RunOptions, compile_flow, deploy, orchestrate, serve
 from toka_agents.planning import Plan, Validation, plan, validate
 
 __all__ = [

@@ -9,14 +9,14 @@ from uuid import UUID
 
 from prefect.states import State
 
-from toka_agents.compiling import RunOptions, compile_flow
 from toka_agents.config import load
 from toka_agents.config.models import LlmOverrides
 from toka_agents.errors import ExecutionError
 from toka_agents.executor import TaskOutcome, llm_refusal
+from toka_agents.orchestration.flow import RunOptions, compile_flow
+from toka_agents.orchestration.reporting import RunSummary
+from toka_agents.orchestration.resuming import resume_flow_run
 from toka_agents.planning import OptionalMode, Plan, plan
-from toka_agents.reporting import RunSummary
-from toka_agents.resuming import resume_flow_run
 
 
 @dataclass

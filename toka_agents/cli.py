@@ -23,13 +23,13 @@ from rich.text import Text
 
 from toka_agents import __version__, graphs, planning, text
 from toka_agents.api import RunResult, run_plan
-from toka_agents.compiling import RUN_LABEL, RunOptions
 from toka_agents.config.limits import format_bytes
 from toka_agents.config.models import DEFAULT_IMAGE, LlmOverrides, OrchestrationFile
 from toka_agents.errors import ConfigError, ConfigIssue, TokaError
 from toka_agents.executor import TaskOutcome
+from toka_agents.orchestration.flow import RUN_LABEL, RunOptions
+from toka_agents.orchestration.reporting import llm_columns, task_message
 from toka_agents.planning import Validation
-from toka_agents.reporting import llm_columns, task_message
 from toka_agents.sandbox import (
     LABEL_MANAGED,
     connect,
@@ -41,7 +41,7 @@ from toka_agents.sandbox.egress import remove_networks
 from toka_agents.sandbox.images import build_images
 
 if TYPE_CHECKING:
-    from toka_agents.watching import LatestRun
+    from toka_agents.orchestration.watching import LatestRun
 
 app = cyclopts.App(
     name="toka",
@@ -317,7 +317,7 @@ def _run_printed(planned: planning.Plan, options: RunOptions) -> RunResult:
 
 def _run_watched(planned: planning.Plan, options: RunOptions) -> RunResult:
     """Run the plan in this process while a thread draws it live from the server."""
-    from toka_agents import watching
+    from toka_agents.orchestration import watching
 
     watch = watching.Watch(out, totals=watching.planned_tasks(planned))
     failed: list[BaseException] = []
@@ -624,8 +624,8 @@ def deploy(
 
         toka deploy flows/examples/quickstart.yaml --name nightly --cron "0 3 * * *"
     """
-    from toka_agents.deployments import FLOW_NAME
-    from toka_agents.deployments import deploy as deploy_configs
+    from toka_agents.orchestration.deployments import FLOW_NAME
+    from toka_agents.orchestration.deployments import deploy as deploy_configs
 
     if not name:
         err.print("give the deployment a name: --name NAME", markup=False)
@@ -686,8 +686,8 @@ def agent_list(
 
         toka agent list flows/examples/quickstart.yaml
     """
-    from toka_agents.deployments import FLOW_NAME
-    from toka_agents.watching import latest_task_runs
+    from toka_agents.orchestration.deployments import FLOW_NAME
+    from toka_agents.orchestration.watching import latest_task_runs
 
     if not paths:
         raise TokaError("give at least one config path")
@@ -779,7 +779,7 @@ def _spawn_on_deployment(
     watch: bool,
     planned: planning.Plan | None,
 ) -> int:
-    from toka_agents import runs, watching
+    from toka_agents.orchestration import runs, watching
 
     parameters: dict[str, object] = {"agents": [agent]}
     if paths:
@@ -814,7 +814,7 @@ def monitor(flow_run_id: FlowRunId, /) -> int:
 
         toka agent monitor 0a1b2c3d-1111-2222-3333-444455556666
     """
-    from toka_agents import watching
+    from toka_agents.orchestration import watching
 
     run_id = _flow_run_id(flow_run_id)
     with _prefect_api():
@@ -832,7 +832,7 @@ def stop(flow_run_id: FlowRunId, /) -> int:
 
         toka agent stop 0a1b2c3d-1111-2222-3333-444455556666
     """
-    from toka_agents import runs
+    from toka_agents.orchestration import runs
 
     run_id = _flow_run_id(flow_run_id)
     with _prefect_api():

@@ -190,13 +190,7 @@ def run_llm_task(
     if context.sandbox is None:
         return LlmRun(failed(task, f"sandbox error: {context.sandbox_error or 'no sandbox'}"))
     try:
-        settings = from_environment(agent.llm)
-        if settings.api_key_secret is not None:
-            key = context.api_keys.get(settings.api_key_secret)
-            if key is None:
-                raise LlmError(f"the Prefect Secret block {settings.api_key_secret!r} was not read")
-        else:
-            key = api_key_from_env(settings)
+        settings, key = model_of(agent.llm, context.api_keys)
     except LlmError as exc:
         return LlmRun(failed(task, str(exc)))
     usage = SandboxUsage(context.sandbox, tool_spec(task, context, upstream or {}))
@@ -217,6 +211,21 @@ def run_llm_task(
         )
     outcome = outcome_from_loop(task, result, settings, usage, time.monotonic() - started)
     return LlmRun(outcome, result.transcript)
+
+
+def model_of(
+    configured: LlmSettings, api_keys: Mapping[str, SecretStr]
+) -> tuple[LlmSettings, SecretStr | None]:
+    """The settings a model is called with (the environment's model and address filled in) and
+    its API key: from the Secret block the run read (`api_keys`, by block name), else from the
+    environment. Raises `LlmError` naming what is missing."""
+    settings = from_environment(configured)
+    if settings.api_key_secret is None:
+        return settings, api_key_from_env(settings)
+    key = api_keys.get(settings.api_key_secret)
+    if key is None:
+        raise LlmError(f"the Prefect Secret block {settings.api_key_secret!r} was not read")
+    return settings, key
 
 
 class SandboxUsage:

@@ -39,8 +39,7 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from toka_agents.errors import ExecutionError, LlmError
-from toka_agents.executor import ExecutionContext
-from toka_agents.llm.gateway import api_key_from_env, from_environment
+from toka_agents.executor import ExecutionContext, model_of
 from toka_agents.llm.loop import redact
 from toka_agents.planning import PlannedTask
 from toka_agents.sandbox.workspace import default_root
@@ -127,11 +126,7 @@ def task_secrets(task: PlannedTask, context: ExecutionContext) -> list[str]:
     if agent is None or agent.llm is None:
         return []
     try:
-        settings = from_environment(agent.llm)
-        if settings.api_key_secret is not None:
-            key = context.api_keys.get(settings.api_key_secret)
-        else:
-            key = api_key_from_env(settings)
+        _, key = model_of(agent.llm, context.api_keys)
     except LlmError:
         return []
     return [key.get_secret_value()] if key is not None else []

@@ -19,9 +19,9 @@ from prefect.client.schemas.responses import SetStateStatus
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelling
 
-from toka_agents.compiling import RUN_LABEL
-from toka_agents.deployments import FLOW_NAME
 from toka_agents.errors import TokaError
+from toka_agents.orchestration.deployments import FLOW_NAME
+from toka_agents.orchestration.flow import RUN_LABEL
 
 
 def deployment_name(name: str) -> str:

@@ -8,8 +8,8 @@ bad value fails the flow run at once with a message naming the field and the val
 
 `deploy` creates or updates a deployment of that flow on a work pool; `serve` runs one
 without a work pool, in this process. Both record the flow by its module path
-(`toka_agents.deployments.orchestrate`, the flow `flows/orchestrate.py` exposes), so any
-worker with toka-agents installed runs it whatever its working directory.
+(`toka_agents.orchestration.deployments.orchestrate`, the flow `flows/orchestrate.py` exposes),
+so any worker with toka-agents installed runs it whatever its working directory.
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ from prefect.schedules import Cron, Interval, RRule, Schedule
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
-from toka_agents import reporting
-from toka_agents.compiling import RunOptions, execute_plan, schedule_of
 from toka_agents.config import load
 from toka_agents.config.models import LlmOverrides
 from toka_agents.errors import ConfigError, ConfigIssue, TokaError, one_line
+from toka_agents.orchestration import reporting
+from toka_agents.orchestration.flow import RunOptions, execute_plan
+from toka_agents.orchestration.scheduler import schedule_of
 from toka_agents.planning import plan, select_agents, validate
 
 FLOW_NAME = "toka-orchestrate"

@@ -1,0 +1,31 @@
+"""The Prefect wing: every module of toka-agents that imports Prefect, but for the entry points
+(`cli`, `api`).
+
+- `flow`: Plan -> Prefect flow (`compile_flow`), and what its body does (`execute_plan`);
+- `tasks`: the agent task and the LLM step, the two Prefect tasks of a run;
+- `scheduler`: the loop that starts agents as their requirements complete;
+- `cancellation`: the watcher that stops a run's containers once it is cancelled;
+- `llm_setup`: Secret blocks and rate limits (Prefect global concurrency limits);
+- `reporting`: the only writer of states' messages, artifacts, events and task output logs;
+- `resuming`: what a later attempt of a flow run takes from the attempts before it;
+- `tagging`: how agent/workstream/priority tags reach a task run;
+- `deployments`: the `toka-orchestrate` flow, its run form, `deploy` and `serve`;
+- `runs`: starting a deployment's run, stopping a run;
+- `watching`: the live view of a run, read from Prefect's API.
+"""
+
+from toka_agents.orchestration.deployments import FLOW_NAME, deploy, orchestrate, serve
+from toka_agents.orchestration.flow import RUN_LABEL, RunOptions, compile_flow, execute_plan
+from toka_agents.orchestration.reporting import RunSummary
+
+__all__ = [
+    "FLOW_NAME",
+    "RUN_LABEL",
+    "RunOptions",
+    "RunSummary",
+    "compile_flow",
+    "deploy",
+    "execute_plan",
+    "orchestrate",
+    "serve",
+]

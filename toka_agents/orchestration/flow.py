@@ -1,0 +1,160 @@
+"""Plan -> Prefect flow: the flow named after the orchestration, and what its body does.
+
+The body sets up what the run shares (LLM keys and rate limits, the workspace, the sandbox,
+the cancel watcher), hands the plan to the scheduler, and whatever happens removes the run's
+containers and writes its summary. Every agent task is a task run named `<agent>/<task>`,
+tagged with its agent, workstream and priority; upstream edges are real Prefect dependencies,
+so the UI's graph shows the DAG.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import UUID
+
+from prefect import Flow, get_run_logger
+from prefect.context import FlowRunContext
+from prefect.states import State
+from pydantic import SecretStr
+
+from toka_agents import executor, text
+from toka_agents.errors import SandboxError, one_line
+from toka_agents.executor import ExecutionContext
+from toka_agents.orchestration import reporting, resuming
+from toka_agents.orchestration.cancellation import CancellationWatcher
+from toka_agents.orchestration.llm_setup import (
+    LlmSetupError,
+    rate_limit_hook,
+    read_secret_keys,
+    upsert_rate_limits,
+)
+from toka_agents.orchestration.scheduler import Schedule, Scheduler, schedule_of
+from toka_agents.orchestration.tasks import agent_task, step_task
+from toka_agents.planning import Plan
+from toka_agents.sandbox import Sandbox, connect, create_workspace, remove_orphans
+from toka_agents.sandbox.users import LABEL_USER, run_user
+
+RUN_LABEL = "org.toka-agents.run"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a compiled flow runs, beyond what the plan says."""
+
+    workspace_root: Path | None = None
+    dry_run: bool = False
+    cancel_poll_seconds: float = 2.0
+    resume: UUID | str | None = None
+    """A failed or cancelled flow run of the same plan to run again (see `resuming`)."""
+
+
+def compile_flow(plan: Plan, options: RunOptions | None = None) -> Flow[[], reporting.RunSummary]:
+    """A Prefect flow named after the orchestration that runs the plan when called."""
+    chosen = options or RunOptions()
+    schedule = schedule_of(plan)
+
+    def run_plan() -> State[reporting.RunSummary]:
+        return execute_plan(schedule, chosen)
+
+    return Flow(
+        run_plan,
+        name=plan.name,
+        description=plan.description or None,
+        validate_parameters=False,
+    )
+
+
+def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.RunSummary]:
+    """Run a plan inside the current flow run; return the flow run's final state."""
+    plan = schedule.plan
+    flow_context = FlowRunContext.get()
+    assert flow_context is not None and flow_context.flow_run is not None, "runs inside a flow run"
+    flow_run = flow_context.flow_run
+    resuming.separate_attempts(flow_context, [agent_task, step_task])
+    logger = get_run_logger()
+    for warning in plan.warnings:
+        logger.warning("%s", text.one_line(warning, None))
+    refusal = executor.llm_refusal(plan, dry_run=options.dry_run)
+    api_keys: dict[str, SecretStr] = {}
+    if refusal is None and not options.dry_run:
+        try:
+            api_keys = read_secret_keys(plan)
+            upsert_rate_limits(plan)
+        except LlmSetupError as exc:
+            refusal = str(exc)
+    if refusal is not None:
+        return reporting.refused_state(refusal)  # type: ignore[return-value]
+    workspace, sandbox, sandbox_error = None, None, None
+    labels = {RUN_LABEL: str(flow_run.id)}
+    user = run_user(str(flow_run.id))
+    if not options.dry_run and plan.tasks:  # LLM tasks' tools run in the sandbox too
+        try:
+            # Not checked here: each call asks the engine, so a task's retries can outlive an outage.
+            client = connect(pool_size=2 * plan.max_concurrent_agents + 2, check=False)
+            if orphans := remove_orphans(client):
+                logger.warning(
+                    "Removed %d sandbox container(s) left by toka-agents processes that were killed",
+                    len(orphans),
+                )
+            user = run_user(str(flow_run.id), client, label=RUN_LABEL)
+            labels[LABEL_USER] = user
+            sandbox = Sandbox(client, labels, pool_size=plan.pool_size)
+        except SandboxError as exc:
+            sandbox_error = str(exc)
+            logger.error("%s", one_line(exc))
+    if not options.dry_run:
+        name = resuming.workspace_name(plan.name, flow_run.id, options.workspace_root, datetime.now(UTC))
+        try:
+            workspace = create_workspace(
+                options.workspace_root, name, run_id=str(flow_run.id), user=user
+            )
+        except SandboxError as exc:  # a workspace volume on an engine that failed
+            return reporting.refused_state(str(exc))  # type: ignore[return-value]
+        logger.info("Workspace: %s", workspace)
+    report = reporting.RunReport(plan, workspace)
+    context = ExecutionContext(
+        sandbox=sandbox,
+        workspace=workspace,
+        run_id=str(flow_run.id),
+        sandbox_error=sandbox_error,
+        dry_run=options.dry_run,
+        workspace_limit=plan.workspace_limit,
+        labels=labels,
+        agents=dict(schedule.agents),
+        api_keys=api_keys,
+        sandbox_user=user,
+    )
+    context.rate_limits = functools.partial(rate_limit_hook, cancel=context.cancel)
+    watcher = CancellationWatcher(
+        flow_run.id, options.cancel_poll_seconds, sandbox, logger, llm_cancel=context.cancel
+    )
+    watcher.start()
+    scheduler = Scheduler(schedule, context, report, watcher, flow_run.id)
+    try:
+        scheduler.run()
+    finally:
+        # Each step here logs its own errors: none may hide the run's own error or skip
+        # the summary.
+        watcher.stop()
+        if sandbox is not None:
+            _end_sandbox(sandbox, logger)
+        report.finish(scheduler.results())
+    outcomes = scheduler.results()
+    return reporting.run_state(plan, outcomes, workspace, cancelled=watcher.cancelled.is_set())
+
+
+def _end_sandbox(sandbox: Sandbox, logger: reporting.RunLogger) -> None:
+    """Stop whatever still runs (a run left early) and remove the run's containers."""
+    try:
+        sandbox.cancel()
+        for warning in sandbox.remove_leftovers():
+            logger.warning("%s", text.one_line(warning, None))
+    except Exception as exc:  # the engine is the one that failed; the run's result stands
+        logger.error(
+            "could not remove the run's sandbox containers: %s. The next run on this host "
+            "or `toka sandbox clean` removes them.",
+            one_line(exc),
+        )

@@ -1,0 +1,105 @@
+"""The two Prefect tasks of a run: an agent task (`agent/task`), and a step of an LLM task (a
+model call or a tool call, `agent/task · model 3`) nested under it.
+
+An agent task runs its `PlannedTask` through the executor and ends in the state reporting
+makes of its outcome; it runs only if the agent's task before it completed (or, under the
+`continue` policy, at least failed). Results are persisted under keys of their own
+(`resuming`), so a resumed run does not do twice what it already did.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prefect import Task, get_run_logger
+from prefect.futures import PrefectFuture
+from prefect.states import State
+from prefect.utilities.annotations import quote
+
+from toka_agents import executor
+from toka_agents.executor import ExecutionContext, TaskOutcome
+from toka_agents.llm.loop import StepRunner
+from toka_agents.orchestration import reporting, resuming
+from toka_agents.orchestration.tagging import add_deferred_tags
+from toka_agents.planning import PlannedTask
+
+
+def after_failure_of(task_id: str, message: str | None) -> str:
+    """Why a task of an agent did not run: an earlier task of the same agent failed."""
+    return f"not run: earlier task {task_id} failed: {message}"
+
+
+def _run_agent_task(
+    label: str,
+    planned: PlannedTask,
+    context: ExecutionContext,
+    upstream: tuple[str, ...] = (),
+    upstream_results: dict[str, TaskOutcome] | None = None,
+    previous: PrefectFuture[Any] | None = None,
+    runs_after_failure: bool = False,
+) -> State[TaskOutcome]:
+    """`previous`, the agent's task before this one, must have completed, or with
+    `runs_after_failure` (its agent's policy is `continue`) at least failed, not been cancelled."""
+    add_deferred_tags()
+    if (
+        previous is not None
+        and not previous.state.is_completed()
+        and not (runs_after_failure and previous.state.is_failed())
+    ):
+        outcome = executor.skipped(planned, after_failure_of(upstream[-1], previous.state.message))
+    elif planned.kind == "llm" and not context.dry_run:
+        runner = step_runner(planned.id, resuming.task_secrets(planned, context))
+        with resuming.steps_kept_as_they_end():
+            run = executor.run_llm_task(planned, context, upstream_results, runner)
+        reporting.conversation_artifact(planned, run.outcome, run.conversation)
+        outcome = run.outcome
+    else:
+        with reporting.OutputLog(get_run_logger()) as output:
+            outcome = executor.run_task(planned, context, output, upstream_results)
+    resuming.keep_only_if(outcome.status == "completed")
+    return reporting.task_state(outcome)
+
+
+def _run_step(label: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    return fn(*args)
+
+
+step_task: Task[..., Any] = Task(
+    _run_step,
+    name="agent-step",
+    task_run_name="{label}",
+    cache_key_fn=resuming.step_key,  # a resumed run's completed steps come from storage
+    persist_result=True,
+    retries=0,  # the gateway retries model calls itself; a tool call is the model's to repeat
+    description="One step of an LLM task: a model call or a tool call.",
+)
+
+
+def step_runner(task_id: str, secrets: Sequence[str] = ()) -> StepRunner:
+    """The agent loop's step runner: each model call and tool call a task run nested under the
+    agent task's run, named like `architect/design · model 3`. A step's error reaches the loop
+    unchanged (Prefect re-raises it after recording the failed task run). Its result, `secrets`
+    redacted, is stored for a resumed run."""
+
+    def run(kind: str, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        step = resuming.redacting(fn, secrets)
+        return step_task(label=f"{task_id} · {name}", fn=quote(step), args=quote(args))
+
+    return run
+
+
+agent_task: Task[..., State[TaskOutcome]] = Task(
+    _run_agent_task,
+    name="agent-task",
+    task_run_name="{label}",
+    cache_key_fn=resuming.agent_task_key,  # a resumed run does not run completed tasks again
+    persist_result=True,
+    description="One task of one agent: code in a Docker sandbox, or an LLM task.",
+)
+
+
+@functools.cache
+def with_retries(retries: int) -> Task[..., State[TaskOutcome]]:
+    return agent_task.with_options(retries=retries)
