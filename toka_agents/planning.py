@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from toka_agents.config import capabilities
+from toka_agents.config.collector import collector_paused
 from toka_agents.config.limits import DEFAULT_WORKSPACE_LIMIT, format_bytes, format_seconds
 from toka_agents.config.loader import load_paths
 from toka_agents.config.models import (
@@ -25,6 +26,7 @@ from toka_agents.config.models import (
     CodeSource,
     CodeTask,
     FailurePolicy,
+    Limits,
     LlmOverrides,
     LlmSettings,
     Orchestration,
@@ -209,6 +211,26 @@ def plan(
     llm_overrides: LlmOverrides | None = None,
 ) -> Plan:
     """Resolve the graph and fix every task's settings. Raises `ConfigError` on graph problems."""
+    with collector_paused():
+        return _plan(
+            orchestration,
+            conditions=conditions,
+            optional_dependencies=optional_dependencies,
+            max_concurrent_agents=max_concurrent_agents,
+            allow_unsandboxed=allow_unsandboxed,
+            llm_overrides=llm_overrides,
+        )
+
+
+def _plan(
+    orchestration: Orchestration,
+    *,
+    conditions: Collection[str],
+    optional_dependencies: OptionalMode | None,
+    max_concurrent_agents: int | None,
+    allow_unsandboxed: bool | None,
+    llm_overrides: LlmOverrides | None,
+) -> Plan:
     allowed = orchestration.allow_unsandboxed if allow_unsandboxed is None else allow_unsandboxed
     issues = graph_issues(orchestration.agents) + sandbox_issues(orchestration.agents, allowed)
     if issues:
@@ -550,10 +572,19 @@ def _plan_agent(
     access = capabilities.network_access(granted, agent.network_allow) if agent.sandbox else "full"
     network = access != "none"
     tasks = []
+    fixed_limits: dict[Limits, TaskLimits] = {}
     for task in agent.tasks:
         if task.condition is not None and task.condition not in conditions:
             continue
         limits = task.limits.over(agent_limits)
+        if limits not in fixed_limits:
+            fixed_limits[limits] = TaskLimits(
+                memory=limits.memory,
+                cpu=limits.cpu,
+                timeout=limits.timeout,
+                pids=limits.pids,
+                workspace=limits.workspace,
+            )
         tasks.append(
             PlannedTask(
                 id=f"{agent.name}/{task.name}",
@@ -564,13 +595,7 @@ def _plan_agent(
                 description=task.description,
                 code=task.code if isinstance(task, CodeTask) else None,
                 instruction=None if isinstance(task, CodeTask) else task.instruction,
-                limits=TaskLimits(
-                    memory=limits.memory,
-                    cpu=limits.cpu,
-                    timeout=limits.timeout,
-                    pids=limits.pids,
-                    workspace=limits.workspace,
-                ),
+                limits=fixed_limits[limits],
                 image=task.image or image,
                 capabilities=granted,
                 network=network,

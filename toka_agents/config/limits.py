@@ -34,6 +34,19 @@ _TIME = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
 DEFAULT_WORKSPACE_LIMIT = 1024**3
 """Bytes a run's workspace may hold unless `limits.workspace` says otherwise (1GB)."""
 
+# The largest limits a sandbox may be given: what Docker and the kernel can honour, not what
+# a given host has. Config knows no Docker, so it cannot ask the engine for its memory: the
+# bounds are fixed, and a limit above the host's is the engine's to refuse when a task starts.
+MAX_TIMEOUT_SECONDS = 30 * 86400
+"""30 days: longer is no task's limit but a typo, and later overflows the runtime's clocks."""
+MAX_MEMORY_BYTES = 1024**4
+"""1TB of memory for one container."""
+MAX_WORKSPACE_BYTES = 16 * 1024**4
+"""16TB: the largest file ext4 holds with 4KB blocks (the workspace is an ext4 image)."""
+MAX_CPU_CORES = 1024.0
+MAX_PIDS = 4_194_304
+"""Linux's PID_MAX_LIMIT: no pids.max can be higher."""
+
 _CPU_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _CPU_CORES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*cores?\s*$", re.IGNORECASE)
 _CPU_NUMBER = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$")
@@ -132,3 +145,44 @@ def format_seconds(seconds: float | None) -> str:
         if seconds >= factor and seconds % factor == 0:
             return f"{seconds / factor:.0f}{unit}"
     return f"{seconds:.3g}s"
+
+
+def at_most_timeout(seconds: float) -> float:
+    if seconds > MAX_TIMEOUT_SECONDS:
+        raise ValueError(
+            f"timeout {format_seconds(seconds)} is over {format_seconds(MAX_TIMEOUT_SECONDS)}, "
+            "the longest toka-agents allows"
+        )
+    return seconds
+
+
+def at_most_memory(size: int) -> int:
+    if size > MAX_MEMORY_BYTES:
+        raise ValueError(
+            f"memory {format_bytes(size)} is over {format_bytes(MAX_MEMORY_BYTES)}, "
+            "the most toka-agents gives a sandbox"
+        )
+    return size
+
+
+def at_most_workspace(size: int) -> int:
+    if size > MAX_WORKSPACE_BYTES:
+        raise ValueError(
+            f"workspace {format_bytes(size)} is over {format_bytes(MAX_WORKSPACE_BYTES)}, "
+            "the largest an ext4 workspace can be"
+        )
+    return size
+
+
+def at_most_cpu(cores: float) -> float:
+    if cores > MAX_CPU_CORES:
+        raise ValueError(
+            f"cpu {cores:g} cores is over {MAX_CPU_CORES:g} cores, the most toka-agents gives a sandbox"
+        )
+    return cores
+
+
+def at_most_pids(count: int) -> int:
+    if count > MAX_PIDS:
+        raise ValueError(f"pids {count} is over {MAX_PIDS}, Linux's largest process limit")
+    return count

@@ -5,33 +5,19 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import ValidationError
-
-from toka_agents.config.models import TASK_TAGS, Agent, Orchestration, Settings
+from toka_agents.config import native, toka_spec, toka_toml
+from toka_agents.config.collector import collector_paused
+from toka_agents.config.documents import DocumentProblem, read_document
+from toka_agents.config.fragments import Fragment, failed
+from toka_agents.config.models import Agent, Orchestration, Settings
 from toka_agents.errors import ConfigError, ConfigIssue
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml")
-
-
-@dataclass
-class Fragment:
-    """What one file contributes: settings (only the keys it sets), agents, and problems."""
-
-    file: str
-    settings: Settings | None = None
-    agents: list[Agent] = field(default_factory=list)
-    issues: list[ConfigIssue] = field(default_factory=list)
-    warnings: list[ConfigIssue] = field(default_factory=list)
-    # Agents written in this file that did not validate: known by name, so that others
-    # requiring them are not reported as requiring an unknown agent.
-    broken_agents: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -62,8 +48,9 @@ def load_paths(paths: Sequence[str | Path]) -> LoadResult:
     if not paths:
         issue = ConfigIssue("<command line>", "", "no config path given")
         return LoadResult(None, [issue], [], set())
-    fragments = [_read_file(file, shown) for file, shown in _config_files(paths)]
-    return _merge(fragments, paths)
+    with collector_paused():
+        fragments = [_read_file(file, shown) for file, shown in _config_files(paths)]
+        return _merge(fragments, paths)
 
 
 def _config_files(paths: Iterable[str | Path]) -> Iterable[tuple[Path, str]]:
@@ -82,55 +69,25 @@ def _config_files(paths: Iterable[str | Path]) -> Iterable[tuple[Path, str]]:
 def _read_file(path: Path, shown: str) -> Fragment:
     if path.is_dir():
         suffixes = ", ".join(f"*{s}" for s in CONFIG_SUFFIXES)
-        return _failed(shown, f"directory holds no config files ({suffixes})")
+        return failed(shown, f"directory holds no config files ({suffixes})")
     if not path.exists():
-        return _failed(shown, "no such file")
+        return failed(shown, "no such file")
     if path.suffix not in CONFIG_SUFFIXES:
-        return _failed(shown, "not a config file: use .yaml, .yml or .toml")
+        return failed(shown, "not a config file: use .yaml, .yml or .toml")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return _failed(shown, f"cannot read: {exc}")
-    try:
-        document = _parse(text, path.suffix)
-    except yaml.YAMLError as exc:
-        return _failed(shown, _yaml_problem(exc))
-    except tomllib.TOMLDecodeError as exc:
-        return _failed(shown, f"invalid TOML: {exc}")
+        document = read_document(path)
+    except DocumentProblem as problem:
+        return failed(shown, problem.message, problem.path)
     if document is None or document == {}:
-        return _failed(shown, "the file is empty")
+        return failed(shown, "the file is empty")
     if not isinstance(document, dict):
         found = type(document).__name__
-        return _failed(shown, f"expected a mapping of keys at the top level, found a {found}")
+        return failed(shown, f"expected a mapping of keys at the top level, found a {found}")
     return dialect_reader(document)(document, path, shown)
-
-
-# libyaml's loader when PyYAML was built with it: the same documents, about 3x faster.
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def _parse(text: str, suffix: str) -> Any:
-    if suffix == ".toml":
-        return tomllib.loads(text)
-    return yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    if mark is None:
-        return f"invalid YAML: {problem}"
-    return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
-
-
-def _failed(shown: str, message: str) -> Fragment:
-    return Fragment(file=shown, issues=[ConfigIssue(shown, "", message)])
 
 
 def dialect_reader(document: dict[str, Any]) -> DialectReader:
     """Pick the reader of a parsed document by the keys it has, whatever its syntax."""
-    from toka_agents.config import native, toka_spec, toka_toml
-
     if "$schema" in document and "properties" in document:
         return _json_schema
     if toka_toml.recognises(document):
@@ -189,45 +146,3 @@ def _merge(fragments: list[Fragment], paths: Sequence[str | Path]) -> LoadResult
 def _name_from_path(path: Path) -> str:
     base = path.name if path.is_dir() else path.stem
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-._") or "orchestration"
-
-
-def issues_from_validation(
-    error: ValidationError, file: str, prefix: str = "", sources: dict[str, str] | None = None
-) -> list[ConfigIssue]:
-    """Turn pydantic's errors into ConfigIssues with dotted key paths and plain messages.
-
-    `sources` maps key paths of the native model to where a dialect wrote them
-    (`limits.memory` -> `security.resource_limits.max_memory`); the longest match wins.
-    """
-    issues = []
-    for detail in error.errors():
-        path = ".".join(str(part) for part in detail["loc"] if part not in TASK_TAGS)
-        if sources:
-            path = source_path(path, sources)
-        path = ".".join(part for part in (prefix, path) if part)
-        issues.append(ConfigIssue(file, path, _plain_message(detail)))
-    return issues
-
-
-def source_path(path: str, sources: dict[str, str]) -> str:
-    parts = path.split(".") if path else []
-    for cut in range(len(parts), -1, -1):
-        head = ".".join(parts[:cut])
-        if head in sources:
-            return ".".join(part for part in (sources[head], *parts[cut:]) if part)
-    return path
-
-
-def _plain_message(detail: Any) -> str:
-    kind = detail["type"]
-    if kind == "missing":
-        return "missing required key"
-    if kind == "extra_forbidden":
-        return "unknown key (`toka schema` lists the keys of the format)"
-    message: str = detail["msg"]
-    for prefix in ("Value error, ", "Assertion failed, "):
-        message = message.removeprefix(prefix)
-    value = detail.get("input")
-    if isinstance(value, (str, int, float)) and repr(value) not in message:
-        message = f"{message} (got {value!r})"
-    return message

@@ -24,6 +24,11 @@ from pydantic import (
 )
 
 from toka_agents.config.limits import (
+    at_most_cpu,
+    at_most_memory,
+    at_most_pids,
+    at_most_timeout,
+    at_most_workspace,
     format_bytes,
     format_seconds,
     parse_cpu,
@@ -59,17 +64,29 @@ MemorySize = Annotated[
     int,
     BeforeValidator(parse_memory),
     AfterValidator(_at_least_docker_minimum),
+    AfterValidator(at_most_memory),
     PlainSerializer(format_bytes, return_type=str, when_used="json"),
     Field(json_schema_extra={"type": "string", "examples": ["256MB", "1GB"]}),
+]
+WorkspaceSize = Annotated[
+    int,
+    BeforeValidator(parse_memory),
+    AfterValidator(_at_least_docker_minimum),
+    AfterValidator(at_most_workspace),
+    PlainSerializer(format_bytes, return_type=str, when_used="json"),
+    Field(json_schema_extra={"type": "string", "examples": ["1GB", "20GB"]}),
 ]
 CpuShare = Annotated[
     float,
     BeforeValidator(parse_cpu),
+    AfterValidator(at_most_cpu),
     Field(json_schema_extra={"type": "string", "examples": ["50%", "0.5", "2 cores"]}),
 ]
+ProcessCount = Annotated[int, Field(gt=0), AfterValidator(at_most_pids)]
 Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
+    AfterValidator(at_most_timeout),
     PlainSerializer(format_seconds, return_type=str, when_used="json"),
     Field(json_schema_extra={"type": "string", "examples": ["30s", "5m", "2h", "1800"]}),
 ]
@@ -89,8 +106,8 @@ class Limits(_Model):
     memory: MemorySize | None = Field(None, description="Memory limit: 512MB, 1GB (1024-based).")
     cpu: CpuShare | None = Field(None, description="CPU share: 50%, 0.5 or '2 cores'.")
     timeout: Duration | None = Field(None, description="Wall-clock limit per task: 30s, 5m, 2h.")
-    pids: int | None = Field(None, gt=0, description="Most processes and threads at once.")
-    workspace: MemorySize | None = Field(
+    pids: ProcessCount | None = Field(None, description="Most processes and threads at once.")
+    workspace: WorkspaceSize | None = Field(
         None,
         description="Size of the run's workspace, which its tasks share (the largest any task "
         "is given wins): a write past it fails with 'no space left on device'.",
@@ -101,7 +118,7 @@ class Limits(_Model):
         mine = {
             name: value for name in type(self).model_fields if (value := getattr(self, name)) is not None
         }
-        return base.model_copy(update=mine)
+        return base.model_copy(update=mine) if mine else base
 
 
 DEFAULT_LIMITS = Limits(memory="512MB", cpu="1 core", timeout="10m", pids=256, workspace="1GB")
@@ -276,6 +293,8 @@ class Origin(_Model):
         return self.key(self.requires_key, index)
 
 
+_IN_MEMORY = Origin(file="<memory>")
+
 _ALLOWED_HOST_PATTERN = re.compile(
     r"(?P<host>[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?)(:(?P<port>[0-9]{1,5}))?"
 )
@@ -328,7 +347,9 @@ class Agent(_Model):
         {}, description="Keys of the source spec that toka-agents keeps but does not act on."
     )
 
-    _origin: Origin = PrivateAttr(default=Origin(file="<memory>"))
+    # A factory returning one shared, frozen Origin: a plain default would be deep-copied
+    # into every agent, which costs more than validating the agent.
+    _origin: Origin = PrivateAttr(default_factory=lambda: _IN_MEMORY)
 
     @property
     def origin(self) -> Origin:

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from toka_agents.config.loader import Fragment, issues_from_validation
+from toka_agents.config.fragments import Fragment, issues_from_validation
 from toka_agents.config.models import (
     Agent,
     CodeTask,
@@ -85,5 +85,7 @@ def read_code_files(
                         update={"code": task.code.model_copy(update={"source": source})}
                     )
             tasks.append(task)
-        resolved.append(agent.model_copy(update={"tasks": tasks}).located(agent.origin))
+        if any(new is not old for new, old in zip(tasks, agent.tasks, strict=True)):
+            agent = agent.model_copy(update={"tasks": tasks}).located(agent.origin)
+        resolved.append(agent)
     return resolved, issues

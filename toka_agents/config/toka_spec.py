@@ -31,7 +31,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from toka_agents.config import toka_schema
-from toka_agents.config.loader import Fragment, issues_from_validation
+from toka_agents.config.fragments import Fragment, issues_from_validation
 from toka_agents.config.models import Agent, Origin
 from toka_agents.errors import ConfigIssue
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from toka_agents.config.loader import Fragment, issues_from_validation
+from toka_agents.config.fragments import Fragment, issues_from_validation
 from toka_agents.config.models import LlmSettings, Origin, Settings
 from toka_agents.config.toka_spec import FAILURE_POLICY_KEYS, LIMIT_KEYS, AgentSource, build_agent
 from toka_agents.errors import ConfigIssue
