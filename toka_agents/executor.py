@@ -276,7 +276,7 @@ def outcome_from_loop(
         agent=task.agent,
         task=task.name,
         status=status,
-        message=_first_chars(message, 500),
+        message=message,  # shown cut, the cut named, by reporting
         duration=duration,
         peak_memory=usage.peak_memory,
         cpu_seconds=usage.cpu_seconds,
@@ -328,10 +328,6 @@ def spec_lines(value: Any, prefix: str = "") -> list[str]:
     if isinstance(value, list):
         return [line for item in value for line in spec_lines(item, prefix)]
     return [f"{prefix}{value}"]
-
-
-def _first_chars(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def tool_spec(

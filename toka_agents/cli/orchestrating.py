@@ -1,0 +1,186 @@
+"""Running configs: `toka orchestrate` (here, printed or watched live) and `toka deploy`."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from pathlib import Path
+from typing import Annotated, Literal
+
+from cyclopts import Parameter, validators
+
+from toka_agents import planning, text
+from toka_agents.api import RunResult, run_plan
+from toka_agents.cli.app import (
+    CANCEL_POLL_SECONDS,
+    AllowUnsandboxed,
+    Conditions,
+    ConfigPath,
+    OptionalDependencies,
+    WatchFlag,
+    app,
+    err,
+    out,
+)
+from toka_agents.cli.rendering import (
+    print_issues,
+    print_run,
+    print_warnings,
+    print_where,
+)
+from toka_agents.config.models import LlmOverrides
+from toka_agents.orchestration.flow import RunOptions
+
+
+@app.command
+def orchestrate(
+    *paths: ConfigPath,
+    conditions: Conditions = (),
+    dry_run: Annotated[
+        bool, Parameter(negative="", help="Walk the DAG without running any code.")
+    ] = False,
+    watch: WatchFlag = False,
+    max_concurrent_agents: Annotated[
+        int | None,
+        Parameter(help="Overrides the config's bound (at least 1).", validator=validators.Number(gte=1)),
+    ] = None,
+    optional_dependencies: OptionalDependencies = None,
+    allow_unsandboxed: AllowUnsandboxed = False,
+    workspace_dir: Annotated[
+        Path | None, Parameter(help="Where run workspaces go (default $TOKA_HOME/runs, ~/.toka/runs).")
+    ] = None,
+    llm_provider: Annotated[
+        Literal["openai", "anthropic"] | None,
+        Parameter(
+            help="The LLM provider of every agent, for this run (with --llm-model for agents with none)."
+        ),
+    ] = None,
+    llm_model: Annotated[
+        str | None, Parameter(help="The model of every LLM agent, for this run.")
+    ] = None,
+    llm_base_url: Annotated[
+        str | None,
+        Parameter(help="The provider's API root for this run, e.g. http://localhost:11434/v1."),
+    ] = None,
+    resume: Annotated[
+        str | None,
+        Parameter(
+            help="Run this failed or cancelled flow run of the config again, by its id: tasks and "
+            "model calls that completed are not run again, and its workspace is reused."
+        ),
+    ] = None,
+) -> int:
+    """Run an orchestration as a Prefect flow run: on the server in PREFECT_API_URL, or on
+    Prefect's embedded server when none is set.
+
+    Exits 1 when the run does not complete. For example:
+
+        toka orchestrate flows/examples/quickstart.yaml --watch
+    """
+    if llm_model == "" or llm_base_url == "":
+        err.print("--llm-model and --llm-base-url cannot be empty", markup=False)
+        return 1
+    checked = planning.validate(
+        paths,
+        conditions=conditions,
+        optional_dependencies=optional_dependencies,
+        max_concurrent_agents=max_concurrent_agents,
+        allow_unsandboxed=allow_unsandboxed or None,
+        llm_overrides=LlmOverrides(provider=llm_provider, model=llm_model, base_url=llm_base_url),
+    )
+    print_warnings(checked)
+    if checked.plan is None:
+        print_issues(checked.issues)
+        return 1
+    options = RunOptions(
+        workspace_root=workspace_dir,
+        dry_run=dry_run,
+        resume=resume,
+        cancel_poll_seconds=CANCEL_POLL_SECONDS,
+    )
+    result = run_watched(checked.plan, options) if watch else run_printed(checked.plan, options)
+    return 0 if result.ok else 1
+
+
+def run_printed(planned: planning.Plan, options: RunOptions) -> RunResult:
+    result = run_plan(planned, options)
+    print_run(result, out)
+    return result
+
+
+def run_watched(planned: planning.Plan, options: RunOptions) -> RunResult:
+    """Run the plan in this process while a thread draws it live from the server."""
+    from toka_agents.orchestration import watching
+
+    watch = watching.Watch(out, totals=watching.planned_tasks(planned))
+    failed: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            watch.run()
+        except Exception as exc:  # the view failed, not the run: say so, let the run go on
+            failed.append(exc)
+
+    follower = threading.Thread(target=contextvars.copy_context().run, args=(follow,), daemon=True)
+    with watching.FlowRunSpotter(watch).attached(), watching.quiet_console_logs():
+        follower.start()
+        try:
+            result = run_plan(planned, options)
+            if result.flow_run_id is not None:
+                watch.found(result.flow_run_id)
+        finally:
+            watch.stop()
+            follower.join(timeout=30)
+    if failed or watch.view is None:
+        if failed:
+            err.print(f"the live view stopped: {text.visible(str(failed[0]))}", markup=False)
+        print_run(result, out)
+        return result
+    print_where(result, out)
+    return result
+
+
+@app.command
+def deploy(
+    *paths: ConfigPath,
+    name: Annotated[
+        str | None, Parameter(help="Required. The deployment is `toka-orchestrate/NAME`.")
+    ] = None,
+    cron: Annotated[
+        str | None, Parameter(help="Run on this cron schedule (UTC), e.g. '0 3 * * *'.")
+    ] = None,
+    interval: Annotated[str | None, Parameter(help="Run every this many seconds.")] = None,
+    work_pool: Annotated[
+        str, Parameter(help="The work pool whose workers run it (create it first).")
+    ] = "toka",
+    paused: Annotated[bool, Parameter(negative="", help="Create it with its schedule paused.")] = False,
+) -> int:
+    """Create or update a Prefect deployment that runs the configs on a work pool's workers.
+
+    The paths are stored absolute; run it from the UI, with `prefect deployment run`, or on
+    its schedule, once a worker polls the pool. For example:
+
+        toka deploy flows/examples/quickstart.yaml --name nightly --cron "0 3 * * *"
+    """
+    from toka_agents.orchestration.deployments import FLOW_NAME
+    from toka_agents.orchestration.deployments import deploy as deploy_configs
+
+    if not name:
+        err.print("give the deployment a name: --name NAME", markup=False)
+        return 1
+    if not paths:
+        err.print("give at least one config path", markup=False)
+        return 1
+    try:
+        seconds = None if interval is None else float(interval)
+    except ValueError:
+        err.print(f"--interval {interval!r} is not a number of seconds", markup=False)
+        return 1
+    deployment_id = deploy_configs(
+        *paths, name=name, cron=cron, interval=seconds, work_pool=work_pool, paused=paused
+    )
+    full_name = f"{FLOW_NAME}/{name}"
+    out.print(f"Deployment {full_name}: {deployment_id}", markup=False)
+    out.print(f"Start a worker:  prefect worker start --pool {work_pool}", markup=False)
+    out.print(f"Run it now:      prefect deployment run {full_name}", markup=False)
+    return 0

@@ -1,0 +1,187 @@
+"""How the `toka` command shows things: config problems and warnings, the plan, a run's summary
+table and where its results are, the agents' table, and Prefect's log lines.
+
+Everything here that toka-agents did not write (task output, messages, names from a config or
+a file system) goes through `text` and is printed as `Text` or with `markup=False`: shown
+literally, never as markup or terminal escapes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from toka_agents import planning, text
+from toka_agents.api import RunResult
+from toka_agents.config.limits import format_bytes
+from toka_agents.errors import ConfigIssue
+from toka_agents.executor import TaskOutcome
+from toka_agents.orchestration.reporting import llm_columns, task_message
+from toka_agents.planning import Validation
+
+if TYPE_CHECKING:
+    from toka_agents.orchestration.watching import LatestRun
+
+from toka_agents.cli.app import err
+
+
+def print_issues(issues: list[ConfigIssue], console: Console | None = None) -> None:
+    """Each config problem on one line: `FILE: key.path: message`."""
+    for issue in issues:
+        (console or err).print(text.one_line(str(issue), None), markup=False)
+
+
+def print_warnings(
+    checked: Validation, *, all_of_them: bool = False, console: Console | None = None
+) -> None:
+    """Plan warnings always; file warnings (Toka schema departures) in full only on request."""
+    console = console or err
+    planned = checked.plan.warnings if checked.plan else ()
+    for warning in planned:
+        console.print(f"warning: {text.one_line(str(warning), None)}", markup=False)
+    from_files = [w for w in checked.warnings if w not in planned]
+    if all_of_them:
+        for warning in from_files:
+            console.print(f"warning: {text.one_line(str(warning), None)}", markup=False)
+    elif from_files:
+        console.print(
+            f"{len(from_files)} more warning(s) about the files: `toka validate` lists them",
+            markup=False,
+        )
+
+
+def print_plan(planned: planning.Plan, console: Console) -> None:
+    """The plan's name and description, then a row per agent: its wave, settings and tasks."""
+    console.print(
+        Text.assemble(
+            (text.visible(planned.name, newlines=False), "bold"), ": ", text.visible(planned.description)
+        )
+    )
+    table = Table("wave", "agent", "priority", "workstream", "requires", "tasks")
+    wave_of = {name: i for i, wave in enumerate(planned.waves, 1) for name in wave}
+    for agent in planned.agents:
+        table.add_row(
+            str(wave_of[agent.name]),
+            _cell(agent.name),
+            _cell(agent.priority),
+            _cell(agent.workstream),
+            _cell(", ".join(agent.requires) or "-"),
+            Text("\n").join(_cell(f"{task.name} ({task.kind})") for task in agent.tasks) or "-",
+        )
+    console.print(table)
+
+
+def _cell(value: str, style: str = "") -> Text:
+    """A table cell of text toka-agents did not write: one visible line, never markup."""
+    return Text(text.visible(value, newlines=False), style=style)
+
+
+def print_run(result: RunResult, console: Console) -> None:
+    """The summary table of every task, the run's end, and where to find what it left."""
+    console.print(summary_table(result.outcomes))
+    if any(outcome.steps is not None for outcome in result.outcomes):
+        tokens_in = sum(o.input_tokens or 0 for o in result.outcomes)
+        tokens_out = sum(o.output_tokens or 0 for o in result.outcomes)
+        costs = [o.cost for o in result.outcomes if o.cost is not None]
+        cost = f", cost {sum(costs):.4f}" if costs else ""
+        console.print(f"Tokens: {tokens_in} in, {tokens_out} out{cost}", markup=False)
+    message = text.one_line(result.state.message or "")
+    console.print(f"Run: {text.visible(result.state.name)}: {message}", markup=False)
+    print_where(result, console)
+
+
+def summary_table(outcomes: list[TaskOutcome]) -> Table:
+    with_llm = any(outcome.steps is not None for outcome in outcomes)
+    llm_headers = list(llm_columns(outcomes[0])) if with_llm else []
+    table = Table("task", "status", "duration", "peak memory", "cpu time", *llm_headers, "message")
+    table.columns[0].overflow = "fold"
+    table.columns[0].min_width = 24
+    colors = {"completed": "green", "dry-run": "green", "failed": "red", "skipped": "yellow"}
+    for outcome in outcomes:
+        table.add_row(
+            _cell(outcome.task_id),
+            _cell(outcome.status, colors.get(outcome.status, "yellow")),
+            "-" if outcome.duration is None else f"{outcome.duration:.2f}s",
+            format_bytes(outcome.peak_memory),
+            "-" if outcome.cpu_seconds is None else f"{outcome.cpu_seconds:.3f}s",
+            *(llm_columns(outcome).values() if with_llm else ()),
+            Text("" if outcome.status == "completed" else task_message(outcome)),
+        )
+    return table
+
+
+def print_where(result: RunResult, console: Console) -> None:
+    """The workspace and its entries (one visible line each, whatever their names hold), and
+    the flow run with where to look at it."""
+    if result.workspace is not None and result.workspace.is_dir():
+        console.print(
+            f"Workspace (what the agents wrote): {text.visible(str(result.workspace))}", markup=False
+        )
+        for entry in sorted(result.workspace.iterdir()):
+            name = text.visible(entry.name, newlines=False)
+            console.print(f"  {name}{'/' if entry.is_dir() else ''}", markup=False)
+    elif result.workspace is not None and result.flow_run_id is not None:  # a volume on the engine
+        console.print("Workspace: a volume on the Docker engine; to copy it out:", markup=False)
+        console.print(f"  toka workspace get {result.flow_run_id} DEST", markup=False)
+    if result.flow_run_id is not None:
+        console.print(f"Flow run: {result.flow_run_id}", markup=False)
+        console.print(where_to_look(str(result.flow_run_id)), markup=False)
+
+
+def where_to_look(flow_run_id: str) -> str:
+    """Where to look at a flow run: its page in the UI of the server the run was recorded by."""
+    if PREFECT_API_URL.value():
+        ui = PREFECT_UI_URL.value() or PREFECT_API_URL.value().removesuffix("/api")
+        return f"In the Prefect UI: {ui}/runs/flow-run/{flow_run_id}"
+    return (
+        "Recorded by Prefect's embedded server; to browse it, run `prefect server start` and open "
+        f"http://127.0.0.1:4200/runs/flow-run/{flow_run_id}"
+    )
+
+
+def agents_table(planned: planning.Plan, latest: dict[str, LatestRun | None]) -> Table:
+    """A row per agent: its settings and its latest task run (state, task, end)."""
+    table = Table("agent", "workstream", "priority", "tasks", "requires", "latest", "task", "ended")
+    colors = {"Completed": "green", "Failed": "red", "Crashed": "red", "Running": "cyan"}
+    for agent in planned.agents:
+        found = latest[agent.name]
+        when = found.task_run.end_time if found else None
+        table.add_row(
+            _cell(agent.name),
+            _cell(agent.workstream),
+            _cell(agent.priority),
+            str(len(agent.tasks)),
+            _cell(", ".join(agent.requires) or "-"),
+            _cell(found.state_name, colors.get(found.state_name, "yellow")) if found else "never run",
+            _cell(found.task) if found else "-",
+            when.astimezone().strftime("%Y-%m-%d %H:%M:%S") if when else "-",
+        )
+    return table
+
+
+class VisibleLogLines(logging.Formatter):
+    """Prefect's console log lines with their control characters shown as escapes (`\\x1b`):
+    they carry task output, state messages and the providers' errors, and Prefect's console
+    handler prints them to the terminal as they are."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return text.visible(self.inner.format(record))
+
+
+def show_log_lines_literally() -> None:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not isinstance(
+            handler.formatter, VisibleLogLines
+        ):
+            handler.setFormatter(VisibleLogLines(handler.formatter or logging.Formatter()))
