@@ -41,7 +41,6 @@ import gc  # noqa: E402
 import logging  # noqa: E402
 import random  # noqa: E402
 import shutil  # noqa: E402
-import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -52,7 +51,6 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from uuid import UUID  # noqa: E402
 
-import httpx  # noqa: E402
 import yaml  # noqa: E402
 from prefect import flow, get_client, runtime, tags, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
@@ -64,6 +62,15 @@ from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 import toka_agents  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support: shared set-up
+from support import (  # noqa: E402
+    postgres_binaries,
+    postgres_cluster,
+    start_prefect_server,
+    stop_process_group,
+)
+
 from toka_agents.config.models import (  # noqa: E402
     Agent,
     CodeSource,
@@ -75,8 +82,14 @@ from toka_agents.config.models import (  # noqa: E402
 from toka_agents.executor import ExecutionContext, sandbox_spec  # noqa: E402
 from toka_agents.orchestration.flow import RUN_LABEL  # noqa: E402
 from toka_agents.planning import Plan, PlannedTask  # noqa: E402
-from toka_agents.sandbox import Sandbox, SandboxResult, SandboxSpec, connect, create_workspace  # noqa: E402
-from toka_agents.sandbox.containers import LABEL_MANAGED  # noqa: E402
+from toka_agents.sandbox import (  # noqa: E402
+    LABEL_MANAGED,  # noqa: E402
+    Sandbox,
+    SandboxResult,
+    SandboxSpec,
+    connect,
+    create_workspace,
+)
 
 PRIORITIES = ("critical", "high", "medium", "medium", "low")  # medium is the commonest
 PLAN_ROUNDS = 5
@@ -407,61 +420,25 @@ def measure(
     return Measured(time.perf_counter() - started, retries.count, flow_run_id)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextlib.contextmanager
 def prefect_server(database_url: str | None = None) -> Iterator[str]:
     """A `prefect server start` subprocess on a free local port; this process uses its API.
     Its database is SQLite in PREFECT_HOME unless `database_url` names another."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    command = ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    log_path = Path(os.environ["PREFECT_HOME"]) / f"server-{port}.log"
-    env = dict(os.environ)
-    if database_url is not None:
-        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", *command], stdout=log, stderr=subprocess.STDOUT, env=env
-        )
-        try:
-            wait_for_health(url, server, log_path)
-            # No flow run heartbeats: their thread sleeps in 1 s steps and is joined when a flow
-            # call ends, which rounds every flow call of either kind up to a whole second.
-            with temporary_settings(
-                updates={PREFECT_API_URL: url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
-            ):
-                try:
-                    yield url
-                finally:
-                    # Send queued logs and events while the server is still there to take them.
-                    APILogWorker.drain_all(timeout=10)
-                    EventsWorker.drain_all(timeout=10)
-        finally:
-            server.terminate()
+    env = {} if database_url is None else {"PREFECT_API_DATABASE_CONNECTION_URL": database_url}
+    log_path = Path(os.environ["PREFECT_HOME"]) / f"server-{len(env)}-{time.monotonic_ns()}.log"
+    server, url = start_prefect_server(log_path, env)
+    try:
+        # No flow run heartbeats: their thread sleeps in 1 s steps and is joined when a flow
+        # call ends, which rounds every flow call of either kind up to a whole second.
+        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-
-
-def wait_for_health(
-    url: str, server: subprocess.Popen[bytes], log_path: Path, limit: float = 120
-) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"the Prefect server did not start:\n{log_path.read_text()[-2000:]}")
+                yield url
+            finally:
+                # Send queued logs and events while the server is still there to take them.
+                APILogWorker.drain_all(timeout=10)
+                EventsWorker.drain_all(timeout=10)
+    finally:
+        stop_process_group(server)
 
 
 def task_run_count(flow_run_id: UUID, expected: int, limit: float = 15) -> int:
@@ -487,48 +464,6 @@ def leftover_containers() -> int:
     return len(listed.stdout.split())
 
 
-def postgres_bin() -> Path | None:
-    """The directory of PostgreSQL's server programs (Debian's `postgresql` package), if any."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return found[-1].parent if found else None
-
-
-@contextlib.contextmanager
-def postgres_database(bin_dir: Path) -> Iterator[str]:
-    """A throwaway PostgreSQL cluster on 127.0.0.1 with a `prefect` database; yields its URL.
-    Run as root, the cluster belongs to the `postgres` user, as initdb refuses root."""
-    directory = Path(tempfile.mkdtemp(prefix="toka-bench-pg-"))
-    port = free_port()
-    as_owner: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(directory, "postgres")
-        as_owner = ["runuser", "-u", "postgres", "--"]
-
-    def pg(*command: str) -> None:
-        subprocess.run([*as_owner, *command], check=True, capture_output=True)
-
-    data = directory / "data"
-    pg(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
-    options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off"
-    pg(
-        str(bin_dir / "pg_ctl"),
-        "-D",
-        str(data),
-        "-o",
-        options,
-        "-l",
-        str(directory / "log"),
-        "-w",
-        "start",
-    )
-    try:
-        pg(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "prefect")
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/prefect"
-    finally:
-        pg(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
-        shutil.rmtree(directory, ignore_errors=True)
-
-
 def part_run(tasks: int, repeat: int, databases: Sequence[str], pool_size: int | None = None) -> None:
     plan = toka_agents.plan(run_benchmark_config(tasks, pool_size))
     warmup = toka_agents.plan(run_benchmark_config(2 * TASKS_PER_RUN_AGENT, pool_size))
@@ -539,14 +474,14 @@ def part_run(tasks: int, repeat: int, databases: Sequence[str], pool_size: int |
         f"{plan.pool_size or 'off'}, {repeat} alternating runs of each flow\n"
     )
     retries = RetryCounter()
-    bin_dir = postgres_bin()
+    bin_dir = postgres_binaries()
     backends: list[tuple[str, Callable[[], contextlib.AbstractContextManager[str | None]]]] = []
     if "sqlite" in databases:
         backends.append(("SQLite", lambda: contextlib.nullcontext(None)))
     if "postgresql" in databases and bin_dir is None:
         print("PostgreSQL is not installed (apt-get install postgresql): skipping it\n")
     elif "postgresql" in databases:
-        backends.append(("PostgreSQL", lambda: postgres_database(bin_dir)))
+        backends.append(("PostgreSQL", postgres_cluster))
     for backend, database in backends:
         with database() as database_url:
             run_on_backend(backend, database_url, plan, warmup, repeat, retries)

@@ -26,8 +26,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from toka_agents.config.models import DEFAULT_IMAGE
-from toka_agents.sandbox import Sandbox, SandboxResult, SandboxSpec, connect, create_workspace
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support: shared set-up
+
+from support import sandbox_spec  # noqa: E402
+
+from toka_agents.sandbox import Sandbox, SandboxResult, SandboxSpec, connect, create_workspace  # noqa: E402
 
 MB = 1024**2
 WARM_P50_TARGET_MS = 25.0
@@ -43,17 +46,7 @@ print(len(open(path).read()))
 
 
 def spec_of(source: str, workspace: Path) -> SandboxSpec:
-    return SandboxSpec(
-        image=DEFAULT_IMAGE,
-        language="python",
-        source=source,
-        memory=64 * MB,
-        cpus=0.5,
-        pids=64,
-        timeout=60,
-        workspace=workspace,
-        workspace_writable=True,
-    )
+    return sandbox_spec(source, timeout=60, workspace=workspace)
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

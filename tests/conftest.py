@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,62 +28,22 @@ os.environ.pop("PREFECT_API_URL", None)
 # (the `prefect_api` fixture) or turn the embedded one on itself.
 os.environ["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"
 
-import httpx  # noqa: E402
 import pytest  # noqa: E402
+from support import MB, sandbox_spec, start_prefect_server, stop_process_group  # noqa: E402, F401
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "flows" / "examples"
 TOKA = str(Path(sys.executable).with_name("toka"))
+QUICKSTART_TASKS = [
+    "generate/make-data",
+    "describe/summarize",
+    "outliers/find-outliers",
+    "outliers/top-readings",
+    "report/write-report",
+    "review/check-report",
+]
+"""The quickstart's task runs, in plan order."""
 LABEL = "org.toka-agents.managed=1"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_prefect_server(
-    log_path: Path, env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen, str]:
-    """`prefect server start` on a free port of 127.0.0.1, its UI pointed at its own API;
-    returns the process (in a session of its own) and the API URL once `/health` answers."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    log = open(log_path, "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PREFECT_UI_API_URL": url, **(env or {})},
-        start_new_session=True,
-    )
-    log.close()
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return server, url
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            stop_process_group(server)
-            raise RuntimeError(f"prefect server did not start: {log_path.read_text()[-2000:]}")
-        time.sleep(0.3)
-
-
-def stop_process_group(process: subprocess.Popen, grace: float = 20) -> None:
-    """SIGTERM the process group that `process` leads, then SIGKILL it after `grace` seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # what the leader left behind in its group
 
 
 @pytest.fixture(scope="session")
@@ -232,10 +191,40 @@ def workspace_root(tmp_path: Path) -> Path:
     return tmp_path / "runs"
 
 
+@pytest.fixture
+def spec(sandbox_image, tmp_path):
+    """Makes `SandboxSpec`s of small limits (`support.sandbox_spec`) whose code runs in a
+    writable workspace of the test's own; a test module narrows them with a fixture of its own
+    (`functools.partial(spec, memory=...)`)."""
+    from toka_agents.sandbox import create_workspace
+
+    workspace = create_workspace(tmp_path, "test")
+
+    def make(source: str, language: str = "python", **settings):
+        return sandbox_spec(source, language=language, workspace=workspace, **settings)
+
+    return make
+
+
 def write_config(directory: Path, text: str, name: str = "config.yaml") -> Path:
     path = directory / name
     path.write_text(text)
     return path
+
+
+def run_prefect(
+    *args: str, api: str, cwd: Path = REPO, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """The real `prefect` command in a subprocess, against the API at `api`, run from `cwd`
+    (also as `$PWD`, which `prefect deploy` records for the pull step)."""
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("prefect")), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, "PREFECT_API_URL": api, "PWD": str(cwd)},
+    )
 
 
 def run_toka(

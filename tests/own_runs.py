@@ -8,9 +8,14 @@ label every toka-agents container carries.
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from uuid import UUID
 
 import docker
@@ -73,6 +78,81 @@ def seconds_until_gone(docker_client, flow_run_id: UUID | str, bound: float) -> 
             return None
         time.sleep(0.1)
     return time.monotonic() - start
+
+
+@dataclass
+class Signalled:
+    """How a `toka orchestrate` process that got a signal mid-run ended."""
+
+    flow_run_id: UUID | None
+    seconds_until_gone: float | None
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def signal_mid_run(
+    config: Path,
+    flow_name: str,
+    workspace_root: Path,
+    docker_client,
+    prefect_api: str,
+    sig: int,
+    bound: float,
+) -> Signalled:
+    """Start `toka orchestrate CONFIG` (whose flow is `flow_name`), send it `sig` once its first
+    container runs, and say how long its containers took to go (None: longer than `bound`
+    seconds) and how it ended."""
+    from conftest import REPO, TOKA
+
+    stdout, stderr = workspace_root.parent / "stdout", workspace_root.parent / "stderr"
+    with stdout.open("w") as out, stderr.open("w") as err:
+        process = subprocess.Popen(
+            [TOKA, "orchestrate", str(config), "--workspace-dir", str(workspace_root)],
+            env={**os.environ, "PREFECT_API_URL": prefect_api},
+            stdout=out,
+            stderr=err,
+            cwd=REPO,
+        )
+    flow_run_id = None
+    try:
+        flow_run_id = flow_run_id_of(flow_name)
+        wait_for_running_container(docker_client, flow_run_id)
+        process.send_signal(sig)
+        took = seconds_until_gone(docker_client, flow_run_id, bound)
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+        if flow_run_id is not None:
+            remove_run_containers(docker_client, flow_run_id)
+    return Signalled(flow_run_id, took, process.returncode, stdout.read_text(), stderr.read_text())
+
+
+def flow_events(flow_run_id: UUID, since: datetime, prefix: str, expected: int) -> list:
+    """The flow run's events whose names start with `prefix`, once the server has stored
+    `expected` of them (or after 30 s)."""
+    from prefect.events.filters import (
+        EventFilter,
+        EventNameFilter,
+        EventOccurredFilter,
+        EventRelatedFilter,
+    )
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=10)  # events leave this process in the background
+    wanted = EventFilter(
+        occurred=EventOccurredFilter(since=since, until=datetime.now(UTC) + timedelta(minutes=5)),
+        event=EventNameFilter(prefix=[prefix]),
+        related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
+    )
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while True:
+            events = client.read_events(filter=wanted, limit=50).events
+            if len(events) >= expected or time.monotonic() > deadline:
+                return events
+            time.sleep(0.2)
 
 
 def remove_run_containers(docker_client, flow_run_id: UUID | str) -> None:

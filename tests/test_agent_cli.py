@@ -23,6 +23,7 @@ from own_runs import (  # noqa: F401 (no_leftover_containers: this module's leak
     wait_for_running_container,
 )
 from prefect import get_client
+from support import process_pool
 from test_flows import LONG_TASK, task_runs, unique
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
@@ -144,11 +145,7 @@ def test_spawn_on_a_deployment_asks_for_that_agent_and_stop_cancels_a_run_not_st
 
     path = write_config(tmp_path, TWO.format(name=unique("deployed")))
     name = unique("spawn-target")
-    with get_client(sync_client=True) as client:
-        from prefect.client.schemas.actions import WorkPoolCreate
-
-        pool = unique("spawn-pool")
-        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    pool = process_pool(unique("spawn-pool"))
     deploy(path, name=name, work_pool=pool)
 
     spawned = toka(prefect_api, "agent", "spawn", "--deployment", name, "--agent", "second")
@@ -303,14 +300,11 @@ def test_every_verbs_help_shows_an_example(verb, example):
 def test_stop_cancels_a_run_on_a_process_worker_and_its_containers_go_within_5s(
     tmp_path, docker_client, prefect_api, background
 ):
-    from prefect.client.schemas.actions import WorkPoolCreate
 
     from toka_agents import deploy
 
     name = unique("worker-stop")
-    pool = unique("stop-pool")
-    with get_client(sync_client=True) as client:
-        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    pool = process_pool(unique("stop-pool"))
     deploy(write_config(tmp_path, LONG_TASK.format(name=name)), name=name, work_pool=pool)
     spawned = toka(prefect_api, "agent", "spawn", "--deployment", name, "--agent", "long")
     assert spawned.returncode == 0, spawned.stdout + spawned.stderr

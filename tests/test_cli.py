@@ -3,7 +3,6 @@ server: Ctrl-C, --dry-run, --conditions and --max-concurrent-agents each do what
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -12,12 +11,13 @@ import time
 from uuid import UUID
 
 import pytest
-from conftest import REPO, TOKA, run_toka, write_config
+from conftest import run_toka, write_config
 from own_runs import (  # noqa: F401 (no_leftover_containers: this module's leak check)
     flow_run_id_of,
     no_leftover_containers,
     remove_run_containers,
     seconds_until_gone,
+    signal_mid_run,
     wait_for_running_container,
 )
 from test_flows import GONE_WITHIN, LONG_TASK, task_runs, unique
@@ -41,30 +41,13 @@ def test_ctrl_c_exits_130_says_interrupted_and_removes_the_runs_containers(
 ):
     name = unique("interrupt-me")
     path = write_config(tmp_path, LONG_TASK.format(name=name))
-    stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
-    with stdout.open("w") as out, stderr.open("w") as err:
-        process = subprocess.Popen(
-            [TOKA, "orchestrate", str(path), "--workspace-dir", str(tmp_path / "runs")],
-            env={**os.environ, "PREFECT_API_URL": prefect_api},
-            stdout=out,
-            stderr=err,
-            cwd=REPO,
-        )
-    flow_run_id = None
-    try:
-        flow_run_id = flow_run_id_of(name)
-        wait_for_running_container(docker_client, flow_run_id)
-        process.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        took = seconds_until_gone(docker_client, flow_run_id, GONE_WITHIN)
-        process.wait(timeout=60)
-    finally:
-        process.kill()
-        process.wait()
-        if flow_run_id is not None:
-            remove_run_containers(docker_client, flow_run_id)
-    printed, complaints = stdout.read_text(), stderr.read_text()
+    ended = signal_mid_run(
+        path, name, tmp_path / "runs", docker_client, prefect_api, signal.SIGINT, GONE_WITHIN
+    )  # what Ctrl-C sends
+    took = ended.seconds_until_gone
+    printed, complaints = ended.stdout, ended.stderr
     assert took is not None, f"the run's containers outlived Ctrl-C by {GONE_WITHIN:.0f} s: {complaints}"
-    assert process.returncode == 130, printed + complaints
+    assert ended.returncode == 130, printed + complaints
     assert complaints.splitlines()[-1] == "interrupted", complaints
     assert "Traceback" not in printed + complaints, complaints
 

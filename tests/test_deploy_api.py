@@ -17,51 +17,25 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
-from conftest import EXAMPLES, REPO, run_toka
+from conftest import EXAMPLES, REPO, run_prefect, run_toka
 from prefect import get_client
-from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from support import process_pool, wait_final
 
 import toka_agents
 from toka_agents.errors import ConfigError, TokaError
 
-PREFECT = str(Path(sys.executable).with_name("prefect"))
 QUICKSTART = EXAMPLES / "quickstart.yaml"
 
 
-def prefect(
-    *args: str, api: str, cwd: Path = REPO, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PREFECT, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        env={**os.environ, "PREFECT_API_URL": api},
-    )
-
-
 def make_pool(name: str, api: str) -> str:
-    created = prefect("work-pool", "create", name, "--type", "process", "--overwrite", api=api)
-    assert created.returncode == 0, created.stdout + created.stderr
-    return name
+    return process_pool(name)
 
 
 def start_run(full_name: str, api: str, cwd: Path, *params: str) -> UUID:
-    started = prefect("deployment", "run", full_name, *params, api=api, cwd=cwd)
+    started = run_prefect("deployment", "run", full_name, *params, api=api, cwd=cwd)
     assert started.returncode == 0, started.stdout + started.stderr
     return UUID(next(line for line in started.stdout.splitlines() if "UUID" in line).split()[-1])
-
-
-def wait_final(flow_run_id: UUID, seconds: float) -> FlowRun:
-    deadline = time.monotonic() + seconds
-    with get_client(sync_client=True) as client:
-        while True:
-            flow_run = client.read_flow_run(flow_run_id)
-            if (flow_run.state and flow_run.state.is_final()) or time.monotonic() > deadline:
-                return flow_run
-            time.sleep(0.5)
 
 
 def test_deploy_creates_then_updates_the_same_deployment(prefect_api):
@@ -146,7 +120,7 @@ def test_a_process_worker_runs_a_deployment_made_by_deploy(prefect_api, tmp_path
         "toka-orchestrate/for-worker", prefect_api, tmp_path, "--param", 'agents=["report"]'
     )
     # The worker runs from another directory: the module entrypoint and absolute paths suffice.
-    worker = prefect("worker", "start", "--pool", pool, "--run-once", api=prefect_api, cwd=tmp_path)
+    worker = run_prefect("worker", "start", "--pool", pool, "--run-once", api=prefect_api, cwd=tmp_path)
     assert worker.returncode == 0, worker.stdout + worker.stderr
     flow_run = wait_final(flow_run_id, 30)
     assert flow_run.state is not None and flow_run.state.is_completed(), flow_run.state

@@ -3,49 +3,22 @@ process worker started as README says runs both."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 from uuid import UUID
 
 import pytest
-from conftest import REPO
+from conftest import run_prefect
 from prefect import get_client
-from prefect.client.schemas.objects import FlowRun
+from support import wait_final
 
-PREFECT = str(Path(sys.executable).with_name("prefect"))
 pytestmark = pytest.mark.usefixtures("sandbox_image", "no_leftover_containers")
 
 
-def prefect(
-    *args: str, api: str, cwd: Path = REPO, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PREFECT, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        env={**os.environ, "PREFECT_API_URL": api, "PWD": str(cwd)},
-    )
-
-
-def wait_final(flow_run_id: UUID, seconds: float) -> FlowRun:
-    deadline = time.monotonic() + seconds
-    with get_client(sync_client=True) as client:
-        while True:
-            flow_run = client.read_flow_run(flow_run_id)
-            if (flow_run.state and flow_run.state.is_final()) or time.monotonic() > deadline:
-                return flow_run
-            time.sleep(0.5)
-
-
 def test_prefect_yaml_deploys_and_a_worker_runs_it(prefect_api, tmp_path):
-    created = prefect("work-pool", "create", "toka", "--type", "process", "--overwrite", api=prefect_api)
+    created = run_prefect(
+        "work-pool", "create", "toka", "--type", "process", "--overwrite", api=prefect_api
+    )
     assert created.returncode == 0, created.stdout + created.stderr
-    deployed = prefect("--no-prompt", "deploy", "--all", api=prefect_api)
+    deployed = run_prefect("--no-prompt", "deploy", "--all", api=prefect_api)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
 
     with get_client(sync_client=True) as client:
@@ -63,7 +36,9 @@ def test_prefect_yaml_deploys_and_a_worker_runs_it(prefect_api, tmp_path):
     # Both deployments run, as README says: `prefect deployment run`, then a worker on the pool.
     flow_run_ids = {}
     for name in ("quickstart", "nightly-check"):
-        started = prefect("deployment", "run", f"toka-orchestrate/{name}", api=prefect_api, cwd=tmp_path)
+        started = run_prefect(
+            "deployment", "run", f"toka-orchestrate/{name}", api=prefect_api, cwd=tmp_path
+        )
         assert started.returncode == 0, started.stdout + started.stderr
         flow_run_ids[name] = UUID(
             next(line for line in started.stdout.splitlines() if "UUID" in line).split()[-1]
@@ -71,7 +46,7 @@ def test_prefect_yaml_deploys_and_a_worker_runs_it(prefect_api, tmp_path):
 
     # The worker starts in another directory: the deployments' pull step brings it here. (With
     # a --limit, a --run-once worker waits for the runs it started before it exits.)
-    worker = prefect(
+    worker = run_prefect(
         "worker", "start", "--pool", "toka", "--run-once", "--limit", "2", api=prefect_api, cwd=tmp_path
     )
     assert worker.returncode == 0, worker.stdout + worker.stderr

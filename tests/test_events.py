@@ -3,21 +3,12 @@ Prefect's events API on the session's server."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import write_config
-from own_runs import no_leftover_containers  # noqa: F401 (this module's leak check)
-from prefect import get_client
-from prefect.events.filters import (
-    EventFilter,
-    EventNameFilter,
-    EventOccurredFilter,
-    EventRelatedFilter,
-)
-from prefect.events.worker import EventsWorker
+from own_runs import flow_events, no_leftover_containers  # noqa: F401 (this module's leak check)
 
 from toka_agents import run
 
@@ -26,19 +17,7 @@ pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftove
 
 def agent_events(flow_run_id: uuid.UUID, since: datetime, expected: int) -> list:
     """The run's `toka.agent.*` events, once the server has stored `expected` of them."""
-    EventsWorker.drain_all(timeout=10)  # events leave this process in the background
-    wanted = EventFilter(
-        occurred=EventOccurredFilter(since=since, until=datetime.now(UTC) + timedelta(minutes=5)),
-        event=EventNameFilter(prefix=["toka.agent."]),
-        related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
-    )
-    deadline = time.monotonic() + 30
-    with get_client(sync_client=True) as client:
-        while True:
-            events = client.read_events(filter=wanted, limit=50).events
-            if len(events) >= expected or time.monotonic() > deadline:
-                return events
-            time.sleep(0.2)
+    return flow_events(flow_run_id, since, "toka.agent.", expected)
 
 
 def test_each_finished_agent_emits_an_event_with_its_outcome(tmp_path, workspace_root):

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextvars
-import os
 import re
 import signal
-import subprocess
 import textwrap
 import threading
 import uuid
@@ -14,12 +12,13 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
-from conftest import EXAMPLES, REPO, TOKA, run_toka, write_config
+from conftest import EXAMPLES, QUICKSTART_TASKS, run_toka, write_config
 from own_runs import (  # noqa: F401 (no_leftover_containers: this module's leak check)
     flow_run_id_of,
     no_leftover_containers,
     remove_run_containers,
     seconds_until_gone,
+    signal_mid_run,
     wait_for_running_container,
 )
 from prefect import get_client
@@ -63,14 +62,7 @@ def test_quickstart_end_to_end(workspace_root):
     assert (result.workspace / "readings.csv").read_text().count("\n") == 3 * 1440 + 1
 
     # Each task's result is its Prefect task's return value.
-    assert [o.task_id for o in result.outcomes] == [
-        "generate/make-data",
-        "describe/summarize",
-        "outliers/find-outliers",
-        "outliers/top-readings",
-        "report/write-report",
-        "review/check-report",
-    ]
+    assert [o.task_id for o in result.outcomes] == QUICKSTART_TASKS
     for outcome in result.outcomes:
         assert outcome.status == "completed" and outcome.exit_code == 0
         assert outcome.duration and outcome.duration > 0
@@ -422,30 +414,13 @@ def test_cancelling_the_flow_run_removes_its_containers_within_seconds(
 def test_sigterm_removes_containers_within_seconds(tmp_path, docker_client, prefect_api):
     name = unique("terminate-me")
     path = write_config(tmp_path, LONG_TASK.format(name=name))
-    stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
-    with stdout.open("w") as out, stderr.open("w") as err:
-        process = subprocess.Popen(
-            [TOKA, "orchestrate", str(path), "--workspace-dir", str(tmp_path / "runs")],
-            env={**os.environ, "PREFECT_API_URL": prefect_api},
-            stdout=out,
-            stderr=err,
-            cwd=REPO,
-        )
-    flow_run_id = None
-    try:
-        flow_run_id = flow_run_id_of(name)
-        wait_for_running_container(docker_client, flow_run_id)
-        process.send_signal(signal.SIGTERM)
-        took = seconds_until_gone(docker_client, flow_run_id, GONE_WITHIN)
-        process.wait(timeout=60)
-    finally:
-        process.kill()
-        process.wait()
-        if flow_run_id is not None:
-            remove_run_containers(docker_client, flow_run_id)
-    printed = stdout.read_text() + stderr.read_text()
+    ended = signal_mid_run(
+        path, name, tmp_path / "runs", docker_client, prefect_api, signal.SIGTERM, GONE_WITHIN
+    )
+    took, flow_run_id = ended.seconds_until_gone, ended.flow_run_id
+    printed = ended.stdout + ended.stderr
     assert took is not None, f"the run's containers outlived SIGTERM by {GONE_WITHIN:.0f} s: {printed}"
-    assert process.returncode != 0, printed
+    assert ended.returncode != 0, printed
     assert "Traceback" not in printed, printed
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(flow_run_id).state

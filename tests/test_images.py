@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from conftest import run_toka, write_config
 from own_runs import no_leftover_containers  # noqa: F401 (this module's leak check)
+from support import sandbox_spec
 
 from toka_agents.config.models import DEFAULT_IMAGE
-from toka_agents.sandbox import Sandbox, SandboxSpec
+from toka_agents.sandbox import Sandbox
 from toka_agents.sandbox.images import IMAGES, SHELL_IMAGE, build_image, image_status
 
 MB = 1024**2
@@ -71,17 +72,7 @@ def test_the_shell_image_runs_shell_tasks_measured_without_a_full_python(
 ):
     source = "echo hello from $(cat /etc/debian_version | cut -d. -f1); python3 -c 'import json'"
     with Sandbox(docker_client, {"org.toka-agents.test": secrets.token_hex(4)}) as sandbox:
-        result = sandbox.run(
-            SandboxSpec(
-                image=shell_image,
-                language="shell",
-                source=source,
-                memory=64 * MB,
-                cpus=0.5,
-                pids=32,
-                timeout=20,
-            )
-        )
+        result = sandbox.run(sandbox_spec(source, image=shell_image, language="shell", pids=32))
     print(result.failure, result.stdout, result.stderr)
     assert result.stdout == "hello from 12\n"
     assert result.failure == "exit code 1: ModuleNotFoundError: No module named 'json'"

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -38,6 +37,7 @@ import httpx
 import pytest
 from conftest import write_config
 from own_runs import no_leftover_containers  # noqa: F401 (this module's leak check)
+from support import free_port
 from test_flows import artifacts, task_runs
 
 from toka_agents import run
@@ -127,12 +127,6 @@ def llama_build(cache: Path = CACHE) -> LlamaBuild:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @dataclass(frozen=True)
 class LlamaServer:
     url: str
@@ -147,7 +141,7 @@ class LlamaServer:
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory) -> Iterator[LlamaServer]:
     build = llama_build()
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("llama") / "server.log"
     command = [
         str(build.python),

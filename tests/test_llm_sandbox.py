@@ -9,6 +9,7 @@ import secrets
 
 import pytest
 from llm_server import scripted_server, tool_call
+from support import sandbox_spec
 
 from toka_agents.config.models import LlmSettings
 from toka_agents.llm import Gateway, ToolMessage
@@ -27,13 +28,9 @@ def sandbox(docker_client):
 
 
 def spec(image: str, workspace, writable: bool) -> SandboxSpec:
-    return SandboxSpec(
+    return sandbox_spec(
         image=image,
-        language="python",
-        source="",
         memory=128 * MB,
-        cpus=0.5,
-        pids=64,
         timeout=30,
         workspace=workspace,
         workspace_writable=writable,

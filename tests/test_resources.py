@@ -5,17 +5,17 @@ task's outcome, the run's summary table and one `toka.task.*` event per task."""
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import write_config
-from own_runs import no_leftover_containers  # noqa: F401 (this module's leak check)
+from own_runs import flow_events, no_leftover_containers  # noqa: F401 (this module's leak check)
 
-from toka_agents.sandbox import Sandbox, SandboxSpec, create_workspace
+from toka_agents.sandbox import Sandbox
 
 MB = 1024**2
 pytestmark = pytest.mark.usefixtures("no_leftover_containers")
@@ -28,25 +28,8 @@ def sandbox(docker_client):
 
 
 @pytest.fixture
-def spec(sandbox_image, tmp_path):
-    workspace = create_workspace(tmp_path, "resources")
-
-    def make(source: str, language: str = "python", **settings) -> SandboxSpec:
-        base = dict(
-            image=sandbox_image,
-            language=language,
-            source=source,
-            memory=128 * MB,
-            cpus=1,
-            pids=64,
-            timeout=20,
-            workspace=workspace,
-            workspace_writable=True,
-            output_limit=1 * MB,
-        )
-        return SandboxSpec(**{**base, **settings})
-
-    return make
+def spec(spec):
+    return functools.partial(spec, memory=128 * MB, cpus=1, output_limit=1 * MB)
 
 
 USES_EVERYTHING = """
@@ -121,31 +104,6 @@ def test_a_full_tmp_is_named(sandbox, spec):
     assert "No space left on device" in result.stderr
 
 
-def events_of(flow_run_id: uuid.UUID, since: datetime, prefix: str, expected: int) -> list:
-    from prefect import get_client
-    from prefect.events.filters import (
-        EventFilter,
-        EventNameFilter,
-        EventOccurredFilter,
-        EventRelatedFilter,
-    )
-    from prefect.events.worker import EventsWorker
-
-    EventsWorker.drain_all(timeout=10)
-    wanted = EventFilter(
-        occurred=EventOccurredFilter(since=since, until=datetime.now(UTC) + timedelta(minutes=5)),
-        event=EventNameFilter(prefix=[prefix]),
-        related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
-    )
-    deadline = time.monotonic() + 30
-    with get_client(sync_client=True) as client:
-        while True:
-            events = client.read_events(filter=wanted, limit=50).events
-            if len(events) >= expected or time.monotonic() > deadline:
-                return events
-            time.sleep(0.2)
-
-
 @pytest.mark.usefixtures("prefect_api", "sandbox_image")
 def test_each_task_emits_an_event_with_what_it_used_and_the_summary_shows_it(tmp_path, workspace_root):
     from prefect import get_client
@@ -174,7 +132,7 @@ agents:
     since = datetime.now(UTC) - timedelta(seconds=5)
     result = run(path, workspace_root=workspace_root)
     assert result.state.is_failed()
-    events = events_of(result.flow_run_id, since, "toka.task.", expected=2)
+    events = flow_events(result.flow_run_id, since, "toka.task.", expected=2)
     seen = {event.resource.name: (event.event, event.payload) for event in events}
     print(seen)
     assert set(seen) == {"writer/write", "forker/fork"}

@@ -14,7 +14,7 @@ from conftest import toka_containers
 from pydantic import ValidationError
 
 from toka_agents.errors import SandboxError
-from toka_agents.sandbox import Sandbox, SandboxCancelled, SandboxSpec, connect, create_workspace
+from toka_agents.sandbox import Sandbox, SandboxCancelled, connect
 from toka_agents.sandbox.owners import LABEL_OWNER, current_owner
 
 MB = 1024**2
@@ -35,27 +35,6 @@ def no_leftover_containers(docker_client) -> Iterator[None]:
 @pytest.fixture
 def sandbox(docker_client):
     return Sandbox(docker_client, {"org.toka-agents.test": secrets.token_hex(4)})
-
-
-@pytest.fixture
-def spec(sandbox_image, tmp_path):
-    workspace = create_workspace(tmp_path, "sandbox-test")
-
-    def make(source: str, language: str = "python", **settings) -> SandboxSpec:
-        base = dict(
-            image=sandbox_image,
-            language=language,
-            source=source,
-            memory=64 * MB,
-            cpus=0.5,
-            pids=64,
-            timeout=20,
-            workspace=workspace,
-            workspace_writable=True,
-        )
-        return SandboxSpec(**{**base, **settings})
-
-    return make
 
 
 def test_python_and_shell_run_with_output_and_usage(sandbox, spec):

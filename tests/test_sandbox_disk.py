@@ -5,6 +5,7 @@ the disk of a SIGKILLed process is released by the sweep."""
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import shutil
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import pytest
 from conftest import run_toka
+from support import sandbox_spec
 
-from toka_agents.sandbox import Sandbox, SandboxSpec, create_workspace, remove_orphans
+from toka_agents.sandbox import Sandbox, create_workspace, remove_orphans
 from toka_agents.sandbox.disk import DISK_SUFFIX, WorkspaceDisk, disk_file, mounted_disks
 
 MB = 1024**2
@@ -45,22 +47,9 @@ def workspace(tmp_path) -> Path:
 
 @pytest.fixture
 def spec(sandbox_image, workspace):
-    def make(source: str, **settings) -> SandboxSpec:
-        base = dict(
-            image=sandbox_image,
-            language="python",
-            source=source,
-            memory=128 * MB,
-            cpus=1,
-            pids=64,
-            timeout=30,
-            workspace=workspace,
-            workspace_writable=True,
-            workspace_limit=16 * MB,
-        )
-        return SandboxSpec(**{**base, **settings})
-
-    return make
+    return functools.partial(
+        sandbox_spec, memory=128 * MB, cpus=1, timeout=30, workspace=workspace, workspace_limit=16 * MB
+    )
 
 
 def test_a_write_past_the_limit_fails_with_enospc_and_the_task_says_workspace_full(

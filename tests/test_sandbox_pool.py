@@ -22,7 +22,7 @@ from docker.errors import NotFound
 from toka_agents import load, plan, run
 from toka_agents.errors import SandboxError
 from toka_agents.orchestration.flow import RUN_LABEL
-from toka_agents.sandbox import Sandbox, SandboxCancelled, SandboxSpec, create_workspace, remove_orphans
+from toka_agents.sandbox import Sandbox, SandboxCancelled, SandboxSpec, remove_orphans
 
 MB = 1024**2
 BOUND = 30.0
@@ -54,27 +54,6 @@ def make_sandbox(docker_client, token) -> Iterator[Callable[[int], Sandbox]]:
     yield make
     for sandbox in made:
         sandbox.close()
-
-
-@pytest.fixture
-def spec(sandbox_image, tmp_path) -> Callable[..., SandboxSpec]:
-    workspace = create_workspace(tmp_path, "pool-test")
-
-    def make(source: str, **settings) -> SandboxSpec:
-        base = dict(
-            image=sandbox_image,
-            language="python",
-            source=source,
-            memory=64 * MB,
-            cpus=0.5,
-            pids=64,
-            timeout=20,
-            workspace=workspace,
-            workspace_writable=True,
-        )
-        return SandboxSpec(**{**base, **settings})
-
-    return make
 
 
 def labelled(docker_client, token: str) -> list[dict]:

@@ -12,25 +12,21 @@ when the tests run as root.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
 
 import pytest
-from conftest import BackgroundProcesses, _free_port, start_prefect_server, stop_process_group
+from conftest import BackgroundProcesses
 from prefect import get_client
-from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import TaskRun
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from support import postgres_cluster, process_pool, start_prefect_server, stop_process_group
 
 import toka_agents
 from toka_agents.sandbox.owners import LABEL_OWNER
@@ -67,49 +63,11 @@ agents:
 pytestmark = pytest.mark.usefixtures("sandbox_image")
 
 
-def _postgres_bin() -> Path:
-    found = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda path: int(path.parts[-3])
-    )
-    assert found, "PostgreSQL is not installed: run scripts/setup (Debian package postgresql)"
-    return found[-1].parent
-
-
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster on 127.0.0.1 (trust auth, no fsync) with a database
-    `prefect`; its SQLAlchemy URL."""
-    binaries = _postgres_bin()
-    root = Path(tempfile.mkdtemp(prefix="toka-test-pg-"))
-    as_owner: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(root, "postgres", "postgres")
-        as_owner = ["runuser", "-u", "postgres", "--"]
-    data, port = root / "data", _free_port()
-
-    def run(*args: str) -> None:
-        done = subprocess.run([*as_owner, *args], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, f"{args[0]}: {done.stdout}{done.stderr}"
-
-    run(str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync")
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=200"
-    run(
-        str(binaries / "pg_ctl"),
-        "-D",
-        str(data),
-        "-o",
-        options,
-        "-l",
-        str(root / "pg.log"),
-        "-w",
-        "start",
-    )
-    try:
-        run(str(binaries / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "prefect")
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/prefect"
-    finally:
-        run(str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+    """A throwaway PostgreSQL cluster on 127.0.0.1 with a database `prefect`; its URL."""
+    with postgres_cluster() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +113,8 @@ def test_two_workers_on_postgres_share_six_runs_and_a_workstream_limit(
 ):
     config = tmp_path / "scale-out.yaml"
     config.write_text(CONFIG)
+    process_pool(POOL)
     with get_client(sync_client=True) as client:
-        client.create_work_pool(WorkPoolCreate(name=POOL, type="process"))
         client.create_concurrency_limit(tag=WORKSTREAM_LIMIT, concurrency_limit=1)
     deployment_id = toka_agents.deploy(config, name="scale-out", work_pool=POOL)
     with get_client(sync_client=True) as client:

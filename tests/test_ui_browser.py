@@ -19,11 +19,12 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
-from conftest import EXAMPLES, REPO, BackgroundProcesses, run_toka
+from conftest import EXAMPLES, QUICKSTART_TASKS, REPO, BackgroundProcesses, run_toka
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from prefect import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.client.schemas.objects import FlowRun
+from support import wait_final
 
 CHROMIUM = "/usr/bin/chromium"
 # DESIGN.md: what Debian's Chromium needs to run headless as root on these machines.
@@ -37,14 +38,6 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOTS = REPO / "test-output" / "ui"
 POOL = "toka-ui"
-QUICKSTART_TASKS = [
-    "generate/make-data",
-    "describe/summarize",
-    "outliers/find-outliers",
-    "outliers/top-readings",
-    "report/write-report",
-    "review/check-report",
-]
 
 pytestmark = pytest.mark.usefixtures("sandbox_image")
 
@@ -121,16 +114,6 @@ def runs_of(deployment_id: UUID) -> list[FlowRun]:
     by_deployment = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
     with get_client(sync_client=True) as client:
         return client.read_flow_runs(deployment_filter=by_deployment)
-
-
-def wait_final(flow_run_id: UUID, seconds: float) -> FlowRun:
-    deadline = time.monotonic() + seconds
-    with get_client(sync_client=True) as client:
-        while True:
-            flow_run = client.read_flow_run(flow_run_id)
-            if (flow_run.state and flow_run.state.is_final()) or time.monotonic() > deadline:
-                return flow_run
-            time.sleep(0.5)
 
 
 def toka_deploy(api: str, example: str, *flags: str) -> UUID:

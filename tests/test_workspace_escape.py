@@ -25,10 +25,11 @@ from conftest import write_config
 from own_runs import TEST_LABEL, THIS_SESSION, no_leftover_containers  # noqa: F401
 from prefect import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from support import sandbox_spec
 
 from toka_agents import run
 from toka_agents.orchestration.flow import RUN_LABEL
-from toka_agents.sandbox import Sandbox, SandboxSpec
+from toka_agents.sandbox import Sandbox
 from toka_agents.sandbox.sanitize import Sanitized
 from toka_agents.sandbox.users import LABEL_USER, RUN_UIDS, preferred_uid, run_user, user_of
 from toka_agents.sandbox.workspace import _extract
@@ -148,16 +149,8 @@ def test_a_plain_directory_workspace_is_cleaned_where_it_lies(docker_client, san
     workspace = tmp_path / "plain"
     workspace.mkdir()
     os.chown(workspace, 10001, 10001)
-    spec = SandboxSpec(
-        image=sandbox_image,
-        language="shell",
-        source=PROBE,
-        memory=128 * MB,
-        cpus=1,
-        pids=64,
-        timeout=30,
-        workspace=workspace,
-        workspace_writable=True,
+    spec = sandbox_spec(
+        PROBE, language="shell", memory=128 * MB, cpus=1, timeout=30, workspace=workspace
     )
     with Sandbox(docker_client, {TEST_LABEL: THIS_SESSION}) as sandbox:
         result = sandbox.run(spec)
