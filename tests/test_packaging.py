@@ -1,4 +1,5 @@
-"""The built wheel carries every file the package needs, not only its Python modules."""
+"""The built wheel carries every file the package needs, not only its Python modules: the
+image definitions of `sandboxes/` too."""
 
 from __future__ import annotations
 
@@ -44,5 +45,12 @@ def test_the_wheel_holds_every_file_of_the_package(tmp_path: Path):
     [wheel] = (tmp_path / "dist").glob("toka_agents-*.whl")
     packaged = set(zipfile.ZipFile(wheel).namelist())
     package = [name for name in files if name.startswith("toka_agents/")]
+    # The image definitions, at the repository's top, travel inside the package.
+    definitions = [
+        "toka_agents/sandbox/definitions/" + name.removeprefix("sandboxes/")
+        for name in files
+        if name.startswith("sandboxes/")
+    ]
     assert "toka_agents/config/schemas/toka-agent-spec.yaml" in package
-    assert sorted(set(package) - packaged) == []
+    assert "toka_agents/sandbox/definitions/python/Dockerfile" in definitions
+    assert sorted(set(package + definitions) - packaged) == []

@@ -17,16 +17,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, SecretStr, ValidationError
 
+from toka_agents.config.fragments import issues_from_validation
 from toka_agents.config.limits import DEFAULT_WORKSPACE_LIMIT
-from toka_agents.config.models import LlmSettings
-from toka_agents.errors import LlmError, SandboxError
+from toka_agents.config.models import (
+    Agent,
+    CodeSource,
+    CodeTask,
+    Limits,
+    LlmSettings,
+    Orchestration,
+)
+from toka_agents.errors import ConfigError, LlmError, SandboxError
 from toka_agents.llm.gateway import MODEL_ENV, Acquire, Gateway, api_key_from_env, from_environment
 from toka_agents.llm.loop import LoopResult, StepRunner, TaskBrief, run_directly, run_loop
 from toka_agents.llm.messages import Message
 from toka_agents.llm.tools import Toolbox
-from toka_agents.planning import Plan, PlannedAgent, PlannedTask
+from toka_agents.planning import Plan, PlannedAgent, PlannedTask, plan
 from toka_agents.sandbox import Sandbox, SandboxCancelled, SandboxResult, SandboxSpec
 from toka_agents.sandbox.output import OutputCallback
 from toka_agents.sandbox.spec import SANDBOX_USER
@@ -387,6 +395,34 @@ def container_spec(
         name=f"toka-{task.agent}-{task.name}"[:60],
         user=context.sandbox_user,
     )
+
+
+def standalone_spec(
+    language: Literal["python", "shell"],
+    source: str,
+    *,
+    memory: str,
+    cpu: str,
+    timeout: str,
+    pids: int,
+    network: bool,
+    image: str,
+) -> SandboxSpec:
+    """The container of a one-off run of code (`toka runtime exec`), made as a code task's: the
+    limits read by the config's grammar and bounds, the spec built by `sandbox_spec`. Raises
+    `ConfigError` naming each bad value (`limits.memory`, ...)."""
+    try:
+        agent = Agent(
+            name="exec",
+            image=image,
+            capabilities=["network"] if network else [],
+            limits=Limits(memory=memory, cpu=cpu, timeout=timeout, pids=pids),
+            tasks=[CodeTask(name="run", code=CodeSource(language=language, source=source))],
+        )
+    except ValidationError as exc:
+        raise ConfigError(issues_from_validation(exc, "<command line>")) from None
+    [task] = plan(Orchestration(name="runtime-exec", agents=[agent])).tasks
+    return sandbox_spec(task, ExecutionContext(sandbox=None, workspace=None))
 
 
 def outcome_from_result(task: PlannedTask, result: SandboxResult) -> TaskOutcome:

@@ -140,9 +140,10 @@ def runtime_exec(
 
         toka runtime exec --language python --code "print(6 * 7)" --memory 32MB --timeout 5s
     """
-    from toka_agents.config.limits import format_seconds, parse_cpu, parse_duration, parse_memory
-    from toka_agents.errors import SandboxError
-    from toka_agents.sandbox import Sandbox, SandboxSpec
+    from toka_agents.config.limits import format_seconds
+    from toka_agents.errors import ConfigError, SandboxError
+    from toka_agents.executor import standalone_spec
+    from toka_agents.sandbox import Sandbox
 
     if (code is None) == (file is None):
         err.print("give the code with --code SRC or --file PATH, one of them", markup=False)
@@ -156,24 +157,23 @@ def runtime_exec(
         except UnicodeDecodeError:
             err.print(f"cannot read --file {file}: it is not UTF-8 text", markup=False)
             return EXEC_USAGE_ERROR
-    try:
-        limits = {
-            "memory": parse_memory(memory),
-            "cpus": parse_cpu(cpu),
-            "timeout": parse_duration(timeout),
-        }
-    except ValueError as exc:
-        err.print(f"{exc}", markup=False)
-        return EXEC_USAGE_ERROR
     assert code is not None
-    spec = SandboxSpec(
-        image=image,
-        language=language,
-        source=code,
-        pids=pids,
-        network="bridge" if network else None,
-        **limits,
-    )
+    try:
+        spec = standalone_spec(
+            language,
+            code,
+            memory=memory,
+            cpu=cpu,
+            timeout=timeout,
+            pids=pids,
+            network=network,
+            image=image,
+        )
+    except ConfigError as exc:
+        for issue in exc.issues:  # `limits.memory: ...` is the --memory given
+            flag = issue.path.removeprefix("limits.")
+            err.print(f"--{flag}: {text.visible(issue.message)}", markup=False)
+        return EXEC_USAGE_ERROR
 
     def pass_on(stream: str, data: bytes) -> None:
         sink = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 _MEMORY_UNITS = {
     "": 1,
@@ -30,6 +32,8 @@ _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 
 _TIME_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _TIME = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+
+T = TypeVar("T", int, float)
 
 DEFAULT_WORKSPACE_LIMIT = 1024**3
 """Bytes a run's workspace may hold unless `limits.workspace` says otherwise (1GB)."""
@@ -147,42 +151,27 @@ def format_seconds(seconds: float | None) -> str:
     return f"{seconds:.3g}s"
 
 
-def at_most_timeout(seconds: float) -> float:
-    if seconds > MAX_TIMEOUT_SECONDS:
-        raise ValueError(
-            f"timeout {format_seconds(seconds)} is over {format_seconds(MAX_TIMEOUT_SECONDS)}, "
-            "the longest toka-agents allows"
-        )
-    return seconds
+def _at_most(bound: float, what: str, shown: Callable[[Any], str], why: str) -> Callable[[T], T]:
+    """A validator refusing a value over `bound`, naming the value, the bound and why."""
+
+    def check(value: T) -> T:
+        if value > bound:  # type: ignore[operator]
+            raise ValueError(f"{what} {shown(value)} is over {shown(bound)}, {why}")
+        return value
+
+    return check
 
 
-def at_most_memory(size: int) -> int:
-    if size > MAX_MEMORY_BYTES:
-        raise ValueError(
-            f"memory {format_bytes(size)} is over {format_bytes(MAX_MEMORY_BYTES)}, "
-            "the most toka-agents gives a sandbox"
-        )
-    return size
-
-
-def at_most_workspace(size: int) -> int:
-    if size > MAX_WORKSPACE_BYTES:
-        raise ValueError(
-            f"workspace {format_bytes(size)} is over {format_bytes(MAX_WORKSPACE_BYTES)}, "
-            "the largest an ext4 workspace can be"
-        )
-    return size
-
-
-def at_most_cpu(cores: float) -> float:
-    if cores > MAX_CPU_CORES:
-        raise ValueError(
-            f"cpu {cores:g} cores is over {MAX_CPU_CORES:g} cores, the most toka-agents gives a sandbox"
-        )
-    return cores
-
-
-def at_most_pids(count: int) -> int:
-    if count > MAX_PIDS:
-        raise ValueError(f"pids {count} is over {MAX_PIDS}, Linux's largest process limit")
-    return count
+at_most_timeout = _at_most(
+    MAX_TIMEOUT_SECONDS, "timeout", format_seconds, "the longest toka-agents allows"
+)
+at_most_memory = _at_most(
+    MAX_MEMORY_BYTES, "memory", format_bytes, "the most toka-agents gives a sandbox"
+)
+at_most_workspace = _at_most(
+    MAX_WORKSPACE_BYTES, "workspace", format_bytes, "the largest an ext4 workspace can be"
+)
+at_most_cpu = _at_most(
+    MAX_CPU_CORES, "cpu", lambda cores: f"{cores:g} cores", "the most toka-agents gives a sandbox"
+)
+at_most_pids = _at_most(MAX_PIDS, "pids", str, "Linux's largest process limit")

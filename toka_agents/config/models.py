@@ -8,6 +8,7 @@ cores, seconds) parsed by `config.limits`, capabilities are plain names.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -60,22 +61,21 @@ def _at_least_docker_minimum(size: int) -> int:
     return size
 
 
-MemorySize = Annotated[
-    int,
-    BeforeValidator(parse_memory),
-    AfterValidator(_at_least_docker_minimum),
-    AfterValidator(at_most_memory),
-    PlainSerializer(format_bytes, return_type=str, when_used="json"),
-    Field(json_schema_extra={"type": "string", "examples": ["256MB", "1GB"]}),
-]
-WorkspaceSize = Annotated[
-    int,
-    BeforeValidator(parse_memory),
-    AfterValidator(_at_least_docker_minimum),
-    AfterValidator(at_most_workspace),
-    PlainSerializer(format_bytes, return_type=str, when_used="json"),
-    Field(json_schema_extra={"type": "string", "examples": ["1GB", "20GB"]}),
-]
+def _size(at_most: Callable[[int], int], examples: list[str]) -> Any:
+    """A size in the memory grammar (`512MB`), at least Docker's minimum and at most `at_most`'s
+    bound, written back in the same grammar."""
+    return Annotated[
+        int,
+        BeforeValidator(parse_memory),
+        AfterValidator(_at_least_docker_minimum),
+        AfterValidator(at_most),
+        PlainSerializer(format_bytes, return_type=str, when_used="json"),
+        Field(json_schema_extra={"type": "string", "examples": examples}),
+    ]
+
+
+MemorySize = _size(at_most_memory, ["256MB", "1GB"])
+WorkspaceSize = _size(at_most_workspace, ["1GB", "20GB"])
 CpuShare = Annotated[
     float,
     BeforeValidator(parse_cpu),
@@ -97,7 +97,7 @@ class _Model(BaseModel):
 
 
 DEFAULT_IMAGE = "toka-sandbox:1"
-"""The sandbox image built from `sandbox/definitions/python` by `toka sandbox build`."""
+"""The sandbox image built from `sandboxes/python` by `toka sandbox build`."""
 
 
 class Limits(_Model):

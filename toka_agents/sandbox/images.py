@@ -1,12 +1,16 @@
-"""The sandbox images: built from their definitions in `definitions/` with a registry, or
-offline without one.
+"""The sandbox images: built from their definitions (the repository's `sandboxes/`) with a
+registry, or offline without one.
 
-Two come with toka-agents (`IMAGES`): the Python image (`definitions/python`, the default) and
-the shell image (`definitions/shell`: Debian's essential tools, and python3-minimal only for the
+Two come with toka-agents (`IMAGES`): the Python image (`sandboxes/python`, the default) and
+the shell image (`sandboxes/shell`: Debian's essential tools, and python3-minimal only for the
 supervisor). A definition is a directory with a Dockerfile, for machines that can pull, and
 for the offline build either a `build-offline.sh` of its own or a `packages` file (Debian
-packages, one per line) for `definitions/build-offline.sh`; an image with extra Debian packages
-is a copy of `definitions/shell` with more lines in `packages`.
+packages, one per line) for `sandboxes/build-offline.sh`; an image with extra Debian packages
+is a copy of `sandboxes/shell` with more lines in `packages`.
+
+A checkout has them at its top, `sandboxes/`; a wheel carries them inside the package as
+`toka_agents/sandbox/definitions/` (pyproject.toml maps the one onto the other), so that a
+plain `pip install` builds and checks the images too.
 
 Each image carries a label with a digest of its definition, so a second build finds the
 image current and does nothing, and a changed definition rebuilds it.
@@ -27,10 +31,17 @@ from requests.exceptions import RequestException
 from toka_agents.config.models import DEFAULT_IMAGE
 from toka_agents.errors import SandboxError
 
-SANDBOXES = Path(__file__).resolve().parent / "definitions"
+
+def _definitions() -> Path:
+    """Where the image definitions are: inside an installed wheel, else the checkout's."""
+    packaged = Path(__file__).resolve().parent / "definitions"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "sandboxes"
+
+
+SANDBOXES = _definitions()
 DEFINITION = SANDBOXES / "python"
 SHELL_IMAGE = "toka-sandbox-shell:1"
-"""The shell image built from `definitions/shell`."""
+"""The shell image built from `sandboxes/shell`."""
 IMAGES = {DEFAULT_IMAGE: DEFINITION, SHELL_IMAGE: SANDBOXES / "shell"}
 """The images `toka sandbox build` builds, by name, and their definitions."""
 OFFLINE_BUILD = SANDBOXES / "build-offline.sh"

@@ -1,0 +1,201 @@
+"""Orchestration -> Plan: the dependency graph, its waves, and every task's effective settings.
+
+Pure data in, pure data out. The planner checks the graph (unknown agents, cycles named in
+full), orders agents in waves (topological layers, priority order inside a layer), and fixes
+what each task runs with: limits, capabilities, network, workspace access, image, retries.
+The plan's data types are in `models`, the graph's algorithms in `graph`, each task's
+settings in `resolution`; this module puts them together (`plan`, `validate`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from toka_agents.config import capabilities
+from toka_agents.config.collector import collector_paused
+from toka_agents.config.loader import load_paths
+from toka_agents.config.models import LlmOverrides, Orchestration
+from toka_agents.errors import ConfigError, ConfigIssue
+from toka_agents.planning.graph import acyclic_subset, find_cycles, graph_issues, waves_of
+from toka_agents.planning.models import (
+    OptionalMode,
+    Plan,
+    PlannedAgent,
+    PlannedTask,
+    TaskLimits,
+)
+from toka_agents.planning.resolution import granted_capabilities, plan_agent, sandbox_issues
+
+__all__ = [
+    "OptionalMode",
+    "Plan",
+    "PlannedAgent",
+    "PlannedTask",
+    "TaskLimits",
+    "Validation",
+    "find_cycles",
+    "graph_issues",
+    "plan",
+    "sandbox_issues",
+    "select_agents",
+    "validate",
+]
+
+
+def plan(
+    orchestration: Orchestration,
+    *,
+    conditions: Collection[str] = (),
+    optional_dependencies: OptionalMode | None = None,
+    max_concurrent_agents: int | None = None,
+    allow_unsandboxed: bool | None = None,
+    llm_overrides: LlmOverrides | None = None,
+) -> Plan:
+    """Resolve the graph and fix every task's settings. Raises `ConfigError` on graph problems."""
+    with collector_paused():
+        return _plan(
+            orchestration,
+            conditions=conditions,
+            optional_dependencies=optional_dependencies,
+            max_concurrent_agents=max_concurrent_agents,
+            allow_unsandboxed=allow_unsandboxed,
+            llm_overrides=llm_overrides,
+        )
+
+
+def _plan(
+    orchestration: Orchestration,
+    *,
+    conditions: Collection[str],
+    optional_dependencies: OptionalMode | None,
+    max_concurrent_agents: int | None,
+    allow_unsandboxed: bool | None,
+    llm_overrides: LlmOverrides | None,
+) -> Plan:
+    allowed = orchestration.allow_unsandboxed if allow_unsandboxed is None else allow_unsandboxed
+    issues = graph_issues(orchestration.agents) + sandbox_issues(orchestration.agents, allowed)
+    if issues:
+        raise ConfigError(issues)
+    mode = optional_dependencies or orchestration.optional_dependencies
+    agents = {agent.name: agent for agent in orchestration.agents}
+    order = {agent.name: i for i, agent in enumerate(orchestration.agents)}
+
+    edges = [(needed, agent.name) for agent in orchestration.agents for needed in agent.requires]
+    optional_edges = [
+        (wanted, agent.name)
+        for agent in orchestration.agents
+        for wanted in agent.optional_requires
+        if wanted in agents and wanted != agent.name
+    ]
+    warnings = [
+        warning
+        for agent in orchestration.agents
+        for warning in capabilities.warnings_for(agent.name, granted_capabilities(agent, orchestration))
+    ]
+    warnings += [
+        f"agent {agent.name!r} asked for no sandbox; it runs in one with the network and a "
+        "writable workspace, as toka-agents never runs code outside a container"
+        for agent in orchestration.agents
+        if not agent.sandbox
+    ]
+    ordering = list(edges)
+    if mode == "order":
+        ordering += acyclic_subset(optional_edges, edges, warnings)
+
+    waves = waves_of(agents, ordering, order)
+    planned = [
+        plan_agent(agents[name], orchestration, set(conditions), llm_overrides or LlmOverrides())
+        for wave in waves
+        for name in wave
+    ]
+    concurrency = max_concurrent_agents or orchestration.max_concurrent_agents
+    pool_size = orchestration.sandbox.pool_size
+    return Plan(
+        name=orchestration.name,
+        description=orchestration.description,
+        max_concurrent_agents=concurrency,
+        pool_size=concurrency if pool_size is None else pool_size,
+        agents=tuple(planned),
+        edges=tuple(edges),
+        optional_edges=tuple(optional_edges),
+        ordering_edges=tuple(ordering),
+        waves=tuple(tuple(wave) for wave in waves),
+        conditions=tuple(sorted(conditions)),
+        warnings=tuple(warnings),
+    )
+
+
+def select_agents(orchestration: Orchestration, names: Collection[str]) -> Orchestration:
+    """The orchestration with only the named agents and every agent they require, directly
+    or not, in their order. Optional requirements bring in nothing. Raises `ConfigError`
+    (located at the run parameter `agents`) naming any agent that does not exist."""
+    by_name = {agent.name: agent for agent in orchestration.agents}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        known = ", ".join(by_name) or "none"
+        raise ConfigError(
+            ConfigIssue(
+                "<run parameters>",
+                "agents",
+                f"{name!r} is not an agent of {orchestration.name} (its agents: {known})",
+            )
+            for name in unknown
+        )
+    chosen: set[str] = set()
+    worklist = list(names)
+    while worklist:
+        name = worklist.pop()
+        if name in chosen or name not in by_name:  # a missing requirement is the planner's to name
+            continue
+        chosen.add(name)
+        worklist.extend(by_name[name].requires)
+    kept = [agent for agent in orchestration.agents if agent.name in chosen]
+    return orchestration.model_copy(update={"agents": kept})
+
+
+@dataclass
+class Validation:
+    """Every problem found in one pass, the warnings, and the plan when there were no problems."""
+
+    issues: list[ConfigIssue]
+    warnings: list[ConfigIssue | str] = field(default_factory=list)
+    plan: Plan | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.issues
+
+
+def validate(
+    paths: Sequence[str | Path],
+    *,
+    conditions: Collection[str] = (),
+    optional_dependencies: OptionalMode | None = None,
+    max_concurrent_agents: int | None = None,
+    allow_unsandboxed: bool | None = None,
+    llm_overrides: LlmOverrides | None = None,
+) -> Validation:
+    """Load and plan, reporting every problem across all files and agents at once."""
+    loaded = load_paths(paths)
+    issues = list(loaded.issues)
+    warnings: list[ConfigIssue | str] = list(loaded.warnings)
+    if loaded.orchestration is None:
+        return Validation(issues, warnings)
+    orchestration = loaded.orchestration
+    allowed = orchestration.allow_unsandboxed if allow_unsandboxed is None else allow_unsandboxed
+    issues += graph_issues(orchestration.agents, also_known=loaded.broken_agents)
+    issues += sandbox_issues(orchestration.agents, allowed)
+    if issues:
+        return Validation(issues, warnings)
+    planned = plan(
+        orchestration,
+        conditions=conditions,
+        optional_dependencies=optional_dependencies,
+        max_concurrent_agents=max_concurrent_agents,
+        allow_unsandboxed=allowed,
+        llm_overrides=llm_overrides,
+    )
+    warnings += planned.warnings
+    return Validation([], warnings, planned)

@@ -1,0 +1,177 @@
+"""The plan's data: every task with its settings fixed, every agent with its policy, and the
+run as a whole (agents in wave order, the edges, the waves). Plain frozen models."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from toka_agents.config.limits import DEFAULT_WORKSPACE_LIMIT, format_bytes, format_seconds
+from toka_agents.config.models import CodeSource, FailurePolicy, LlmSettings, Priority
+
+OptionalMode = Literal["ignore", "order"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class TaskLimits(_Frozen):
+    """Limits with every field fixed: bytes, cores, seconds, processes."""
+
+    memory: int
+    cpu: float
+    timeout: float
+    pids: int
+    workspace: int
+
+
+class PlannedTask(_Frozen):
+    """One agent task with everything it runs with."""
+
+    id: str
+    agent: str
+    name: str
+    index: int
+    kind: Literal["code", "llm"]
+    description: str = ""
+    code: CodeSource | None = None
+    instruction: str | None = None
+    limits: TaskLimits
+    image: str
+    capabilities: tuple[str, ...] = ()
+    network: bool = False
+    docker_network: str | None = None
+    """The Docker network the task's container joins: the run's `sandbox.network` when the
+    task has the network, else None."""
+    network_allow: tuple[str, ...] | None = None
+    """Limited network: the only hosts (`host`, `host:port`) the task may reach, through the
+    egress proxy, whose upstream side joins `docker_network`. None: not limited."""
+    workspace_writable: bool = False
+    env: dict[str, str] = {}
+    retries: int = 0
+    condition: str | None = None
+    priority: Priority | None = None
+    """The task's own priority: a failed `critical` task fails its agent whatever its policy."""
+
+
+class PlannedAgent(_Frozen):
+    name: str
+    description: str = ""
+    priority: Priority
+    workstream: str
+    requires: tuple[str, ...] = ()
+    optional_requires: tuple[str, ...] = ()
+    sandbox: bool = True
+    llm: LlmSettings | None = None
+    on_task_failure: FailurePolicy = "stop"
+    min_success_ratio: float = 1.0
+    tasks: tuple[PlannedTask, ...]
+    source: str = ""
+    extra: dict[str, Any] = {}
+
+    def stops_after_failure_of(self, task: PlannedTask) -> bool:
+        """Whether a failure of `task` ends this agent, its later tasks not run."""
+        return self.on_task_failure == "stop" or task.priority == "critical"
+
+    def verdict(self, done: int, attempted: int) -> tuple[bool, str]:
+        """Whether the agent completed, having done `done` of the `attempted` tasks that ran to
+        an end, and how to say so."""
+        total = len(self.tasks)
+        if done == total:
+            return True, f"{total} tasks done"
+        ratio = done / attempted if attempted else 1.0
+        threshold = f"min_success_ratio {self.min_success_ratio:g}"
+        if ratio >= self.min_success_ratio:
+            return True, f"{done} of {attempted} tasks done, meeting {threshold}"
+        return False, f"{done} of {attempted} tasks done, below {threshold}"
+
+
+TOKA_FAILURE_POLICY: tuple[FailurePolicy, float] = ("continue", 0.8)
+"""Agents loaded from Toka's specs go on after a failed task and complete when 80% are done:
+Toka's own rule."""
+NATIVE_FAILURE_POLICY: tuple[FailurePolicy, float] = ("stop", 1.0)
+
+
+class Plan(_Frozen):
+    """The whole run: agents in wave order, the edges between them, and the waves."""
+
+    name: str
+    description: str = ""
+    max_concurrent_agents: int
+    pool_size: int = 0
+    """Warm sandbox containers per creation setting (`sandbox.pool_size`, by default
+    `max_concurrent_agents`); 0: none, every task starts a fresh container."""
+    agents: tuple[PlannedAgent, ...]
+    edges: tuple[tuple[str, str], ...]
+    optional_edges: tuple[tuple[str, str], ...] = ()
+    ordering_edges: tuple[tuple[str, str], ...] = ()
+    """The edges that order agents: required ones, plus optional ones in `order` mode."""
+    waves: tuple[tuple[str, ...], ...]
+    conditions: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def tasks(self) -> list[PlannedTask]:
+        return [task for agent in self.agents for task in agent.tasks]
+
+    @property
+    def workspace_limit(self) -> int:
+        """The size of the run's workspace: the largest any of its tasks is given."""
+        return max((task.limits.workspace for task in self.tasks), default=DEFAULT_WORKSPACE_LIMIT)
+
+    def agent(self, name: str) -> PlannedAgent:
+        for agent in self.agents:
+            if agent.name == name:
+                return agent
+        raise KeyError(name)
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as `toka plan --json` prints it."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "max_concurrent_agents": self.max_concurrent_agents,
+            "pool_size": self.pool_size,
+            "agents": [
+                {
+                    "name": agent.name,
+                    "priority": agent.priority,
+                    "workstream": agent.workstream,
+                    "requires": list(agent.requires),
+                    "optional_requires": list(agent.optional_requires),
+                    "on_task_failure": agent.on_task_failure,
+                    "min_success_ratio": agent.min_success_ratio,
+                    "tasks": [_task_json(task) for task in agent.tasks],
+                }
+                for agent in self.agents
+            ],
+            "edges": [list(edge) for edge in self.edges],
+            "optional_edges": [list(edge) for edge in self.optional_edges],
+            "waves": [list(wave) for wave in self.waves],
+            "conditions": list(self.conditions),
+            "warnings": list(self.warnings),
+        }
+
+
+def _task_json(task: PlannedTask) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "name": task.name,
+        "kind": task.kind,
+        "priority": task.priority,
+        "limits": {
+            "memory": format_bytes(task.limits.memory),
+            "cpu": task.limits.cpu,
+            "timeout": format_seconds(task.limits.timeout),
+            "pids": task.limits.pids,
+            "workspace": format_bytes(task.limits.workspace),
+        },
+        "image": task.image,
+        "network": task.network,
+        "docker_network": task.docker_network,
+        **({"network_allow": list(task.network_allow)} if task.network_allow is not None else {}),
+        "workspace": "read-write" if task.workspace_writable else "read-only",
+        "condition": task.condition,
+    }
