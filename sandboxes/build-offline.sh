@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds a sandbox image with no registry: a Debian bookworm root file system made by
 # mmdebstrap from the Debian package mirror, with the packages the definition's `packages`
-# file lists (one per line, `#` comments), imported with `docker import`.
+# file lists (one per line, `#` comments), imported with `docker import` with the `ENV` and
+# `CMD` of the definition's Dockerfile.
 # Usage: build-offline.sh IMAGE DEFINITION_DIR [LABEL=VALUE ...]
 # Downloaded packages are kept in $TOKA_DEB_CACHE (default /var/cache/toka-agents/debs), so a
 # second image, or the same with one more package, downloads only what it adds.
@@ -12,6 +13,7 @@ shift 2
 command -v mmdebstrap >/dev/null || { echo "build-offline.sh: mmdebstrap is missing (apt-get install mmdebstrap)" >&2; exit 1; }
 packages=$(grep -v '^[[:space:]]*\(#\|$\)' "$definition/packages" 2>/dev/null | tr -s ' \n' ',' | sed 's/,$//')
 cmd=$(sed -n 's/^CMD //p' "$definition/Dockerfile" | tail -n 1)
+mapfile -t envs < <(sed -n 's/^ENV //p' "$definition/Dockerfile")
 
 cache=${TOKA_DEB_CACHE:-/var/cache/toka-agents/debs}
 mkdir -p "$cache"
@@ -40,6 +42,7 @@ changes=(
   --change 'WORKDIR /workspace'
   --change "CMD ${cmd:-[\"sh\"]}"
 )
+for env in "${envs[@]}"; do changes+=(--change "ENV $env"); done
 for label in "$@"; do changes+=(--change "LABEL $label"); done
 docker import "${changes[@]}" "$work/rootfs.tar" "$image" >/dev/null
 echo "built $image offline from Debian bookworm${packages:+ with $packages}"
