@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
-from conftest import run_toka, write_config
+from conftest import run_prefect, run_toka, write_config
 from llm_server import OPENAI_PATH, scripted_server, server_error, slow, text, tool_call
 from own_runs import no_leftover_containers, remove_run_containers  # noqa: F401 (its leak check)
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.states import Cancelling, Scheduled
-from test_deploy_api import PREFECT, make_pool, prefect, start_run, wait_final
+from support import wait_final
+from test_deploy_api import make_pool, start_run
 from test_llm_runs import KEY_ENV, llm_config, wait_for_requests
 
 from toka_agents import ExecutionError, deploy, run
@@ -166,7 +169,14 @@ def test_prefects_retry_of_a_cancelled_deployment_run_resumes_it_on_a_worker(
         deploy(config, name=name, work_pool=pool)
         flow_run_id = start_run(f"toka-orchestrate/{name}", prefect_api, tmp_path)
         worker = subprocess.Popen(
-            [PREFECT, "worker", "start", "--pool", pool, "--run-once"],
+            [
+                str(Path(sys.executable).with_name("prefect")),
+                "worker",
+                "start",
+                "--pool",
+                pool,
+                "--run-once",
+            ],
             cwd=tmp_path,
             env={**os.environ, "PREFECT_API_URL": prefect_api},
             stdout=subprocess.DEVNULL,
@@ -184,7 +194,7 @@ def test_prefects_retry_of_a_cancelled_deployment_run_resumes_it_on_a_worker(
                     flow_run_id, Scheduled(name="AwaitingRetry", message="Retry from the UI")
                 )
             for _ in range(3):  # a worker's one poll may come before the run is due
-                again = prefect(
+                again = run_prefect(
                     "worker", "start", "--pool", pool, "--run-once", api=prefect_api, cwd=tmp_path
                 )
                 assert again.returncode == 0, again.stdout + again.stderr
