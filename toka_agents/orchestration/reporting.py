@@ -432,7 +432,8 @@ def run_state(
     if failed:
         first = "; ".join(f"{o.task_id}: {task_message(o)}" for o in failed[:3])
         more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
-        skipped_agents = sorted({o.agent for o in skipped})
+        # An agent whose own task failed is named among the failures, not as skipped.
+        skipped_agents = sorted({o.agent for o in skipped} - {o.agent for o in failed})
         tail = f"; skipped agents: {', '.join(skipped_agents)}" if skipped_agents else ""
         message = f"{len(failed)} task(s) failed: {first}{more}{tail}"
         return Failed(message=text.one_line(message), data=summary)

@@ -112,11 +112,13 @@ def _plan(
     ]
     concurrency = max_concurrent_agents or orchestration.max_concurrent_agents
     pool_size = orchestration.sandbox.pool_size
+    # By default no more containers wait than the plan has tasks to claim them.
+    default_pool = min(concurrency, sum(len(agent.tasks) for agent in planned))
     return Plan(
         name=orchestration.name,
         description=orchestration.description,
         max_concurrent_agents=concurrency,
-        pool_size=concurrency if pool_size is None else pool_size,
+        pool_size=default_pool if pool_size is None else pool_size,
         agents=tuple(planned),
         edges=tuple(edges),
         optional_edges=tuple(optional_edges),

@@ -102,7 +102,8 @@ class Plan(_Frozen):
     max_concurrent_agents: int
     pool_size: int = 0
     """Warm sandbox containers per creation setting (`sandbox.pool_size`, by default
-    `max_concurrent_agents`); 0: none, every task starts a fresh container."""
+    `max_concurrent_agents`, or the plan's number of tasks if fewer); 0: none, every task
+    starts a fresh container."""
     agents: tuple[PlannedAgent, ...]
     edges: tuple[tuple[str, str], ...]
     optional_edges: tuple[tuple[str, str], ...] = ()
