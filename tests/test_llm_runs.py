@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import EXAMPLES, run_toka, write_config
-from llm_server import OPENAI_PATH, scripted_server, slow, text, tool_call
+from llm_server import OPENAI_PATH, bad_arguments, scripted_server, slow, text, tool_call
 from own_runs import (
     flow_run_id_of,
     no_leftover_containers,  # noqa: F401 (this module's leak check)
@@ -39,6 +39,7 @@ from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.states import Cancelling
 from test_flows import artifacts, task_runs
+from test_task_logs import logged_lines
 
 from toka_agents import LlmOverrides, run
 
@@ -158,6 +159,37 @@ def test_a_downstream_agents_prompt_holds_its_upstream_agents_summary_and_its_sp
     assert "- coordination: Wait for the scout" in system
     assert "- final: The plan names every finding" in system
     assert "Found three rooms" not in json.dumps(sent[0])  # the scout's own prompt had no such thing
+
+
+def test_a_malformed_reply_the_loop_recovers_from_is_no_failed_step(tmp_path, workspace_root, api_key):
+    """A tool call whose arguments are not JSON is fed back to the model, which then gets it
+    right: the step task run of that reply ends Completed, naming what was recovered, and its
+    log holds one warning line, no traceback."""
+    script = (
+        bad_arguments("write_file"),
+        tool_call("write_file", path="sum.txt", content="55\n"),
+        tool_call("finish", success=True, summary="Wrote sum.txt."),
+    )
+    with scripted_server(*script, api_key=api_key) as server:
+        result = run(llm_config(tmp_path, server, WRITER), workspace_root=workspace_root)
+    assert result.ok, result.state.message
+    [outcome] = result.outcomes
+    assert outcome.steps == 3 and (result.workspace / "sum.txt").read_text() == "55\n"
+    runs = task_runs(result.flow_run_id)
+    recovered = runs["writer/compute · model 1"].state
+    assert recovered.is_completed(), recovered
+    assert recovered.message.startswith(
+        "recovered: malformed reply (bad arguments): the arguments of tool call 'write_file' are not JSON"
+    ), recovered.message
+    assert recovered.message.endswith("; the model is asked again")
+    assert all(run.state.is_completed() for run in runs.values()), {
+        name: run.state.name for name, run in runs.items()
+    }
+    lines = logged_lines(runs["writer/compute · model 1"].id)
+    assert [line for line in lines if line.startswith("malformed reply")] == [
+        recovered.message.removeprefix("recovered: ")
+    ]
+    assert not any("Traceback" in line for line in lines), lines
 
 
 def test_a_model_that_never_finishes_hits_the_step_bound_and_the_task_fails_naming_it(

@@ -440,6 +440,13 @@ def run_state(
     return Completed(message=text.one_line(f"{len(plan.agents)} agents, {counts}"), data=summary)
 
 
+def recovered_state(what: str, data: Any) -> State[Any]:
+    """The state of a step the agent loop recovers from (a malformed model reply): Completed,
+    so the UI does not show it as a failure, with a message naming what was recovered."""
+    message = text.one_line(f"recovered: {what}; the model is asked again", TASK_MESSAGE_LIMIT)
+    return Completed(message=message, data=data)
+
+
 def refused_state(reason: str) -> State[None]:
     """The state of a flow run that refused to start any task."""
     return Failed(message=text.one_line(f"refused before starting any task: {reason}"))

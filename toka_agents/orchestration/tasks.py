@@ -17,8 +17,10 @@ from prefect import Task, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.states import State
 from prefect.utilities.annotations import quote
+from pydantic import BaseModel
 
-from toka_agents import executor
+from toka_agents import executor, text
+from toka_agents.errors import MalformedKind, MalformedReply
 from toka_agents.executor import ExecutionContext, TaskOutcome
 from toka_agents.llm.loop import StepRunner
 from toka_agents.orchestration import reporting, resuming
@@ -62,8 +64,35 @@ def _run_agent_task(
     return reporting.task_state(outcome)
 
 
+class MalformedStep(BaseModel):
+    """A model call whose reply could not be used: what the step returns instead of failing,
+    since the loop recovers by asking again. The runner raises it in the loop as the
+    `MalformedReply` it was."""
+
+    kind: MalformedKind
+    detail: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def error(self) -> MalformedReply:
+        return MalformedReply(
+            self.kind, self.detail, input_tokens=self.input_tokens, output_tokens=self.output_tokens
+        )
+
+
 def _run_step(label: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-    return fn(*args)
+    try:
+        return fn(*args)
+    except MalformedReply as exc:
+        # Not a failure of the task: its task run ends Completed, saying what was recovered.
+        get_run_logger().warning("%s; the model is asked again", text.one_line(str(exc), 500))
+        recovered = MalformedStep(
+            kind=exc.kind,
+            detail=exc.detail,
+            input_tokens=exc.input_tokens,
+            output_tokens=exc.output_tokens,
+        )
+        return reporting.recovered_state(str(exc), recovered)
 
 
 step_task: Task[..., Any] = Task(
@@ -80,12 +109,20 @@ step_task: Task[..., Any] = Task(
 def step_runner(task_id: str, secrets: Sequence[str] = ()) -> StepRunner:
     """The agent loop's step runner: each model call and tool call a task run nested under the
     agent task's run, named like `architect/design · model 3`. A step's error reaches the loop
-    unchanged (Prefect re-raises it after recording the failed task run). Its result, `secrets`
-    redacted, is stored for a resumed run."""
+    unchanged (Prefect re-raises it after recording the failed task run), but for a malformed
+    reply, which the loop recovers from: its task run ends Completed, naming what was
+    recovered, and the loop gets the error all the same. Its result, `secrets` redacted, is
+    stored for a resumed run."""
 
     def run(kind: str, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         step = resuming.redacting(fn, secrets)
-        return step_task(label=f"{task_id} · {name}", fn=quote(step), args=quote(args))
+        state = step_task(
+            label=f"{task_id} · {name}", fn=quote(step), args=quote(args), return_state=True
+        )
+        result = state.result()  # a failed step raises its error here
+        if isinstance(result, MalformedStep):
+            raise result.error()
+        return result
 
     return run
 
