@@ -2,8 +2,8 @@
 gateway for the model, the sandbox for its tools); the result becomes a `TaskOutcome`.
 
 The executor never talks to Docker or HTTP itself, and knows nothing of Prefect: it is
-handed a `Sandbox`, the API keys compiling read, a step runner and a rate-limit hook, and
-returns plain data that reporting turns into Prefect states.
+handed a `Sandbox`, the API keys the Prefect wing read, a step runner and a rate-limit hook,
+and returns plain data that reporting turns into Prefect states.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ success; words in its text never do) or a bound is hit: steps, tokens, wall-cloc
 malformed reply is fed back to the model once; a second one in a row ends the task, named.
 
 Every model call and tool call goes through a step runner, `runner(kind, name, fn, *args)`,
-which must return `fn(*args)`: compiling.py hands in one that makes each a Prefect task run;
-tests hand in a plain function. The loop itself knows no Prefect.
+which must return `fn(*args)`: `orchestration.tasks` hands in one that makes each a Prefect
+task run; tests hand in a plain function. The loop itself knows no Prefect.
 """
 
 from __future__ import annotations
