@@ -34,6 +34,7 @@ def test_the_run_form_has_titles_descriptions_defaults_enums_and_lists():
         "llm_provider",
         "llm_model",
         "llm_base_url",
+        "llm_timeout",
         "llm_api_key_secret",
     ]
     for name, field in form.items():
@@ -72,6 +73,8 @@ def _final_state(state) -> tuple[str, str]:
         ({"agents": ["describe", "nope"]}, "agents: 'nope' is not an agent of quickstart"),
         ({"llm_base_url": "ftp://models"}, "llm_base_url: 'ftp://models': not an http"),
         ({"llm_api_key_secret": "My Key"}, "llm_api_key_secret: 'My Key': not a block name"),
+        ({"llm_timeout": "soon"}, "llm_timeout: 'soon': invalid duration 'soon'"),
+        ({"llm_timeout": "31d"}, "llm_timeout: '31d': timeout 31d is over 30d"),
         ({"paths": []}, "paths: []: give config paths or an inline config"),
         ({"config": "agents: [oops"}, "inline-config.yaml"),
     ],

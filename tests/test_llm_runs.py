@@ -436,6 +436,38 @@ def test_cli_flags_choose_the_model_for_one_run_and_the_tables_show_tokens_and_c
     assert row["cost"] == f"{cost:.4f}"
 
 
+def test_an_empty_finish_summary_reads_as_none_given(tmp_path, workspace_root, api_key):
+    give_up = tool_call("finish", success=False, summary="")
+    with scripted_server(give_up, api_key=api_key) as server:
+        result = run(llm_config(tmp_path, server, WRITER), workspace_root=workspace_root)
+    [outcome] = result.outcomes
+    assert outcome.status == "failed"
+    assert outcome.message == "the model finished without success: (no summary given)"
+    assert outcome.summary == "(no summary given)"  # what the agents after it read
+
+
+def test_llm_timeout_bounds_each_model_request_of_one_run(tmp_path, prefect_api, api_key):
+    """`--llm-timeout` replaces the config's `llm.timeout` for one run: a reply slower than it
+    is abandoned, and the task says so, naming the setting."""
+    finish = tool_call("finish", success=True, summary="Done.")
+    with scripted_server(slow(10, finish), api_key=api_key) as server:
+        config = llm_config(tmp_path, server, WRITER, timeout="2m", max_retries=0)
+        result = run_toka(
+            "orchestrate",
+            str(config),
+            "--llm-timeout",
+            "1s",
+            "--workspace-dir",
+            str(tmp_path / "runs"),
+            env={"PREFECT_API_URL": prefect_api},
+        )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "no answer within 1s (llm.timeout)" in result.stdout, result.stdout
+    refused = run_toka("orchestrate", str(config), "--llm-timeout", "soon")
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.startswith("--llm-timeout: invalid duration 'soon'"), refused.stderr
+
+
 def test_bad_llm_flags_get_one_line_answers(tmp_path, prefect_api):
     config = write_config(tmp_path, "agents: [{name: a, tasks: [{name: t, instruction: Go.}]}]\n")
     result = run_toka("orchestrate", str(config), "--llm-provider", "gemini", "--llm-model", "m")

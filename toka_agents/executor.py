@@ -40,6 +40,8 @@ from toka_agents.sandbox.output import OutputCallback
 from toka_agents.sandbox.spec import SANDBOX_USER
 
 Status = Literal["completed", "failed", "skipped", "cancelled", "dry-run"]
+NO_SUMMARY = "(no summary given)"
+"""What an LLM task's summary reads when the model called `finish` with an empty one."""
 
 
 class TaskOutcome(BaseModel):
@@ -278,7 +280,7 @@ def outcome_from_loop(
     if result.ended_by == "cancelled":
         status = "cancelled"
     elif result.ended_by == "finish" and not result.success:
-        message = f"the model finished without success: {result.summary}"
+        message = f"the model finished without success: {result.summary or NO_SUMMARY}"
     return TaskOutcome(
         task_id=task.id,
         agent=task.agent,
@@ -299,7 +301,7 @@ def outcome_from_loop(
         output_tokens=result.output_tokens,
         model_seconds=result.model_seconds,
         cost=result.cost(settings.price_per_million_tokens),
-        summary=result.summary if result.ended_by == "finish" else None,
+        summary=(result.summary or NO_SUMMARY) if result.ended_by == "finish" else None,
     )
 
 

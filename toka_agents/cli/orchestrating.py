@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from cyclopts import Parameter, validators
+from pydantic import ValidationError
 
 from toka_agents import planning, text
 from toka_agents.api import RunResult, run_plan
@@ -28,6 +29,7 @@ from toka_agents.cli.rendering import (
     print_warnings,
     print_where,
 )
+from toka_agents.config.fragments import issues_from_validation
 from toka_agents.config.models import LlmOverrides
 from toka_agents.orchestration.flow import RunOptions
 
@@ -62,6 +64,13 @@ def orchestrate(
         str | None,
         Parameter(help="The provider's API root for this run, e.g. http://localhost:11434/v1."),
     ] = None,
+    llm_timeout: Annotated[
+        str | None,
+        Parameter(
+            help="The limit of one model request for this run, e.g. 10m (a slow local model "
+            "needs more than the default 2m)."
+        ),
+    ] = None,
     resume: Annotated[
         str | None,
         Parameter(
@@ -80,13 +89,21 @@ def orchestrate(
     if llm_model == "" or llm_base_url == "":
         err.print("--llm-model and --llm-base-url cannot be empty", markup=False)
         return 1
+    try:
+        overrides = LlmOverrides(
+            provider=llm_provider, model=llm_model, base_url=llm_base_url, timeout=llm_timeout
+        )
+    except ValidationError as exc:
+        for issue in issues_from_validation(exc, "<command line>"):
+            err.print(f"--llm-{issue.path}: {text.visible(issue.message)}", markup=False)
+        return 1
     checked = planning.validate(
         paths,
         conditions=conditions,
         optional_dependencies=optional_dependencies,
         max_concurrent_agents=max_concurrent_agents,
         allow_unsandboxed=allow_unsandboxed or None,
-        llm_overrides=LlmOverrides(provider=llm_provider, model=llm_model, base_url=llm_base_url),
+        llm_overrides=overrides,
     )
     print_warnings(checked)
     if checked.plan is None:

@@ -259,6 +259,7 @@ class LlmOverrides(_Model):
     base_url: str | None = None
     api_key_env: str | None = None
     api_key_secret: str | None = None
+    timeout: Duration | None = Field(None, description="Limit of one request, for this run.")
 
     def over(self, settings: LlmSettings | None) -> LlmSettings | None:
         """`settings` with these overrides applied; None when neither says which model."""

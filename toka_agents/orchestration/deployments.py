@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
 from toka_agents.config import load
+from toka_agents.config.limits import at_most_timeout, parse_duration
 from toka_agents.config.models import LlmOverrides
 from toka_agents.errors import ConfigError, ConfigIssue, TokaError, one_line
 from toka_agents.orchestration import reporting
@@ -125,6 +126,14 @@ def orchestrate(
         str,
         _form("LLM base URL", "The provider's API address (http or https). Empty: the config's."),
     ] = "",
+    llm_timeout: Annotated[
+        str,
+        _form(
+            "LLM timeout",
+            "The limit of one model request: 30s, 10m (at most 30d). A slow local model needs "
+            "more than the default 2m. Empty: the config's.",
+        ),
+    ] = "",
     llm_api_key_secret: Annotated[
         str,
         _form(
@@ -196,6 +205,7 @@ class RunForm(BaseModel):
     llm_provider: Literal["config", "openai", "anthropic"]
     llm_model: str
     llm_base_url: str
+    llm_timeout: str
     llm_api_key_secret: str
 
     @classmethod
@@ -224,6 +234,11 @@ class RunForm(BaseModel):
             issues.append(
                 _issue("llm_base_url", self.llm_base_url, "not an http:// or https:// address")
             )
+        if self.llm_timeout:
+            try:
+                at_most_timeout(parse_duration(self.llm_timeout))
+            except ValueError as exc:
+                issues.append(_issue("llm_timeout", self.llm_timeout, str(exc)))
         if self.llm_api_key_secret and not _BLOCK_NAME.match(self.llm_api_key_secret):
             issues.append(
                 _issue(
@@ -245,6 +260,7 @@ class RunForm(BaseModel):
             model=self.llm_model or None,
             base_url=self.llm_base_url or None,
             api_key_secret=self.llm_api_key_secret or None,
+            timeout=self.llm_timeout or None,
         )
 
 
