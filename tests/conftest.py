@@ -29,7 +29,7 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"
 
 import pytest  # noqa: E402
-from support import MB, sandbox_spec, start_prefect_server, stop_process_group  # noqa: E402, F401
+from support import sandbox_spec, start_prefect_server, stop_process_group  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "flows" / "examples"

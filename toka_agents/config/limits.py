@@ -33,8 +33,6 @@ _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 _TIME_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _TIME = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
 
-T = TypeVar("T", int, float)
-
 DEFAULT_WORKSPACE_LIMIT = 1024**3
 """Bytes a run's workspace may hold unless `limits.workspace` says otherwise (1GB)."""
 
@@ -149,6 +147,9 @@ def format_seconds(seconds: float | None) -> str:
         if seconds >= factor and seconds % factor == 0:
             return f"{seconds / factor:.0f}{unit}"
     return f"{seconds:.3g}s"
+
+
+T = TypeVar("T", int, float)
 
 
 def _at_most(bound: float, what: str, shown: Callable[[Any], str], why: str) -> Callable[[T], T]:

@@ -89,7 +89,7 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
         return reporting.refused_state(refusal)  # type: ignore[return-value]
     workspace, sandbox, sandbox_error = None, None, None
     labels = {RUN_LABEL: str(flow_run.id)}
-    user = run_user(str(flow_run.id))
+    client = None
     if not options.dry_run and plan.tasks:  # LLM tasks' tools run in the sandbox too
         try:
             # Not checked here: each call asks the engine, so a task's retries can outlive an outage.
@@ -99,12 +99,12 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
                     "Removed %d sandbox container(s) left by toka-agents processes that were killed",
                     len(orphans),
                 )
-            user = run_user(str(flow_run.id), client, label=RUN_LABEL)
-            labels[LABEL_USER] = user
-            sandbox = Sandbox(client, labels, pool_size=plan.pool_size)
         except SandboxError as exc:
-            sandbox_error = str(exc)
+            client, sandbox_error = None, str(exc)
             logger.error("%s", one_line(exc))
+    user = run_user(str(flow_run.id), client, label=RUN_LABEL)
+    if client is not None:
+        sandbox = Sandbox(client, {**labels, LABEL_USER: user}, pool_size=plan.pool_size)
     if not options.dry_run:
         name = resuming.workspace_name(plan.name, flow_run.id, options.workspace_root, datetime.now(UTC))
         try:
