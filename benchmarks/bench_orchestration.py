@@ -49,6 +49,7 @@ import tracemalloc  # noqa: E402
 from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TypeVar  # noqa: E402
 from uuid import UUID  # noqa: E402
 
 import yaml  # noqa: E402
@@ -91,6 +92,7 @@ from toka_agents.sandbox import (  # noqa: E402
     create_workspace,
 )
 
+T = TypeVar("T")
 PRIORITIES = ("critical", "high", "medium", "medium", "low")  # medium is the commonest
 PLAN_ROUNDS = 5
 PLAN_TARGET_SECONDS = 1.0
@@ -190,16 +192,20 @@ class PlanSize:
         return self.peak_bytes / self.tasks
 
 
-def median_seconds(action: Callable[[], object]) -> float:
-    """The median time of the action over the rounds, each after a full garbage collection
-    so that no round pays for the garbage of what ran before it."""
-    times = []
+def timed_rounds(first: Callable[[], T], then: Callable[[T], object]) -> tuple[list[float], list[float]]:
+    """The seconds of `first()` and of `then` on its result in each of the rounds, every round
+    after a full garbage collection so that no round pays for the garbage of what ran before it."""
+    firsts, thens = [], []
     for _ in range(PLAN_ROUNDS):
         gc.collect()
         started = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        result = first()
+        first_done = time.perf_counter()
+        then(result)
+        firsts.append(first_done - started)
+        thens.append(time.perf_counter() - first_done)
+        del result
+    return firsts, thens
 
 
 def load_and_collect_seconds(path: Path) -> tuple[float, float]:
@@ -207,16 +213,7 @@ def load_and_collect_seconds(path: Path) -> tuple[float, float]:
 
     Loading pauses the cyclic collector (its objects hold no cycles), so the collection it
     would have run meanwhile is left for later: shown apart, so that no cost goes unseen."""
-    loads, collections = [], []
-    for _ in range(PLAN_ROUNDS):
-        gc.collect()
-        started = time.perf_counter()
-        loaded = toka_agents.load(path)
-        loaded_at = time.perf_counter()
-        gc.collect()
-        loads.append(loaded_at - started)
-        collections.append(time.perf_counter() - loaded_at)
-        del loaded
+    loads, collections = timed_rounds(lambda: toka_agents.load(path), lambda _loaded: gc.collect())
     return statistics.median(loads), statistics.median(collections)
 
 
@@ -225,15 +222,9 @@ def measure_size(agents: int, tasks_per_agent: int, directory: Path) -> PlanSize
     load_seconds, collect_seconds = load_and_collect_seconds(path)
     orchestration = toka_agents.load(path)
 
-    plan_times, compile_times = [], []
-    for _ in range(PLAN_ROUNDS):
-        gc.collect()
-        started = time.perf_counter()
-        planned = toka_agents.plan(orchestration)
-        planned_at = time.perf_counter()
-        toka_agents.compile_flow(planned)
-        plan_times.append(planned_at - started)
-        compile_times.append(time.perf_counter() - planned_at)
+    plan_times, compile_times = timed_rounds(
+        lambda: toka_agents.plan(orchestration), toka_agents.compile_flow
+    )
 
     gc.collect()
     tracemalloc.start()

@@ -7,18 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from toka_agents.llm import wire
+from toka_agents.llm import messages, wire
 from toka_agents.llm.errors import MalformedReply
-from toka_agents.llm.messages import (
-    AssistantMessage,
-    Message,
-    ModelReply,
-    SystemMessage,
-    ToolCall,
-    ToolMessage,
-    ToolSpec,
-    UserMessage,
-)
 from toka_agents.llm.replies import field, mapping, token_count
 
 NAME = "anthropic"
@@ -33,32 +23,28 @@ def headers(api_key: str | None) -> dict[str, str]:
     return wire.headers(api_key, **{"anthropic-version": API_VERSION})
 
 
-def request_body(
-    *,
-    model: str,
-    messages: Sequence[Message],
-    tools: Sequence[ToolSpec],
-    max_tokens: int,
-    temperature: float | None,
-) -> dict[str, Any]:
-    body = wire.body_start(model=model, max_tokens=max_tokens, temperature=temperature)
-    system = "\n\n".join(m.content for m in messages if isinstance(m, SystemMessage) and m.content)
+def request_body(request: wire.Request) -> dict[str, Any]:
+    body = wire.body_start(request)
+    system = "\n\n".join(
+        m.content for m in request.messages if isinstance(m, messages.SystemMessage) and m.content
+    )
     if system:
         body["system"] = system
-    body["messages"] = _turns(messages)
-    if tools:
+    body["messages"] = _turns(request.messages)
+    if request.tools:
         body["tools"] = [
-            {"name": t.name, "description": t.description, "input_schema": t.parameters} for t in tools
+            {"name": t.name, "description": t.description, "input_schema": t.parameters}
+            for t in request.tools
         ]
         body["tool_choice"] = {"type": "auto"}
     return body
 
 
-def _turns(messages: Sequence[Message]) -> list[dict[str, Any]]:
+def _turns(conversation: Sequence[messages.Message]) -> list[dict[str, Any]]:
     """User and assistant turns of content blocks; neighbours of one role become one turn,
     so tool results and a following user note travel together, as the API wants them."""
     turns: list[dict[str, Any]] = []
-    for message in messages:
+    for message in conversation:
         role, blocks = _blocks(message)
         if not blocks:
             continue
@@ -69,13 +55,13 @@ def _turns(messages: Sequence[Message]) -> list[dict[str, Any]]:
     return turns
 
 
-def _blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
+def _blocks(message: messages.Message) -> tuple[str, list[dict[str, Any]]]:
     match message:
-        case SystemMessage():
+        case messages.SystemMessage():
             return "system", []
-        case UserMessage():
+        case messages.UserMessage():
             return "user", [{"type": "text", "text": message.content}] if message.content else []
-        case AssistantMessage():
+        case messages.AssistantMessage():
             # The API refuses empty text blocks.
             blocks: list[dict[str, Any]] = (
                 [{"type": "text", "text": message.content}] if message.content else []
@@ -85,7 +71,7 @@ def _blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
                 for call in message.tool_calls
             ]
             return "assistant", blocks
-        case ToolMessage():
+        case messages.ToolMessage():
             result: dict[str, Any] = {
                 "type": "tool_result",
                 "tool_use_id": message.tool_call_id,
@@ -97,7 +83,7 @@ def _blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
     raise TypeError(f"not a message: {message!r}")
 
 
-def parse_reply(data: Any) -> ModelReply:
+def parse_reply(data: Any) -> messages.ModelReply:
     """The model's answer in a decoded response body; `MalformedReply` names what is missing."""
     reply = mapping(data, "the response body")
     usage = mapping(field(reply, "usage", "the response"), "usage")
@@ -115,7 +101,7 @@ def parse_reply(data: Any) -> ModelReply:
     if not isinstance(content, list):
         raise MalformedReply("missing field", "`content` is not a list of blocks", **spent)
     texts: list[str] = []
-    calls: list[ToolCall] = []
+    calls: list[messages.ToolCall] = []
     for i, raw in enumerate(content):
         block = mapping(raw, f"content[{i}]", **spent)
         kind = block.get("type")
@@ -131,14 +117,14 @@ def parse_reply(data: Any) -> ModelReply:
                     **spent,
                 )
             calls.append(
-                ToolCall(
+                messages.ToolCall(
                     id=str(field(block, "id", f"content[{i}]", **spent)),
                     name=str(name),
                     arguments=arguments,
                 )
             )
         # Other blocks (thinking, ...) say nothing the loop acts on.
-    return ModelReply(
+    return messages.ModelReply(
         text="\n".join(t for t in texts if t),
         tool_calls=tuple(calls),
         stop_reason=reply.get("stop_reason"),

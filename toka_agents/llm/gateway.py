@@ -29,6 +29,7 @@ from toka_agents.config.models import LlmSettings
 from toka_agents.llm import anthropic, openai
 from toka_agents.llm.errors import LlmCancelled, LlmError, MalformedReply
 from toka_agents.llm.messages import Message, ModelReply, ToolSpec
+from toka_agents.llm.wire import Request
 
 logger = logging.getLogger(__name__)
 
@@ -57,15 +58,7 @@ class WireFormat(Protocol):
 
     def headers(self, api_key: str | None) -> dict[str, str]: ...
 
-    def request_body(
-        self,
-        *,
-        model: str,
-        messages: Sequence[Message],
-        tools: Sequence[ToolSpec],
-        max_tokens: int,
-        temperature: float | None,
-    ) -> dict[str, Any]: ...
+    def request_body(self, request: Request) -> dict[str, Any]: ...
 
     def parse_reply(self, data: Any) -> ModelReply: ...
 
@@ -196,13 +189,14 @@ class Gateway:
         refuses the request or retries run out, `LlmCancelled` when cancelled.
         """
         key = self._api_key.get_secret_value() if self._api_key else None
-        body = self.wire.request_body(
+        request = Request(
             model=self.settings.model or "",
             messages=messages,
             tools=tools,
             max_tokens=self.settings.max_tokens,
             temperature=self.settings.temperature,
         )
+        body = self.wire.request_body(request)
         content = json.dumps(body).encode()
         estimate = estimated_tokens(len(content), self.settings.max_tokens)
         headers = {"User-Agent": "toka-agents", **self.wire.headers(key)}

@@ -16,6 +16,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
@@ -192,29 +193,22 @@ def run_loop(
         return loop.result(False, f"sandbox error: {exc}", "sandbox_error", secrets)
 
 
+@dataclass
 class _Loop:
     """The loop's running state: the conversation, counts, and the steps through the runner."""
 
-    def __init__(
-        self,
-        brief: TaskBrief,
-        complete: Complete,
-        toolbox: Toolbox,
-        runner: StepRunner,
-        cancel: threading.Event,
-    ) -> None:
-        self.brief = brief
-        self.complete = complete
-        self.toolbox = toolbox
-        self.runner = runner
-        self.cancel = cancel
-        self.messages: list[Message] = []
-        self.steps = 0
-        self.tool_counts: dict[str, int] = {}
-        self.tool_calls = 0
-        self.input_tokens = 0
-        self.output_tokens = 0
-        self.model_seconds = 0.0
+    brief: TaskBrief
+    complete: Complete
+    toolbox: Toolbox
+    runner: StepRunner
+    cancel: threading.Event
+    messages: list[Message] = field(default_factory=list)
+    steps: int = 0
+    tool_counts: dict[str, int] = field(default_factory=dict)
+    tool_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    model_seconds: float = 0.0
 
     @property
     def tokens(self) -> int:

@@ -7,21 +7,10 @@ Builds the request (native `tools`, `tool_choice: "auto"`) and reads the reply
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
-from toka_agents.llm import wire
+from toka_agents.llm import messages, wire
 from toka_agents.llm.errors import MalformedReply
-from toka_agents.llm.messages import (
-    AssistantMessage,
-    Message,
-    ModelReply,
-    SystemMessage,
-    ToolCall,
-    ToolMessage,
-    ToolSpec,
-    UserMessage,
-)
 from toka_agents.llm.replies import field, mapping, token_count
 
 NAME = "openai"
@@ -34,34 +23,27 @@ def headers(api_key: str | None) -> dict[str, str]:
     return wire.headers(api_key)
 
 
-def request_body(
-    *,
-    model: str,
-    messages: Sequence[Message],
-    tools: Sequence[ToolSpec],
-    max_tokens: int,
-    temperature: float | None,
-) -> dict[str, Any]:
-    body = wire.body_start(model=model, max_tokens=max_tokens, temperature=temperature)
-    body["messages"] = [_message(message) for message in messages]
-    if tools:
+def request_body(request: wire.Request) -> dict[str, Any]:
+    body = wire.body_start(request)
+    body["messages"] = [_message(message) for message in request.messages]
+    if request.tools:
         body["tools"] = [
             {
                 "type": "function",
                 "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
             }
-            for t in tools
+            for t in request.tools
         ]
         # Some servers (llama-cpp-python) accept no other choice than "auto" or a named function.
         body["tool_choice"] = "auto"
     return body
 
 
-def _message(message: Message) -> dict[str, Any]:
+def _message(message: messages.Message) -> dict[str, Any]:
     match message:
-        case SystemMessage() | UserMessage():
+        case messages.SystemMessage() | messages.UserMessage():
             return {"role": message.role, "content": message.content}
-        case AssistantMessage():
+        case messages.AssistantMessage():
             # Never null content: llama-cpp-python's server refuses an assistant message with it.
             sent: dict[str, Any] = {"role": "assistant", "content": message.content}
             if message.tool_calls:
@@ -74,14 +56,14 @@ def _message(message: Message) -> dict[str, Any]:
                     for call in message.tool_calls
                 ]
             return sent
-        case ToolMessage():
+        case messages.ToolMessage():
             # The format has no error flag for a tool result; say it in the content.
             content = f"error: {message.content}" if message.is_error else message.content
             return {"role": "tool", "tool_call_id": message.tool_call_id, "content": content}
     raise TypeError(f"not a message: {message!r}")
 
 
-def parse_reply(data: Any) -> ModelReply:
+def parse_reply(data: Any) -> messages.ModelReply:
     """The model's answer in a decoded response body; `MalformedReply` names what is missing."""
     reply = mapping(data, "the response body")
     usage = mapping(field(reply, "usage", "the response"), "usage")
@@ -98,7 +80,7 @@ def parse_reply(data: Any) -> ModelReply:
     calls = message.get("tool_calls") or []
     if not isinstance(calls, list):
         raise MalformedReply("missing field", "`tool_calls` is not a list", **spent)
-    return ModelReply(
+    return messages.ModelReply(
         text=text,
         tool_calls=tuple(_tool_call(call, i, spent) for i, call in enumerate(calls)),
         stop_reason=choice.get("finish_reason"),
@@ -115,7 +97,7 @@ def _text(content: Any) -> str:
     return ""
 
 
-def _tool_call(raw: Any, index: int, spent: dict[str, int]) -> ToolCall:
+def _tool_call(raw: Any, index: int, spent: dict[str, int]) -> messages.ToolCall:
     where = f"tool_calls[{index}]"
     call = mapping(raw, where, **spent)
     function = mapping(field(call, "function", where, **spent), f"{where}.function", **spent)
@@ -135,4 +117,6 @@ def _tool_call(raw: Any, index: int, spent: dict[str, int]) -> ToolCall:
             "bad arguments", f"the arguments of tool call {name!r} are not a JSON object", **spent
         )
     # Servers that give no id check none; the result needs one all the same.
-    return ToolCall(id=str(call.get("id") or f"call_{index}"), name=str(name), arguments=arguments)
+    return messages.ToolCall(
+        id=str(call.get("id") or f"call_{index}"), name=str(name), arguments=arguments
+    )

@@ -312,13 +312,14 @@ def _deployment(
     name: str,
     cron: str | None,
     interval: float | timedelta | None,
-    rrule: str | None,
     parameters: Mapping[str, Any] | None,
-    paused: bool,
-    work_pool: str | None,
+    rrule: str | None = None,
+    paused: bool = False,
+    work_pool: str | None = None,
 ) -> RunnerDeployment:
     """A deployment of `orchestrate` with `paths` (made absolute) as its config paths,
-    after checking the name, the schedule, the parameters and the configs themselves."""
+    after checking the name, the schedule, the parameters and the configs themselves.
+    Without a work pool, it is one to serve from this process."""
     if not name or not name.strip() or "/" in name:
         raise TokaError(f"deployment name {name!r}: give a name without '/'")
     schedules = _schedules(cron, interval, rrule)
@@ -374,8 +375,8 @@ def deploy(
         name=name,
         cron=cron,
         interval=interval,
-        rrule=rrule,
         parameters=parameters,
+        rrule=rrule,
         paused=paused,
         work_pool=work_pool,
     )
@@ -411,16 +412,7 @@ def serve(
     """Serve the deployment `toka-orchestrate/<name>` from this process, without a work pool
     (Prefect's `serve`): it runs the deployment's scheduled runs and the runs started from the
     UI or with `prefect deployment run`, until the process is stopped (Ctrl-C, SIGTERM)."""
-    deployment = _deployment(
-        paths,
-        name=name,
-        cron=cron,
-        interval=interval,
-        rrule=None,
-        parameters=parameters,
-        paused=False,
-        work_pool=None,
-    )
+    deployment = _deployment(paths, name=name, cron=cron, interval=interval, parameters=parameters)
     from prefect import serve as prefect_serve
 
     prefect_serve(deployment)

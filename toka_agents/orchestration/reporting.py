@@ -217,26 +217,35 @@ class RunReport:
     def task_event(self, outcome: TaskOutcome) -> None:
         """`toka.task.completed|failed|cancelled`, with everything the task used measured in
         its payload (None where nothing was measured, as for a task that never started)."""
-        emit_event(
-            event=f"toka.task.{outcome.status}",
-            resource={
-                "prefect.resource.id": f"toka.task.{self.plan.name}.{outcome.task_id}",
-                "prefect.resource.name": outcome.task_id,
-                "toka.agent": outcome.agent,
-            },
+        self._emit(
+            "task",
+            outcome.task_id,
+            outcome.status,
             payload=task_figures(outcome),
+            labels={"toka.agent": outcome.agent},
         )
 
     def agent_finished(self, agent: PlannedAgent, status: str, message: str) -> None:
-        emit_event(
-            event=f"toka.agent.{status}",
-            resource={
-                "prefect.resource.id": f"toka.agent.{self.plan.name}.{agent.name}",
-                "prefect.resource.name": agent.name,
-                "toka.workstream": agent.workstream,
-                "toka.priority": agent.priority,
-            },
+        self._emit(
+            "agent",
+            agent.name,
+            status,
             payload={"message": message, "tasks": len(agent.tasks)},
+            labels={"toka.workstream": agent.workstream, "toka.priority": agent.priority},
+        )
+
+    def _emit(
+        self, kind: str, name: str, status: str, *, payload: dict[str, Any], labels: dict[str, str]
+    ) -> None:
+        """The event `toka.<kind>.<status>` about the resource `toka.<kind>.<plan>.<name>`."""
+        emit_event(
+            event=f"toka.{kind}.{status}",
+            resource={
+                "prefect.resource.id": f"toka.{kind}.{self.plan.name}.{name}",
+                "prefect.resource.name": name,
+                **labels,
+            },
+            payload=payload,
         )
 
     def finish(self, outcomes: Iterable[TaskOutcome]) -> None:
