@@ -31,6 +31,9 @@ os.environ["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"
 import pytest  # noqa: E402
 from support import sandbox_spec, start_prefect_server, stop_process_group  # noqa: E402
 
+pytest_plugins = ["own_runs"]
+"""Its `no_leftover_run_containers` fixture, for the modules that start runs, without an import."""
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "flows" / "examples"
 TOKA = str(Path(sys.executable).with_name("toka"))
@@ -224,6 +227,18 @@ def run_prefect(
         timeout=timeout,
         cwd=cwd,
         env={**os.environ, "PREFECT_API_URL": api, "PWD": str(cwd)},
+    )
+
+
+def start_toka(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """The real `toka` command in a subprocess of its own, its output piped, left running."""
+    return subprocess.Popen(
+        [TOKA, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
     )
 
 

@@ -12,10 +12,11 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import docker
@@ -36,6 +37,20 @@ THIS_SESSION = f"session-{uuid.uuid4().hex[:12]}"
 
 START_DEADLINE = 120.0
 """Seconds a run may take to start its first container: SQLite's 503 retries can delay it."""
+
+
+PAGE = 200
+"""The most records one of Prefect's `read_*` calls returns."""
+
+
+def read_all(read: Callable[..., list[Any]], **query: Any) -> list[Any]:
+    """Every record a Prefect `read_*` call finds for `query`, page by page."""
+    found: list[Any] = []
+    while True:
+        page = read(**query, limit=PAGE, offset=len(found))
+        found += page
+        if len(page) < PAGE:
+            return found
 
 
 def run_containers(docker_client, flow_run_id: UUID | str) -> list[str]:
@@ -171,7 +186,7 @@ def _is_flow_run_of_this_session(client, flow_run_id: str) -> bool:
 
 
 @pytest.fixture
-def no_leftover_containers(docker_client, prefect_api) -> Iterator[None]:
+def no_leftover_run_containers(docker_client, prefect_api) -> Iterator[None]:
     """Fails the test if a run of this session, or a container a test parked, is left behind.
 
     Scoped to this session's own containers: its Prefect server knows only its own flow runs,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from conftest import write_config
-from own_runs import no_leftover_containers, run_containers  # noqa: F401 (this module's leak check)
+from own_runs import run_containers
 
-pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
+pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
 
 SECRET = "host-secret-" + uuid.uuid4().hex
 

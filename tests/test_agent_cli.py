@@ -14,19 +14,13 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 import pytest
-from conftest import REPO, TOKA, run_toka, write_config
-from own_runs import (  # noqa: F401 (no_leftover_containers: this module's leak check)
-    flow_run_id_of,
-    no_leftover_containers,
-    remove_run_containers,
-    run_containers,
-    wait_for_running_container,
-)
+from conftest import REPO, TOKA, run_toka, start_toka, write_config
+from own_runs import flow_run_id_of, remove_run_containers, run_containers, wait_for_running_container
 from prefect import get_client
 from support import process_pool
 from test_flows import LONG_TASK, task_runs, unique
 
-pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
+pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
 
 STOP_BOUND = 5.0
 """Seconds within which a stopped run's containers must be gone (a broken stop: 10 minutes)."""
@@ -176,14 +170,7 @@ def stop_and_see_containers_go(
 ) -> tuple[subprocess.Popen[str], datetime | None]:
     """Start `toka agent stop`, and return it with the moment the run's containers were all
     gone (None if some outlived two minutes), watched while the stop runs."""
-    stopping = subprocess.Popen(
-        [TOKA, "agent", "stop", str(flow_run_id)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
+    stopping = start_toka("agent", "stop", str(flow_run_id), env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if not run_containers(docker_client, flow_run_id):
@@ -198,26 +185,12 @@ def test_monitor_follows_a_running_run_and_stop_removes_its_containers_within_5s
     name = unique("stop-me")
     path = write_config(tmp_path, LONG_TASK.format(name=name))
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
-    running = subprocess.Popen(
-        [TOKA, "orchestrate", str(path), "--workspace-dir", str(tmp_path / "runs")],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
+    running = start_toka("orchestrate", str(path), "--workspace-dir", str(tmp_path / "runs"), env=env)
     flow_run_id = None
     monitor = stopping = None
     try:
         flow_run_id = flow_run_id_of(name)
-        monitor = subprocess.Popen(
-            [TOKA, "agent", "monitor", str(flow_run_id)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
-        )
+        monitor = start_toka("agent", "monitor", str(flow_run_id), env=env)
         wait_for_running_container(docker_client, flow_run_id)
         stopping, gone_at = stop_and_see_containers_go(docker_client, flow_run_id, env)
         stop_out, stop_err = stopping.communicate(timeout=60)

@@ -12,19 +12,12 @@ from uuid import UUID
 
 import pytest
 from conftest import run_toka, write_config
-from own_runs import (  # noqa: F401 (no_leftover_containers: this module's leak check)
-    flow_run_id_of,
-    no_leftover_containers,
-    remove_run_containers,
-    seconds_until_gone,
-    signal_mid_run,
-    wait_for_running_container,
-)
-from test_flows import GONE_WITHIN, LONG_TASK, task_runs, unique
+from own_runs import signal_mid_run
+from test_flows import GONE_WITHIN, LONG_TASK, agents_running, task_runs, unique
 
 from toka_agents.orchestration.flow import RUN_LABEL
 
-pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
+pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
 
 
 def orchestrate(prefect_api: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -137,24 +130,14 @@ print("company:", " ".join(company) or "none")
 
 
 def test_max_concurrent_agents_overrides_the_configs_bound(tmp_path, prefect_api):
-    (tmp_path / "look.py").write_text(textwrap.dedent(LOOK_FOR_COMPANY))
-    agents = "".join(
-        f"""
-  - name: {name}
-    capabilities: [filesystem-write]
-    tasks: [{{name: look, code: {{language: python, file: look.py}}}}]"""
-        for name in ("a", "b", "c")
-    )
-    path = write_config(
-        tmp_path, f"name: {unique('bounded')}\nmax_concurrent_agents: 3\nagents:{agents}\n"
-    )
+    path = agents_running(tmp_path, LOOK_FOR_COMPANY, ["a", "b", "c"], bound=3, name=unique("bounded"))
     result = orchestrate(
         prefect_api, str(path), "--max-concurrent-agents", "1", "--workspace-dir", str(tmp_path / "runs")
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
     runs = sorted(task_runs(flow_run_of(result.stdout)).values(), key=lambda r: r.start_time)
-    assert sorted(r.name for r in runs) == ["a/look", "b/look", "c/look"]
+    assert sorted(r.name for r in runs) == ["a/run", "b/run", "c/run"]
     for earlier, later in zip(runs, runs[1:], strict=False):
         assert later.start_time >= earlier.end_time, f"{earlier.name} and {later.name} overlapped"
 

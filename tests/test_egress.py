@@ -8,78 +8,35 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 from conftest import write_config
-from own_runs import TEST_LABEL, THIS_SESSION, no_leftover_containers, run_containers  # noqa: F401
+from own_runs import TEST_LABEL, THIS_SESSION, run_containers
+from token_servers import TokenServer, token_servers
 
 from toka_agents import run, validate
 from toka_agents.orchestration.flow import RUN_LABEL
 from toka_agents.sandbox import remove_orphans
 from toka_agents.sandbox.egress import LABEL_EGRESS
 
-runs_containers = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
-
-
-@dataclass(frozen=True)
-class Server:
-    host: str
-    address: str
-    token: str
+runs_containers = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
 
 
 @dataclass(frozen=True)
 class Servers:
     network: str
-    listed: Server
-    unlisted: Server
+    listed: TokenServer
+    unlisted: TokenServer
 
 
 @pytest.fixture
 def servers(docker_client, sandbox_image) -> Iterator[Servers]:
-    """A Docker network of this test's own with no way out, and two HTTP server containers on
-    it, each serving one file that holds a token nobody else knows."""
-    suffix = uuid.uuid4().hex[:8]
-    name = f"toka-test-egress-{suffix}"
-    network = docker_client.networks.create(name, internal=True, labels={TEST_LABEL: THIS_SESSION})
-    started = []
-    try:
-        for role in ("listed", "unlisted"):
-            token = uuid.uuid4().hex
-            serve = (
-                f"mkdir /tmp/site && echo {token} > /tmp/site/token.txt && "
-                "exec python3 -u -m http.server 8000 --directory /tmp/site"
-            )
-            container = docker_client.containers.run(
-                sandbox_image,
-                ["sh", "-c", serve],
-                name=f"toka-test-{role}-{suffix}",
-                detach=True,
-                network=name,
-                user="10001:10001",
-                labels={TEST_LABEL: THIS_SESSION},  # not a toka-agents container: removed below
-            )
-            started.append((container, token))
-        found = []
-        for container, token in started:
-            deadline = time.monotonic() + 30
-            while b"Serving HTTP" not in container.logs():
-                assert time.monotonic() < deadline, (
-                    f"the HTTP server did not start: {container.logs()!r}"
-                )
-                time.sleep(0.1)
-            container.reload()
-            address = container.attrs["NetworkSettings"]["Networks"][name]["IPAddress"]
-            found.append(Server(host=container.name, address=address, token=token))
-        yield Servers(network=name, listed=found[0], unlisted=found[1])
-    finally:
-        for container, _ in started:
-            container.remove(force=True)
-        network.remove()
+    """Two token servers on a network of this test's own: one the config lists, one it does not."""
+    with token_servers(docker_client, sandbox_image, ("listed", "unlisted")) as (listed, unlisted):
+        yield Servers(network=listed.network, listed=listed, unlisted=unlisted)
 
 
 PROBE = """

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
 import re
 import socket
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
-from conftest import REPO, TOKA, _drain_prefect_workers, write_config
+from conftest import _drain_prefect_workers, start_toka, write_config
 from prefect import get_client
 from prefect.client.schemas.filters import (
     FlowFilter,
@@ -172,14 +171,10 @@ RETRY_DELAY = 8
 
 def orchestrate_on(engine: SecondEngine, config: Path, api: str, **env: str) -> subprocess.Popen[str]:
     """`toka orchestrate` in a process of its own, its DOCKER_HOST the second engine."""
-    return subprocess.Popen(
-        [TOKA, "orchestrate", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
+    return start_toka(
+        "orchestrate",
+        str(config),
         env={
-            **os.environ,
             "DOCKER_HOST": engine.url,
             "PREFECT_API_URL": api,
             "PREFECT_TASKS_DEFAULT_RETRY_DELAY_SECONDS": str(RETRY_DELAY),
@@ -339,7 +334,9 @@ def test_an_engine_down_when_the_run_starts_fails_the_attempt_and_the_retry_reac
     assert run.returncode == 0, stdout + stderr
     [failed] = retried(stderr, "patient/work")
     # Said once, not wrapped in what the sandbox was doing when it found out.
-    assert failed.startswith(f"sandbox error: Docker engine not reachable at {second_engine.url}: "), failed
+    assert failed.startswith(f"sandbox error: Docker engine not reachable at {second_engine.url}: "), (
+        failed
+    )
     states = attempts(flow_run_id_of(stdout), "patient/work")
     assert [state for state in states if state in ("AwaitingRetry", "Completed")] == [
         "AwaitingRetry",

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import write_config
-from own_runs import flow_events, no_leftover_containers  # noqa: F401 (this module's leak check)
+from own_runs import flow_events
 
 from toka_agents import run
 
-pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
+pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
 
 
 def agent_events(flow_run_id: uuid.UUID, since: datetime, expected: int) -> list:

@@ -13,9 +13,8 @@ from uuid import UUID
 
 import pytest
 from conftest import EXAMPLES, QUICKSTART_TASKS, run_toka, write_config
-from own_runs import (  # noqa: F401 (no_leftover_containers: this module's leak check)
+from own_runs import (
     flow_run_id_of,
-    no_leftover_containers,
     remove_run_containers,
     seconds_until_gone,
     signal_mid_run,
@@ -28,7 +27,7 @@ from prefect.states import Cancelling
 
 from toka_agents import orchestrate, run
 
-pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
+pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
 
 
 def task_runs(flow_run_id: UUID) -> dict[str, TaskRun]:
@@ -219,17 +218,19 @@ def test_config_limits_reach_the_container(tmp_path, workspace_root):
     assert pids == "40"
 
 
-def agents_running(tmp_path: Path, script: str, names: list[str], bound: int) -> Path:
+def agents_running(
+    tmp_path: Path, script: str, names: list[str], bound: int, name: str = "together"
+) -> Path:
     """A config of independent agents that all run `script` (a Python file)."""
     (tmp_path / "script.py").write_text(textwrap.dedent(script))
     agents = "".join(
         f"""
-  - name: {name}
+  - name: {agent}
     capabilities: [filesystem-write]
     tasks: [{{name: run, code: {{language: python, file: script.py}}}}]"""
-        for name in names
+        for agent in names
     )
-    return write_config(tmp_path, f"name: together\nmax_concurrent_agents: {bound}\nagents:{agents}\n")
+    return write_config(tmp_path, f"name: {name}\nmax_concurrent_agents: {bound}\nagents:{agents}\n")
 
 
 def test_independent_agents_run_concurrently(tmp_path, workspace_root):

@@ -21,7 +21,6 @@ from conftest import run_toka, write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from llm_server import Fault, scripted_server
-from own_runs import no_leftover_containers  # noqa: F401 (the end-to-end tests' leak check)
 from prefect.client.schemas.objects import FlowRun, TaskRun
 from prefect.states import Completed, Failed
 from rich.console import Console
@@ -126,8 +125,11 @@ def file_names() -> st.SearchStrategy[str]:
             encoded = name.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
             return False
-        return b"/" not in encoded and b"\0" not in encoded and name not in (".", "..") and (
-            0 < len(encoded) <= 255
+        return (
+            b"/" not in encoded
+            and b"\0" not in encoded
+            and name not in (".", "..")
+            and (0 < len(encoded) <= 255)
         )
 
     return hostile.filter(makeable)
@@ -212,7 +214,9 @@ def test_agent_list_shows_task_run_text_literally(value: str, state_name: str) -
     state = Failed(message=value) if state_name == "Failed" else Completed(message=value)
     found = TaskRun(name=f"{value}/{value}", task_key="k", dynamic_key="0", state=state)
     for latest in ({value: watching.LatestRun(found)}, {value: None}):
-        print_each_way(lambda console, latest=latest: console.print(cli.agents_table(plan, latest)), value)
+        print_each_way(
+            lambda console, latest=latest: console.print(cli.agents_table(plan, latest)), value
+        )
 
 
 @PROPERTY
@@ -255,7 +259,7 @@ agents:
             exit 1
 """
 
-END_TO_END = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
+END_TO_END = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
 
 
 @END_TO_END

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from conftest import run_toka, write_config
-from own_runs import no_leftover_containers  # noqa: F401 (this module's leak check)
 from support import sandbox_spec
 
 from toka_agents.config.models import DEFAULT_IMAGE
@@ -21,7 +20,7 @@ from toka_agents.sandbox.images import IMAGES, SHELL_IMAGE, build_image, image_s
 
 MB = 1024**2
 EXTRA_IMAGE = "toka-test-with-tree:1"
-pytestmark = pytest.mark.usefixtures("no_leftover_containers")
+pytestmark = pytest.mark.usefixtures("no_leftover_run_containers")
 
 
 @pytest.fixture(scope="session")

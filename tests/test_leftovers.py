@@ -16,13 +16,7 @@ import uuid
 import docker
 import pytest
 from conftest import REPO, TOKA, run_toka, write_config
-from own_runs import (  # noqa: F401 (no_leftover_containers: this module's leak check)
-    TEST_LABEL,
-    THIS_SESSION,
-    flow_run_id_of,
-    no_leftover_containers,
-    run_containers,
-)
+from own_runs import TEST_LABEL, THIS_SESSION, flow_run_id_of, run_containers
 
 from toka_agents import run
 from toka_agents.orchestration.flow import RUN_LABEL
@@ -30,7 +24,7 @@ from toka_agents.sandbox import LABEL_MANAGED
 from toka_agents.sandbox.egress import LABEL_EGRESS
 from toka_agents.sandbox.owners import LABEL_OWNER, current_owner, is_orphaned
 
-pytestmark = pytest.mark.usefixtures("no_leftover_containers")
+pytestmark = pytest.mark.usefixtures("no_leftover_run_containers")
 
 
 def dead_owner() -> str:
@@ -94,7 +88,12 @@ def test_sandbox_clean_run_removes_that_runs_containers_whoever_owns_them(docker
     live = park(docker_client, sandbox_image, current_owner(), mine)
     orphaned = park(docker_client, sandbox_image, dead_owner(), mine)
     bystander = park(docker_client, sandbox_image, current_owner(), other)
-    egress_labels = {LABEL_EGRESS: "1", LABEL_MANAGED: "1", LABEL_OWNER: current_owner(), TEST_LABEL: "1"}
+    egress_labels = {
+        LABEL_EGRESS: "1",
+        LABEL_MANAGED: "1",
+        LABEL_OWNER: current_owner(),
+        TEST_LABEL: "1",
+    }
     networks = {
         run_id: docker_client.networks.create(
             f"toka-egress-test-{run_id[:8]}", internal=True, labels={**egress_labels, RUN_LABEL: run_id}

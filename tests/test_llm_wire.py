@@ -52,6 +52,18 @@ ASK = "Print 1 with Python."
 SCRIPT = (tool_call("run_code", language="python", source="print(1)"), text("It printed 1."))
 
 
+def answered(call, output: str) -> list[dict]:
+    """The assistant turn that made an SDK tool `call`, and the tool turn with its `output`."""
+    return [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [call.model_dump(include={"id", "type", "function"})],
+        },
+        {"role": "tool", "tool_call_id": call.id, "content": output},
+    ]
+
+
 def test_openai_sdk_round_trips_a_tool_call_and_usage():
     with scripted_server(*SCRIPT, api_key=KEY) as server:
         client = openai.OpenAI(base_url=server.openai_base_url, api_key=KEY, max_retries=0)
@@ -70,15 +82,7 @@ def test_openai_sdk_round_trips_a_tool_call_and_usage():
 
         second = client.chat.completions.create(
             model="gpt-test",
-            messages=[
-                *messages,
-                {
-                    "role": "assistant",
-                    "content": "",
-                    "tool_calls": [call.model_dump(include={"id", "type", "function"})],
-                },
-                {"role": "tool", "tool_call_id": call.id, "content": "1\n"},
-            ],
+            messages=[*messages, *answered(call, "1\n")],
             tools=OPENAI_TOOLS,
             tool_choice="auto",
         )
@@ -171,15 +175,7 @@ def test_gateway_sends_what_the_openai_sdk_sends():
         call = first.choices[0].message.tool_calls[0]
         client.chat.completions.create(
             model="openai-test",
-            messages=[
-                *messages,
-                {
-                    "role": "assistant",
-                    "content": "",
-                    "tool_calls": [call.model_dump(include={"id", "type", "function"})],
-                },
-                {"role": "tool", "tool_call_id": call.id, "content": "1\n"},
-            ],
+            messages=[*messages, *answered(call, "1\n")],
             tools=OPENAI_TOOLS,
             tool_choice="auto",
             max_tokens=512,

@@ -5,61 +5,22 @@ from __future__ import annotations
 
 import json
 import textwrap
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 from conftest import run_toka, write_config
-from own_runs import TEST_LABEL, THIS_SESSION, no_leftover_containers  # noqa: F401 (this module's leak check)
+from token_servers import TokenServer, token_servers
 
 from toka_agents import run
 
-runs_containers = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
-
-
-@dataclass(frozen=True)
-class HttpServer:
-    network: str
-    host: str
-    address: str
-    token: str
+runs_containers = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
 
 
 @pytest.fixture
-def http_server(docker_client, sandbox_image) -> Iterator[HttpServer]:
-    """A Docker network of this test's own, with no way out, and an HTTP server container on
-    it that serves one file holding a token nobody else knows."""
-    suffix = uuid.uuid4().hex[:8]
-    name, host, token = f"toka-test-net-{suffix}", f"toka-test-http-{suffix}", uuid.uuid4().hex
-    network = docker_client.networks.create(name, internal=True, labels={TEST_LABEL: THIS_SESSION})
-    server = None
-    try:
-        serve = (
-            f"mkdir /tmp/site && echo {token} > /tmp/site/token.txt && "
-            "exec python3 -u -m http.server 8000 --directory /tmp/site"
-        )
-        server = docker_client.containers.run(
-            sandbox_image,
-            ["sh", "-c", serve],
-            name=host,
-            detach=True,
-            network=name,
-            user="10001:10001",
-            labels={TEST_LABEL: THIS_SESSION},  # not a toka-agents container: removed below
-        )
-        deadline = time.monotonic() + 30
-        while b"Serving HTTP" not in server.logs():
-            assert time.monotonic() < deadline, f"the HTTP server did not start: {server.logs()!r}"
-            time.sleep(0.1)
-        server.reload()
-        address = server.attrs["NetworkSettings"]["Networks"][name]["IPAddress"]
-        yield HttpServer(network=name, host=host, address=address, token=token)
-    finally:
-        if server is not None:
-            server.remove(force=True)
-        network.remove()
+def http_server(docker_client, sandbox_image) -> Iterator[TokenServer]:
+    with token_servers(docker_client, sandbox_image, ("http",)) as (server,):
+        yield server
 
 
 FETCH = """
@@ -78,30 +39,24 @@ except OSError as exc:
 """
 
 
-def orchestration(tmp_path, server: HttpServer):
+def orchestration(tmp_path, server: TokenServer):
     fetch = textwrap.indent(FETCH.format(host=server.host, address=server.address), " " * 12)
+    # The same task twice: with the network capability and without it.
+    agents = "".join(
+        f"""
+  - name: {agent}
+    capabilities: {capabilities}
+    tasks:
+      - name: fetch
+        code:
+          language: python
+          source: |
+{fetch}"""
+        for agent, capabilities in (("online", "[network]"), ("offline", "[]"))
+    )
     return write_config(
         tmp_path,
-        f"""\
-name: network-{uuid.uuid4().hex[:8]}
-sandbox: {{network: {server.network}}}
-agents:
-  - name: online
-    capabilities: [network]
-    tasks:
-      - name: fetch
-        code:
-          language: python
-          source: |
-{fetch}
-  - name: offline
-    tasks:
-      - name: fetch
-        code:
-          language: python
-          source: |
-{fetch}
-""",
+        f"name: network-{uuid.uuid4().hex[:8]}\nsandbox: {{network: {server.network}}}\nagents:{agents}\n",
     )
 
 

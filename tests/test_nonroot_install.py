@@ -22,10 +22,9 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, write_config
-from own_runs import no_leftover_containers  # noqa: F401 (this module's leak check)
 from test_flows import unique
 
-pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
+pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SOURCE_IGNORED = shutil.ignore_patterns(

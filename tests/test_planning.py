@@ -41,7 +41,13 @@ def test_quickstart_plan_json_shape():
     }
     task = first["tasks"][0]
     assert task["id"] == "generate/make-data" and task["name"] == "make-data"
-    assert task["limits"] == {"memory": "256MB", "cpu": 0.5, "timeout": "1m", "pids": 64, "workspace": "1GB"}
+    assert task["limits"] == {
+        "memory": "256MB",
+        "cpu": 0.5,
+        "timeout": "1m",
+        "pids": 64,
+        "workspace": "1GB",
+    }
     assert task["workspace"] == "read-write" and task["network"] is False
     review = next(a for a in planned["agents"] if a["name"] == "review")
     assert review["tasks"][0]["workspace"] == "read-only"

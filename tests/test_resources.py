@@ -13,12 +13,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import write_config
-from own_runs import flow_events, no_leftover_containers  # noqa: F401 (this module's leak check)
+from own_runs import flow_events
 
 from toka_agents.sandbox import Sandbox
 
 MB = 1024**2
-pytestmark = pytest.mark.usefixtures("no_leftover_containers")
+pytestmark = pytest.mark.usefixtures("no_leftover_run_containers")
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import run_prefect, run_toka, write_config
 from llm_server import OPENAI_PATH, scripted_server, server_error, slow, text, tool_call
-from own_runs import no_leftover_containers, remove_run_containers  # noqa: F401 (its leak check)
+from own_runs import remove_run_containers
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.states import Cancelling, Scheduled
@@ -26,7 +26,7 @@ from test_llm_runs import KEY_ENV, llm_config, wait_for_requests
 
 from toka_agents import ExecutionError, deploy, run
 
-pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
+pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
 
 
 @pytest.fixture

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import LABEL, REPO, TOKA
+from conftest import LABEL, start_toka
 
 from toka_agents.sandbox.owners import LABEL_OWNER
 
@@ -30,13 +29,7 @@ class Exec:
 def toka_exec(docker_client, *args: str, timeout: float = 120) -> Exec:
     """`toka runtime exec ARGS` in a subprocess; fails the test if it leaves a container."""
     began = time.monotonic()
-    process = subprocess.Popen(
-        [TOKA, "runtime", "exec", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
+    process = start_toka("runtime", "exec", *args)
     stdout, stderr = process.communicate(timeout=timeout)
     took = time.monotonic() - began
     print(f"exit {process.returncode} after {took:.1f}s\n--- stdout\n{stdout}--- stderr\n{stderr}")

@@ -289,7 +289,9 @@ def test_a_runs_pool_containers_carry_its_labels_and_go_when_it_ends(
 
 def test_pool_size_comes_from_the_orchestration(tmp_path):
     def planned(settings: str, tasks: int = 5) -> int:
-        listed = ", ".join(f"{{name: t{i}, code: {{language: shell, source: 'true'}}}}" for i in range(tasks))
+        listed = ", ".join(
+            f"{{name: t{i}, code: {{language: shell, source: 'true'}}}}" for i in range(tasks)
+        )
         config = f"name: sizes\nmax_concurrent_agents: 3\n{settings}agents:\n  - name: a\n    tasks: [{listed}]\n"
         return plan(load(write_config(tmp_path, config))).pool_size
 

@@ -10,11 +10,10 @@ import uuid
 
 import pytest
 from conftest import write_config
-from own_runs import no_leftover_containers  # noqa: F401 (this module's leak check)
 
 from toka_agents import run
 
-pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
+pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
 
 SHOW = (
     "import json, os; print(json.dumps({key: os.environ.get(key) for key in ("

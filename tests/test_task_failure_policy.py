@@ -12,14 +12,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from conftest import write_config
-from own_runs import no_leftover_containers  # noqa: F401 (this module's leak check)
 from test_events import agent_events
 from test_flows import task_runs
 from test_toka_specs import AGENTS_TOML, V03
 
 from toka_agents import load, plan, run, validate
 
-pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
+pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
 
 OK = '{code: {language: shell, source: "true"}}'
 FAILS = '{code: {language: shell, source: "echo broken >&2; exit 3"}}'
@@ -68,14 +67,18 @@ def policies(tmp_path_factory, prefect_api, sandbox_image):
     return result, events
 
 
-def outcomes_of(result, *agents: str) -> dict[str, tuple[str, str]]:
-    return {o.task_id: (o.status, o.message) for o in result.outcomes if o.agent in agents}
+def messages_of(result, *agents: str) -> dict[str, str]:
+    return {o.task_id: o.message for o in result.outcomes if o.agent in agents}
+
+
+def statuses_of(result, *agents: str) -> dict[str, str]:
+    return {o.task_id: o.status for o in result.outcomes if o.agent in agents}
 
 
 def test_stop_written_or_by_default_skips_the_agents_later_tasks_and_its_downstream(policies):
     result, events = policies
-    found = outcomes_of(result, "stops", "stops-written", "after-stops")
-    assert {task: status for task, (status, _) in found.items()} == {
+    messages = messages_of(result, "stops", "stops-written", "after-stops")
+    assert statuses_of(result, "stops", "stops-written", "after-stops") == {
         "stops/t1": "completed",
         "stops/t2": "failed",
         "stops/t3": "skipped",
@@ -83,8 +86,8 @@ def test_stop_written_or_by_default_skips_the_agents_later_tasks_and_its_downstr
         "stops-written/t2": "skipped",
         "after-stops/t1": "skipped",
     }
-    assert found["stops/t3"][1] == "not run: earlier task stops/t2 failed: exit code 3: broken"
-    assert found["after-stops/t1"][1] == (
+    assert messages["stops/t3"] == "not run: earlier task stops/t2 failed: exit code 3: broken"
+    assert messages["after-stops/t1"] == (
         "not run: required agent 'stops' failed: stops/t2: exit code 3: broken"
     )
     assert events["stops"].event == events["stops-written"].event == "toka.agent.failed"
@@ -92,8 +95,7 @@ def test_stop_written_or_by_default_skips_the_agents_later_tasks_and_its_downstr
 
 def test_continue_above_the_ratio_runs_every_task_completes_the_agent_and_its_downstream(policies):
     result, events = policies
-    found = outcomes_of(result, "above", "after-above")
-    assert {task: status for task, (status, _) in found.items()} == {
+    assert statuses_of(result, "above", "after-above") == {
         **{f"above/t{i}": "completed" for i in (1, 3, 4, 5)},
         "above/t2": "failed",
         "after-above/t1": "completed",
@@ -107,14 +109,14 @@ def test_continue_above_the_ratio_runs_every_task_completes_the_agent_and_its_do
 
 def test_continue_below_the_ratio_fails_the_agent_naming_the_ratio_and_skips_downstream(policies):
     result, events = policies
-    found = outcomes_of(result, "below", "after-below")
-    assert {task: status for task, (status, _) in found.items()} == {
+    messages = messages_of(result, "below", "after-below")
+    assert statuses_of(result, "below", "after-below") == {
         **{f"below/t{i}": "completed" for i in (1, 3, 5)},
         **{f"below/t{i}": "failed" for i in (2, 4)},
         "after-below/t1": "skipped",
     }
     below = "3 of 5 tasks done, below min_success_ratio 0.8"
-    assert found["after-below/t1"][1] == f"not run: required agent 'below' failed: {below}"
+    assert messages["after-below/t1"] == f"not run: required agent 'below' failed: {below}"
     assert events["below"].event == "toka.agent.failed"
     assert events["below"].payload["message"] == below
     assert events["after-below"].event == "toka.agent.skipped"
@@ -124,14 +126,14 @@ def test_continue_below_the_ratio_fails_the_agent_naming_the_ratio_and_skips_dow
 
 def test_a_failed_critical_task_fails_its_agent_and_stops_it_even_under_continue(policies):
     result, events = policies
-    found = outcomes_of(result, "critical", "after-critical")
-    assert {task: status for task, (status, _) in found.items()} == {
+    messages = messages_of(result, "critical", "after-critical")
+    assert statuses_of(result, "critical", "after-critical") == {
         "critical/t1": "completed",
         "critical/t2": "failed",
         "critical/t3": "skipped",
         "after-critical/t1": "skipped",
     }
-    assert found["after-critical/t1"][1] == (
+    assert messages["after-critical/t1"] == (
         "not run: required agent 'critical' failed: critical task critical/t2: exit code 3: broken"
     )
     assert task_runs(result.flow_run_id)["critical/t3"].state.name == "Skipped"

@@ -8,6 +8,7 @@ from uuid import UUID
 
 import pytest
 from conftest import _drain_prefect_workers, write_config
+from own_runs import read_all
 from prefect import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
 from test_flows import task_runs
@@ -19,17 +20,12 @@ pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftove
 
 def logged_lines(task_run_id: UUID) -> list[str]:
     _drain_prefect_workers()
-    found: list[str] = []
     with get_client(sync_client=True) as client:
-        while True:
-            page = client.read_logs(
-                log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run_id])),
-                limit=200,
-                offset=len(found),
-            )
-            found += [log.message for log in page]
-            if len(page) < 200:
-                return found
+        logs = read_all(
+            client.read_logs,
+            log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run_id])),
+        )
+    return [log.message for log in logs]
 
 
 def test_task_output_is_logged_whole_and_bounded(tmp_path, workspace_root):

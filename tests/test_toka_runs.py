@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from conftest import write_config
-from own_runs import no_leftover_containers  # noqa: F401 (this module's leak check)
 from test_flows import artifacts, task_runs
 from test_toka_specs import BASE, V03, V10_SPEC
 
@@ -99,7 +98,7 @@ def optional_config(tmp_path: Path, mode: str) -> Path:
     )
 
 
-@pytest.mark.usefixtures("sandbox_image", "no_leftover_containers")
+@pytest.mark.usefixtures("sandbox_image", "no_leftover_run_containers")
 @pytest.mark.parametrize("mode", ["ignore", "order"])
 def test_a_finished_optional_dependency_hands_on_its_result(tmp_path, workspace_root, mode):
     # ignore: priority runs the helper first; order: the optional edge does, against priority.

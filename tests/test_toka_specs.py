@@ -113,7 +113,13 @@ def test_agents_toml_hoists_task_dependencies():
     ]
     assert planned["max_concurrent_agents"] == 8
     task = planned["agents"][0]["tasks"][0]
-    assert task["limits"] == {"memory": "512MB", "cpu": 0.5, "timeout": "30m", "pids": 256, "workspace": "1GB"}
+    assert task["limits"] == {
+        "memory": "512MB",
+        "cpu": 0.5,
+        "timeout": "30m",
+        "pids": 256,
+        "workspace": "1GB",
+    }
 
 
 def test_toml_settings_and_kept_sections():

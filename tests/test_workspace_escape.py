@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import write_config
-from own_runs import TEST_LABEL, THIS_SESSION, no_leftover_containers  # noqa: F401
+from own_runs import TEST_LABEL, THIS_SESSION
 from prefect import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from support import sandbox_spec
@@ -35,7 +35,7 @@ from toka_agents.sandbox.users import LABEL_USER, RUN_UIDS, preferred_uid, run_u
 from toka_agents.sandbox.workspace import _extract
 
 MB = 1024**2
-runs_containers = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
+runs_containers = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
 
 PROBE = r"""
 set -e
@@ -142,7 +142,7 @@ agents:
     assert "'/etc/shadow', outside the workspace" in warning
 
 
-@pytest.mark.usefixtures("no_leftover_containers")
+@pytest.mark.usefixtures("no_leftover_run_containers")
 def test_a_plain_directory_workspace_is_cleaned_where_it_lies(docker_client, sandbox_image, tmp_path):
     """Without a workspace disk (no root, or no size limit) the sandbox writes the host's
     directory itself; the sandbox's end cleans it."""
