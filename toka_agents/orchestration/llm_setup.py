@@ -13,9 +13,11 @@ import threading
 from dataclasses import dataclass
 from typing import Literal
 
+import httpx
 from prefect import get_client
 from prefect.blocks.system import Secret
-from prefect.concurrency.sync import rate_limit
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.exceptions import ObjectAlreadyExists
 from pydantic import SecretStr
 
 from toka_agents.config.models import LlmSettings
@@ -106,11 +108,18 @@ def upsert_rate_limits(plan: Plan) -> None:
     try:
         with get_client(sync_client=True) as client:
             for limit in limits.values():
-                client.upsert_global_concurrency_limit_by_name(
-                    limit.name, limit.slots, slot_decay_per_second=limit.decay
-                )
+                _upsert(client, limit)
     except Exception as exc:  # the API refused or is away: say so before any task starts
         raise LlmSetupError(f"cannot set up the LLM rate limits in Prefect: {one_line(exc)}") from None
+
+
+def _upsert(client: SyncPrefectClient, limit: RateLimit) -> None:
+    # Prefect's upsert reads, then creates: a run starting beside this one can create the limit
+    # in between, and the create is refused (409). Asked again, it finds the limit and updates it.
+    try:
+        client.upsert_global_concurrency_limit_by_name(limit.name, limit.slots, limit.decay)
+    except ObjectAlreadyExists:
+        client.upsert_global_concurrency_limit_by_name(limit.name, limit.slots, limit.decay)
 
 
 def rate_limit_hook(settings: LlmSettings, *, cancel: threading.Event) -> Acquire | None:
@@ -123,13 +132,32 @@ def rate_limit_hook(settings: LlmSettings, *, cancel: threading.Event) -> Acquir
     def acquire(tokens: int) -> None:
         for limit in limits:
             occupy = 1 if limit.unit == "requests" else min(tokens, limit.slots)
-            while not cancel.is_set():  # the gateway ends the call when it sees the cancel
-                try:
-                    rate_limit(
-                        limit.name, occupy=occupy, timeout_seconds=RATE_LIMIT_CANCEL_CHECK, strict=True
-                    )
-                    break
-                except TimeoutError:
-                    continue
+            _occupy(limit, occupy, cancel)
 
     return acquire
+
+
+def _occupy(limit: RateLimit, slots: int, cancel: threading.Event) -> None:
+    """Takes `slots` of a rate limit, asking the API again when it says when (423 Locked,
+    Retry-After) and looking at the cancel flag in between; returns early on a cancel (the
+    gateway ends the call when it sees it).
+
+    Prefect's `rate_limit(timeout_seconds=...)` would do the asking, but a wait that outlasts its
+    timeout is logged as an ERROR with a traceback by its acquisition service, and without a
+    timeout a cancel could not interrupt the wait.
+    """
+    with get_client(sync_client=True) as client:
+        while not cancel.is_set():
+            try:
+                taken = client.increment_concurrency_slots(
+                    names=[limit.name], slots=slots, mode="rate_limit"
+                ).json()
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != 423:
+                    raise LlmError(f"the rate limit {limit.name!r} failed: {one_line(exc)}") from None
+                hinted = float(exc.response.headers.get("Retry-After") or RATE_LIMIT_CANCEL_CHECK)
+                cancel.wait(min(hinted, RATE_LIMIT_CANCEL_CHECK))
+                continue
+            if not taken:
+                raise LlmError(f"the rate limit {limit.name!r} is not in Prefect (was it deleted?)")
+            return
