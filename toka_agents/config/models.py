@@ -233,9 +233,13 @@ class LlmSettings(_Model):
     )
     temperature: float | None = Field(None, ge=0, le=2)
     max_tokens: int = Field(4096, gt=0, description="Most tokens the model may answer with, per call.")
-    timeout: Duration | None = Field(None, description="Limit of one request: 30s, 2m. Default: 2m.")
+    timeout: Duration | None = Field(
+        None,
+        description="Limit of one request: 30s, 2m. Default: 2m. A request past it is abandoned, "
+        "not retried.",
+    )
     max_retries: int = Field(
-        4, ge=0, description="Retries of one call after 429, 5xx, a lost connection or a timeout."
+        4, ge=0, description="Retries of one call after 429, 5xx or a lost connection."
     )
     requests_per_minute: int | None = Field(None, gt=0)
     tokens_per_minute: int | None = Field(None, gt=0)

@@ -1,8 +1,9 @@
 """The LLM gateway: sends a conversation and its tools to the configured model over httpx and
 returns the model's reply, checked.
 
-It retries what is worth retrying (429, 5xx, lost connections, timeouts) with exponential
-backoff and jitter, honouring `Retry-After`; it calls the rate-limit hook before each
+It retries what is worth retrying (429, 5xx, lost connections) with exponential backoff and
+jitter, honouring `Retry-After`; a request that outlasts `llm.timeout` is abandoned and fails
+the call, never queued again behind itself; it calls the rate-limit hook before each
 request; it counts tokens; it never lets the API key into an error, a log record or a repr.
 It knows no Prefect: the rate-limit hook and the key come from its caller.
 """
@@ -211,7 +212,13 @@ class Gateway:
             try:
                 response = self._post(content, headers)
             except httpx.TimeoutException:
-                reason = f"no answer within {self.timeout:g}s (llm.timeout)"
+                # Abandoned (httpx closes the connection), and not sent again: a local server
+                # such as llama.cpp's goes on generating the abandoned answer, and a retry
+                # would only queue behind it.
+                raise LlmError(
+                    f"{self.where}: no answer within {self.timeout:g}s (llm.timeout); not retried",
+                    attempts=attempt,
+                ) from None
             except httpx.RequestError as exc:
                 reason = f"connection failed: {self._redact(str(exc) or type(exc).__name__)}"
             else:
