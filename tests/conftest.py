@@ -189,6 +189,19 @@ def no_leftover_containers(docker_client) -> Iterator[None]:
     assert not left, f"containers left behind: {sorted(left)}"
 
 
+LLM_KEY_ENV = "TOKA_TEST_LLM_KEY"
+"""The environment variable LLM test configs name as their `api_key_env`."""
+
+
+@pytest.fixture
+def api_key(monkeypatch) -> str:
+    """A planted API key, set in `LLM_KEY_ENV` for the test: the scripted model server asks
+    for it, and tests look for it where it must never be."""
+    key = f"sk-planted-{os.urandom(8).hex()}"
+    monkeypatch.setenv(LLM_KEY_ENV, key)
+    return key
+
+
 @pytest.fixture
 def workspace_root(tmp_path: Path) -> Path:
     return tmp_path / "runs"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EXAMPLES, run_toka, write_config
+from conftest import EXAMPLES, LLM_KEY_ENV, run_toka, write_config
 from llm_server import OPENAI_PATH, bad_arguments, scripted_server, slow, text, tool_call
 from own_runs import (
     flow_run_id_of,
@@ -46,22 +46,13 @@ from toka_agents import LlmOverrides, run
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
 
-KEY_ENV = "TOKA_TEST_LLM_KEY"
-
-
-@pytest.fixture
-def api_key(monkeypatch) -> str:
-    key = f"sk-planted-{os.urandom(8).hex()}"
-    monkeypatch.setenv(KEY_ENV, key)
-    return key
-
 
 def llm_config(directory: Path, server, agents: str, name: str = "llm-run", **llm: object) -> Path:
     settings = {
         "provider": "openai",
         "model": "scripted-1",
         "base_url": server.openai_base_url,
-        "api_key_env": KEY_ENV,
+        "api_key_env": LLM_KEY_ENV,
         **llm,
     }
     body = f"name: {name}\nllm: {json.dumps(settings)}\nagents:\n" + textwrap.indent(
@@ -121,7 +112,11 @@ def test_a_model_writes_code_runs_it_reads_its_output_writes_a_file_and_finishes
         assert step.state.is_completed(), (step.name, step.state)
         assert {p.id for p in step.task_inputs["__parents__"]} == {agent_run.id}, step.name
 
-    [conversation] = [a for a in artifacts(result.flow_run_id) if a.key == "writer-compute-conversation"]
+    # Written after each of the 4 model steps, then once more when the task ends.
+    versions = [a for a in artifacts(result.flow_run_id) if a.key == "writer-compute-conversation"]
+    assert len(versions) == 5 and all(a.task_run_id == agent_run.id for a in versions)
+    conversation = max(versions, key=lambda a: a.created)
+    assert conversation.data.startswith("# writer/compute: completed")
     assert (
         "The sum of 1 to 10 is 55" in conversation.data
         and "print(sum(range(1, 11)))" in conversation.data
@@ -364,7 +359,10 @@ def test_tokas_v03_specs_run_their_78_llm_tasks_against_a_configured_provider(wo
     finish = tool_call("finish", success=True, summary="Done at once.")
     with scripted_server(*[finish] * 78, api_key=api_key) as server:
         overrides = LlmOverrides(
-            provider="openai", model="scripted-1", base_url=server.openai_base_url, api_key_env=KEY_ENV
+            provider="openai",
+            model="scripted-1",
+            base_url=server.openai_base_url,
+            api_key_env=LLM_KEY_ENV,
         )
         checked = validate([V03], llm_overrides=overrides, max_concurrent_agents=9)
         result = run_plan(checked.plan, RunOptions(workspace_root=workspace_root))
@@ -395,7 +393,7 @@ def test_cli_flags_choose_the_model_for_one_run_and_the_tables_show_tokens_and_c
             llm:
               provider: anthropic
               model: configured-model
-              api_key_env: {KEY_ENV}
+              api_key_env: {LLM_KEY_ENV}
               price_per_million_tokens: {{input: 1000, output: 2000}}
             agents:
               - name: writer
@@ -626,14 +624,14 @@ def test_a_missing_key_variable_or_secret_block_refuses_the_run_before_any_task(
     from toka_agents.orchestration.flow import compile_flow
     from toka_agents.planning import validate
 
-    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv(LLM_KEY_ENV, raising=False)
     with scripted_server() as server:
         config = llm_config(tmp_path, server, WRITER)
         with pytest.raises(ExecutionError) as refused:
             run(config)
         assert str(refused.value) == (
             "1 LLM task(s) of agents writer cannot reach their model: the environment variable "
-            f"{KEY_ENV} (llm.api_key_env) that should hold the openai API key is not set"
+            f"{LLM_KEY_ENV} (llm.api_key_env) that should hold the openai API key is not set"
         )
         printed = run_toka("orchestrate", str(config))
         assert printed.returncode == 1 and printed.stderr.strip() == f"error: {refused.value}"

@@ -22,18 +22,11 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.states import Cancelling, Scheduled
 from support import wait_final
 from test_deploy_api import make_pool, start_run
-from test_llm_runs import KEY_ENV, llm_config, wait_for_requests
+from test_llm_runs import llm_config, wait_for_requests
 
 from toka_agents import ExecutionError, deploy, run
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
-
-
-@pytest.fixture
-def api_key(monkeypatch) -> str:
-    key = f"sk-resume-{uuid.uuid4().hex[:12]}"
-    monkeypatch.setenv(KEY_ENV, key)
-    return key
 
 
 AGENTS = """

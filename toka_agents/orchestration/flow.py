@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from toka_agents import executor, text
 from toka_agents.errors import SandboxError, one_line
 from toka_agents.executor import ExecutionContext
-from toka_agents.orchestration import reporting, resuming
+from toka_agents.orchestration import reporting, resuming, task_logs
 from toka_agents.orchestration.cancellation import CancellationWatcher
 from toka_agents.orchestration.llm_setup import (
     LlmSetupError,
@@ -74,6 +74,7 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
     assert flow_context is not None and flow_context.flow_run is not None, "runs inside a flow run"
     flow_run = flow_context.flow_run
     resuming.separate_attempts(flow_context, [agent_task, step_task])
+    task_logs.tidy_failure_lines()
     logger = get_run_logger()
     for warning in plan.warnings:
         logger.warning("%s", text.one_line(warning, None))

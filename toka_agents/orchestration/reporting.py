@@ -1,4 +1,4 @@
-"""Reporting: the only writer of Prefect states' messages, artifacts, events and task output logs.
+"""Reporting: the only writer of Prefect states' messages, artifacts and events.
 
 It turns `TaskOutcome`s into task run states, keeps one progress artifact per agent moving
 from 0 to 100%, emits an event per finished task (with what it used) and per finished agent,
@@ -64,64 +64,6 @@ def task_message(outcome: TaskOutcome) -> str:
 
 
 RunLogger = logging.Logger | logging.LoggerAdapter[Any]
-
-
-class OutputLog:
-    """Logs what a task prints, line by line as it prints it, up to `max_lines` lines.
-
-    Past the bound, lines are only counted, and closing says how many more were written (the
-    task's result keeps the tails of both streams). Closing also logs a last line that has
-    no newline. Each byte is looked at once, so logging is linear in the output.
-    """
-
-    def __init__(self, logger: RunLogger, max_lines: int = 2000, max_line_bytes: int = 16384) -> None:
-        self.logger = logger
-        self.max_lines = max_lines
-        self.max_line_bytes = max_line_bytes
-        self.logged = 0
-        self.not_logged = 0
-        self._partial = {"stdout": bytearray(), "stderr": bytearray()}
-
-    def __call__(self, stream: str, data: bytes) -> None:
-        partial = self._partial[stream]
-        start = 0
-        while (end := data.find(b"\n", start)) >= 0:
-            partial += data[start:end]
-            self._line(stream, partial)
-            partial.clear()
-            start = end + 1
-        partial += data[start:]
-        if len(partial) > self.max_line_bytes:  # a line without end: log it in pieces
-            self._line(stream, partial)
-            partial.clear()
-
-    def _line(self, stream: str, line: bytearray) -> None:
-        if self.logged >= self.max_lines:
-            self.not_logged += 1
-            return
-        self.logged += 1
-        shown = text.visible(line.decode("utf-8", "replace").rstrip())  # it reaches terminals
-        self.logger.info(shown if stream == "stdout" else f"[stderr] {shown}")
-
-    def close(self) -> None:
-        for stream, partial in self._partial.items():
-            if partial:
-                self._line(stream, partial)
-                partial.clear()
-        if self.not_logged:
-            self.logger.info(
-                "... %d more output line(s) not logged (at most %d are); the task's result "
-                "keeps the last lines of stdout and stderr",
-                self.not_logged,
-                self.max_lines,
-            )
-            self.not_logged = 0
-
-    def __enter__(self) -> OutputLog:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 def artifact_key(*parts: str) -> str:
@@ -268,12 +210,7 @@ class RunReport:
                 "task": outcome.task_id,
                 "agent": outcome.agent,
                 "status": outcome.status,
-                "duration": "-" if outcome.duration is None else f"{outcome.duration:.2f}s",
-                "peak memory": format_bytes(outcome.peak_memory),
-                "cpu time": "-" if outcome.cpu_seconds is None else f"{outcome.cpu_seconds:.3f}s",
-                "peak pids": "-" if outcome.peak_pids is None else str(outcome.peak_pids),
-                "stdout / stderr": _pair(outcome.stdout_bytes, outcome.stderr_bytes),
-                "workspace written": format_bytes(outcome.disk_written),
+                **usage_columns(outcome),
                 **(llm_columns(outcome) if with_llm else {}),
                 "message": outcome.message,
             }
@@ -333,6 +270,35 @@ def _pair(first: int | None, second: int | None) -> str:
     return f"{format_bytes(first)} / {format_bytes(second)}"
 
 
+def usage_columns(outcome: TaskOutcome) -> dict[str, str]:
+    """What a task used in its sandbox, for tables."""
+    return {
+        "duration": "-" if outcome.duration is None else f"{outcome.duration:.2f}s",
+        "peak memory": format_bytes(outcome.peak_memory),
+        "cpu time": "-" if outcome.cpu_seconds is None else f"{outcome.cpu_seconds:.3f}s",
+        "peak pids": "-" if outcome.peak_pids is None else str(outcome.peak_pids),
+        "stdout / stderr": _pair(outcome.stdout_bytes, outcome.stderr_bytes),
+        "workspace written": format_bytes(outcome.disk_written),
+    }
+
+
+def usage_artifact(task: PlannedTask, outcome: TaskOutcome) -> None:
+    """What one task used (and, for an LLM task, its model calls, tokens and cost), as a small
+    table artifact of its own task run, so the task run's page answers "what did this use".
+    Never raises: the task keeps its outcome."""
+    used = {**usage_columns(outcome), **(llm_columns(outcome) if outcome.steps is not None else {})}
+    try:
+        create_table_artifact(
+            table=[{"what": what, "used": value} for what, value in used.items()],
+            key=artifact_key(task.id, "usage"),
+            description=f"What {task.id} used ({outcome.status})",
+        )
+    except Exception as exc:  # the API failed us; the task's outcome stands
+        get_run_logger().warning(
+            "could not write the usage artifact of %s: %s", text.visible(task.id), one_line(exc)
+        )
+
+
 def llm_columns(outcome: TaskOutcome) -> dict[str, str]:
     """An LLM task's model calls, tokens (input / output), model time and cost, for tables."""
     if outcome.steps is None:
@@ -361,15 +327,36 @@ def conversation_artifact(task: PlannedTask, outcome: TaskOutcome, conversation:
         )
 
 
+def conversation_so_far(task_id: str, step: str, conversation: list[Message]) -> None:
+    """The conversation artifact of a running LLM task, written again after each model step so
+    the UI shows it while the task runs; the task's end writes the final one. Never raises."""
+    heading = [f"# {task_id}: running", "", f"after {step}"]
+    try:
+        create_markdown_artifact(
+            markdown="\n".join(heading + _conversation_lines(conversation)),
+            key=artifact_key(task_id, "conversation"),
+            description=f"The conversation of {task_id} with its model (running)",
+        )
+    except Exception as exc:  # the API failed us; the task goes on
+        get_run_logger().warning(
+            "could not update the conversation artifact of %s: %s", text.visible(task_id), one_line(exc)
+        )
+
+
 def conversation_markdown(task: PlannedTask, outcome: TaskOutcome, conversation: list[Message]) -> str:
     columns = llm_columns(outcome)
-    lines = [
+    heading = [
         f"# {task.id}: {outcome.status}",
         "",
         f"{outcome.message}",
         "",
         " | ".join(f"{name}: {value}" for name, value in columns.items()),
     ]
+    return "\n".join(heading + _conversation_lines(conversation))
+
+
+def _conversation_lines(conversation: list[Message]) -> list[str]:
+    lines: list[str] = []
     for message in conversation:
         if isinstance(message, ToolMessage):
             title = f"## tool result: {message.name}" + (" (error)" if message.is_error else "")
@@ -386,7 +373,7 @@ def conversation_markdown(task: PlannedTask, outcome: TaskOutcome, conversation:
                     "",
                     _fenced(json.dumps(call.arguments, indent=2)),
                 ]
-    return "\n".join(lines)
+    return lines
 
 
 def _fenced(text: str) -> str:

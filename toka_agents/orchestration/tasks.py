@@ -22,8 +22,9 @@ from pydantic import BaseModel
 from toka_agents import executor, text
 from toka_agents.errors import MalformedKind, MalformedReply
 from toka_agents.executor import ExecutionContext, TaskOutcome
-from toka_agents.llm.loop import StepRunner
-from toka_agents.orchestration import reporting, resuming
+from toka_agents.llm.loop import StepRunner, redact_message
+from toka_agents.llm.messages import ModelReply
+from toka_agents.orchestration import reporting, resuming, task_logs
 from toka_agents.orchestration.tagging import add_deferred_tags
 from toka_agents.planning import PlannedTask
 
@@ -58,8 +59,10 @@ def _run_agent_task(
         reporting.conversation_artifact(planned, run.outcome, run.conversation)
         outcome = run.outcome
     else:
-        with reporting.OutputLog(get_run_logger()) as output:
+        with task_logs.OutputLog(get_run_logger()) as output:
             outcome = executor.run_task(planned, context, output, upstream_results)
+    if outcome.status not in ("skipped", "dry-run"):
+        reporting.usage_artifact(planned, outcome)
     resuming.keep_only_if(outcome.status == "completed")
     return reporting.task_state(outcome)
 
@@ -82,7 +85,7 @@ class MalformedStep(BaseModel):
 
 def _run_step(label: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     try:
-        return fn(*args)
+        result = fn(*args)
     except MalformedReply as exc:
         # Not a failure of the task: its task run ends Completed, saying what was recovered.
         get_run_logger().warning("%s; the model is asked again", text.one_line(str(exc), 500))
@@ -93,6 +96,8 @@ def _run_step(label: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
             output_tokens=exc.output_tokens,
         )
         return reporting.recovered_state(str(exc), recovered)
+    task_logs.log_step(get_run_logger(), args, result)
+    return result
 
 
 step_task: Task[..., Any] = Task(
@@ -122,6 +127,11 @@ def step_runner(task_id: str, secrets: Sequence[str] = ()) -> StepRunner:
         result = state.result()  # a failed step raises its error here
         if isinstance(result, MalformedStep):
             raise result.error()
+        if isinstance(result, ModelReply):
+            conversation = [*args[0], result.as_message()]
+            reporting.conversation_so_far(
+                task_id, name, [redact_message(m, secrets) for m in conversation]
+            )
         return result
 
     return run
