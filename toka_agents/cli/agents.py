@@ -23,7 +23,7 @@ from toka_agents.cli.app import (
     out,
     prefect_api,
 )
-from toka_agents.cli.orchestrating import run_printed, run_watched
+from toka_agents.cli.orchestrating import run_and_show
 from toka_agents.cli.rendering import (
     agents_table,
     print_issues,
@@ -104,7 +104,7 @@ def spawn(
         options = RunOptions(
             workspace_root=workspace_dir, dry_run=dry_run, cancel_poll_seconds=CANCEL_POLL_SECONDS
         )
-        result = run_watched(planned, options) if watch else run_printed(planned, options)
+        result = run_and_show(planned, options, watch=watch)
         return 0 if result.ok else 1
     return _spawn_on_deployment(deployment, agent, paths, conditions, dry_run, watch, planned)
 

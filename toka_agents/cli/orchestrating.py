@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from cyclopts import Parameter, validators
 from pydantic import ValidationError
+from rich.console import Console
 
 from toka_agents import planning, text
 from toka_agents.api import RunResult, run_plan
@@ -23,15 +24,12 @@ from toka_agents.cli.app import (
     err,
     out,
 )
-from toka_agents.cli.rendering import (
-    print_issues,
-    print_run,
-    print_warnings,
-    print_where,
-)
+from toka_agents.cli.rendering import print_issues, print_json, print_run, print_warnings
 from toka_agents.config.fragments import issues_from_validation
 from toka_agents.config.models import LlmOverrides
 from toka_agents.orchestration.flow import RunOptions
+
+Output = Literal["table", "json"]
 
 
 @app.command
@@ -42,6 +40,13 @@ def orchestrate(
         bool, Parameter(negative="", help="Walk the DAG without running any code.")
     ] = False,
     watch: WatchFlag = False,
+    output: Annotated[
+        Output,
+        Parameter(
+            help="`json`: one JSON document on stdout, the run and every task's outcome, for "
+            "scripts. `table`: a table on a wide terminal, otherwise a block per task."
+        ),
+    ] = "table",
     max_concurrent_agents: Annotated[
         int | None,
         Parameter(help="Overrides the config's bound (at least 1).", validator=validators.Number(gte=1)),
@@ -115,21 +120,33 @@ def orchestrate(
         resume=resume,
         cancel_poll_seconds=CANCEL_POLL_SECONDS,
     )
-    result = run_watched(checked.plan, options) if watch else run_printed(checked.plan, options)
+    result = run_and_show(checked.plan, options, watch=watch, output=output)
     return 0 if result.ok else 1
 
 
-def run_printed(planned: planning.Plan, options: RunOptions) -> RunResult:
-    result = run_plan(planned, options)
-    print_run(result, out)
+def run_and_show(
+    planned: planning.Plan, options: RunOptions, *, watch: bool, output: Output = "table"
+) -> RunResult:
+    """Run the plan in this process, watched live or not, then show how it ended: the summary
+    and where to look, or (`json`) one JSON document, alone on stdout."""
+    if not watch:
+        result = run_plan(planned, options)
+        ended_shown = False
+    else:  # with `json`, the view goes to stderr: stdout holds the document alone
+        result, ended_shown = run_watched(planned, options, err if output == "json" else out)
+    if output == "json":
+        print_json(result)
+    else:
+        print_run(result, out, with_end=not ended_shown)
     return result
 
 
-def run_watched(planned: planning.Plan, options: RunOptions) -> RunResult:
-    """Run the plan in this process while a thread draws it live from the server."""
+def run_watched(planned: planning.Plan, options: RunOptions, console: Console) -> tuple[RunResult, bool]:
+    """Run the plan in this process while a thread draws it live from the server on `console`.
+    Also says whether the view drew it to its end (its last line is how the run ended)."""
     from toka_agents.orchestration import watching
 
-    watch = watching.Watch(out, totals=watching.planned_tasks(planned))
+    watch = watching.Watch(console, totals=watching.planned_tasks(planned))
     failed: list[BaseException] = []
 
     def follow() -> None:
@@ -148,13 +165,9 @@ def run_watched(planned: planning.Plan, options: RunOptions) -> RunResult:
         finally:
             watch.stop()
             follower.join(timeout=30)
-    if failed or watch.view is None:
-        if failed:
-            err.print(f"the live view stopped: {text.visible(str(failed[0]))}", markup=False)
-        print_run(result, out)
-        return result
-    print_where(result, out)
-    return result
+    if failed:
+        err.print(f"the live view stopped: {text.visible(str(failed[0]))}", markup=False)
+    return result, not failed and watch.view is not None
 
 
 @app.command

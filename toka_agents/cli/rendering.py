@@ -1,5 +1,9 @@
 """How the `toka` command shows things: config problems and warnings, the plan, a run's summary
-table and where its results are, the agents' table, and Prefect's log lines.
+and where its results are (or all of it as one JSON document), the agents' table, and
+Prefect's log lines.
+
+A run's summary is a table on a terminal wide enough for it, and otherwise (piped, redirected,
+a narrow terminal) one block of lines per task, which stays readable at any width.
 
 Everything here that toka-agents did not write (task output, messages, names from a config or
 a file system) goes through `text` and is printed as `Text` or with `markup=False`: shown
@@ -8,11 +12,14 @@ literally, never as markup or terminal escapes.
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import TYPE_CHECKING
+import sys
+from typing import TYPE_CHECKING, Any
 
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -77,42 +84,136 @@ def print_plan(planned: planning.Plan, console: Console) -> None:
 
 
 def _cell(value: str, style: str = "") -> Text:
-    """A table cell of text toka-agents did not write: one visible line, never markup."""
+    """Text toka-agents did not write, for a table cell or a line: one visible line, never markup."""
     return Text(text.visible(value, newlines=False), style=style)
 
 
-def print_run(result: RunResult, console: Console) -> None:
-    """The summary table of every task, the run's end, and where to find what it left."""
-    console.print(summary_table(result.outcomes))
+def print_run(result: RunResult, console: Console, *, with_end: bool = True) -> None:
+    """The summary of every task, the run's end, and where to find what it left.
+    `with_end=False` leaves the run's end out, for a live view that printed it already."""
+    console.print(summary(result.outcomes, console), soft_wrap=True)
     if any(outcome.steps is not None for outcome in result.outcomes):
         tokens_in = sum(o.input_tokens or 0 for o in result.outcomes)
         tokens_out = sum(o.output_tokens or 0 for o in result.outcomes)
         costs = [o.cost for o in result.outcomes if o.cost is not None]
         cost = f", cost {sum(costs):.4f}" if costs else ""
         console.print(f"Tokens: {tokens_in} in, {tokens_out} out{cost}", markup=False)
-    message = text.one_line(result.state.message or "")
-    console.print(f"Run: {text.visible(result.state.name)}: {message}", markup=False)
+    if with_end:
+        message = text.one_line(result.state.message or "")
+        console.print(f"Run: {text.visible(result.state.name)}: {message}", markup=False)
     print_where(result, console)
 
 
+MESSAGE_MIN_WIDTH = 30
+"""The narrowest a message is wrapped to: in the table's column, or below a task's block."""
+_UNBOUNDED = 1_000_000
+_STATUS_COLORS = {"completed": "green", "dry-run": "green", "failed": "red", "skipped": "yellow"}
+
+
+def summary(outcomes: list[TaskOutcome], console: Console) -> RenderableType:
+    """Every task's outcome as `console` can show it: the table on a terminal wide enough for
+    it, otherwise `summary_blocks` (piped or redirected, there is no width to fit)."""
+    table = summary_table(outcomes)
+    if console.is_terminal and _width_needed(table, console) <= console.width:
+        return table
+    return summary_blocks(outcomes, console if console.is_terminal else None)
+
+
+def _width_needed(table: Table, console: Console) -> int:
+    """The width at which every column of the table has its natural width but the message,
+    which has at least `MESSAGE_MIN_WIDTH`."""
+    unbounded = console.options.update_width(_UNBOUNDED)
+    natural = Measurement.get(console, unbounded, table).maximum
+    messages = table.columns[-1].cells
+    longest = max((Measurement.get(console, unbounded, m).maximum for m in messages), default=0)
+    return natural - max(0, longest - MESSAGE_MIN_WIDTH)
+
+
 def summary_table(outcomes: list[TaskOutcome]) -> Table:
+    """A row per task: its status, figures and message. Only the message column wraps."""
     with_llm = any(outcome.steps is not None for outcome in outcomes)
     llm_headers = list(llm_columns(outcomes[0])) if with_llm else []
     table = Table("task", "status", "duration", "peak memory", "cpu time", *llm_headers, "message")
-    table.columns[0].overflow = "fold"
+    for column in table.columns[:-1]:
+        column.no_wrap = True
     table.columns[0].min_width = 24
-    colors = {"completed": "green", "dry-run": "green", "failed": "red", "skipped": "yellow"}
     for outcome in outcomes:
         table.add_row(
             _cell(outcome.task_id),
-            _cell(outcome.status, colors.get(outcome.status, "yellow")),
-            "-" if outcome.duration is None else f"{outcome.duration:.2f}s",
-            format_bytes(outcome.peak_memory),
-            "-" if outcome.cpu_seconds is None else f"{outcome.cpu_seconds:.3f}s",
-            *(llm_columns(outcome).values() if with_llm else ()),
+            _cell(outcome.status, _STATUS_COLORS.get(outcome.status, "yellow")),
+            *_figures(outcome, with_llm=with_llm).values(),
             Text("" if outcome.status == "completed" else task_message(outcome)),
         )
     return table
+
+
+def summary_blocks(outcomes: list[TaskOutcome], wrap_to: Console | None = None) -> Text:
+    """A block per task: its id, a `name: value` line per figure, and its message in full
+    below, every line but the id indented. `wrap_to`: wrap the message at words to fit this
+    console; None: each line of the message stays one line (for logs and grep)."""
+    blocks = []
+    for outcome in outcomes:
+        color = _STATUS_COLORS.get(outcome.status, "yellow")
+        figures = _figures(outcome, with_llm=outcome.steps is not None)
+        lines = [
+            _cell(outcome.task_id, "bold"),
+            Text.assemble("  status: ", _cell(outcome.status, color)),
+            *(Text(f"  {name}: {value}") for name, value in figures.items()),
+        ]
+        if outcome.status != "completed" and outcome.message.strip():
+            lines += [Text("  message:"), *_message_lines(outcome.message, wrap_to)]
+        blocks.append(Text("\n").join(lines) + "\n")  # a blank line after each block
+    return Text("\n").join(blocks)
+
+
+def _figures(outcome: TaskOutcome, *, with_llm: bool) -> dict[str, str]:
+    figures = {
+        "duration": "-" if outcome.duration is None else f"{outcome.duration:.2f}s",
+        "peak memory": format_bytes(outcome.peak_memory),
+        "cpu time": "-" if outcome.cpu_seconds is None else f"{outcome.cpu_seconds:.3f}s",
+    }
+    return {**figures, **llm_columns(outcome)} if with_llm else figures
+
+
+def _message_lines(message: str, wrap_to: Console | None, indent: str = "    ") -> list[Text]:
+    """A message's lines, each visible and indented: none can pass for a line of ours."""
+    width = None if wrap_to is None else max(wrap_to.width - len(indent), MESSAGE_MIN_WIDTH)
+    lines = []
+    for line in message.strip().replace("\r\n", "\n").split("\n"):
+        shown = _cell(line)
+        pieces = [shown] if width is None else shown.wrap(wrap_to, width, overflow="fold")
+        for piece in pieces:
+            piece.rstrip()
+            lines.append(Text(indent) + piece)
+    return lines
+
+
+def print_json(result: RunResult) -> None:
+    """`run_document` as one JSON document on stdout, for scripts. It is ASCII: control
+    characters and all beyond ASCII are `\\u` escapes, so what a task wrote stays text."""
+    sys.stdout.write(json.dumps(run_document(result), indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def run_document(result: RunResult) -> dict[str, Any]:
+    """The run's end, where its workspace and records are (what `print_where` shows), and every
+    task's outcome with all its figures."""
+    workspace = result.workspace
+    local = workspace if workspace is not None and workspace.is_dir() else None
+    flow_run_id = None if result.flow_run_id is None else str(result.flow_run_id)
+    on_engine = workspace is not None and local is None and flow_run_id is not None
+    return {
+        "flow_run_id": flow_run_id,
+        "state": result.state.name,
+        "message": result.state.message or "",
+        "workspace": None if workspace is None else str(workspace),
+        "workspace_entries": None
+        if local is None
+        else [f"{entry.name}{'/' if entry.is_dir() else ''}" for entry in sorted(local.iterdir())],
+        "workspace_copy": f"toka workspace get {flow_run_id} DEST" if on_engine else None,
+        "where_to_look": None if flow_run_id is None else where_to_look(flow_run_id),
+        "tasks": [outcome.model_dump(mode="json") for outcome in result.outcomes],
+    }
 
 
 def print_where(result: RunResult, console: Console) -> None:
