@@ -25,6 +25,7 @@ def test_the_run_form_has_titles_descriptions_defaults_enums_and_lists():
     assert list(form) == [
         "paths",
         "config",
+        "inputs",
         "agents",
         "conditions",
         "dry_run",
@@ -54,6 +55,7 @@ def test_the_run_form_has_titles_descriptions_defaults_enums_and_lists():
         "default": 0,
     }
     assert form["dry_run"]["type"] == form["allow_unsandboxed"]["type"] == "boolean"
+    assert form["inputs"]["type"] == "object"  # a deployment gives it its config's inputs
 
 
 def _final_state(state) -> tuple[str, str]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from prefect.states import State
@@ -35,6 +36,7 @@ class RunResult:
 
 def run(
     *paths: str | Path,
+    inputs: Mapping[str, Any] | None = None,
     conditions: Collection[str] = (),
     dry_run: bool = False,
     max_concurrent_agents: int | None = None,
@@ -44,7 +46,8 @@ def run(
     workspace_root: Path | None = None,
     resume: UUID | str | None = None,
 ) -> RunResult:
-    """Load, plan and run an orchestration as a Prefect flow run; raise `ConfigError` on bad config.
+    """Load, plan and run an orchestration as a Prefect flow run; raise `ConfigError` on bad config
+    or bad `inputs` (the values of the config's `inputs:`, by name).
 
     `resume`: the id of a failed, cancelled or crashed run of the same config, to run again
     under that id, its completed tasks and model calls taken from Prefect's result storage."""
@@ -55,6 +58,7 @@ def run(
         max_concurrent_agents=max_concurrent_agents,
         allow_unsandboxed=allow_unsandboxed,
         llm_overrides=llm_overrides,
+        inputs=inputs,
     )
     return run_plan(planned, RunOptions(workspace_root=workspace_root, dry_run=dry_run, resume=resume))
 

@@ -14,19 +14,23 @@ from toka_agents.cli.app import (
     AgentName,
     Conditions,
     ConfigPath,
+    DryRunFlag,
     FlowRunId,
+    InputPairs,
+    InputsFile,
     OptionalDependencies,
     WatchFlag,
     agent_app,
     err,
     flow_run_id_of,
+    given_inputs,
     out,
     prefect_api,
 )
+from toka_agents.cli.configs import plan_to_show
 from toka_agents.cli.orchestrating import run_and_show
 from toka_agents.cli.rendering import (
     agents_table,
-    print_issues,
     where_to_look,
 )
 from toka_agents.errors import TokaError
@@ -50,13 +54,9 @@ def agent_list(
 
     if not paths:
         raise TokaError("give at least one config path")
-    checked = planning.validate(
-        paths, conditions=conditions, optional_dependencies=optional_dependencies
-    )
-    if checked.plan is None:
-        print_issues(checked.issues)
+    planned = plan_to_show(paths, conditions, optional_dependencies)
+    if planned is None:
         return 1
-    planned = checked.plan
     with prefect_api():
         latest = latest_task_runs(planned, [planned.name, FLOW_NAME])
     # Piped, the table keeps one line per agent, for grep, instead of wrapping at 80 columns.
@@ -77,10 +77,10 @@ def spawn(
         ),
     ] = None,
     watch: WatchFlag = False,
+    input_: InputPairs = (),
+    inputs_file: InputsFile = None,
     conditions: Conditions = (),
-    dry_run: Annotated[
-        bool, Parameter(negative="", help="Walk the DAG without running any code.")
-    ] = False,
+    dry_run: DryRunFlag = False,
     workspace_dir: Annotated[
         Path | None, Parameter(help="Where run workspaces go (in this process).")
     ] = None,
@@ -96,9 +96,15 @@ def spawn(
 
     if not paths and deployment is None:
         raise TokaError("give config paths, or --deployment NAME to use a deployment's")
+    inputs = given_inputs(input_, inputs_file)
+    if inputs and deployment is not None:
+        raise TokaError("--input and --inputs-file are for a run in this process, not --deployment")
     planned = None
     if paths:
-        planned = planning.plan(planning.select_agents(load(*paths), [agent]), conditions=conditions)
+        chosen = planning.select_agents(load(*paths), [agent])
+        planned = planning.plan(
+            chosen, conditions=conditions, inputs=inputs, require_inputs=deployment is None
+        )
     if deployment is None:
         assert planned is not None
         options = RunOptions(

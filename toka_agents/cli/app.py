@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import cyclopts
@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.text import Text
 
 from toka_agents import __version__, text
-from toka_agents.errors import TokaError
+from toka_agents.config.inputs import read_inputs_file
+from toka_agents.errors import ConfigError, ConfigIssue, TokaError
 
 app = cyclopts.App(
     name="toka",
@@ -68,6 +69,7 @@ AllowUnsandboxed = Annotated[
         negative="", help="Let agents that set `security.sandbox: false` run (in a relaxed sandbox)."
     ),
 ]
+DryRunFlag = Annotated[bool, Parameter(negative="", help="Walk the DAG without running any code.")]
 WatchFlag = Annotated[
     bool,
     Parameter(
@@ -76,6 +78,36 @@ WatchFlag = Annotated[
         "failures as they happen) instead of log lines.",
     ),
 ]
+
+
+InputPairs = Annotated[
+    tuple[str, ...],
+    Parameter(
+        name="--input",
+        negative="",
+        help="A value of one of the config's inputs, NAME=VALUE (repeatable); lists as a,b or "
+        "[a, b]. Wins over --inputs-file.",
+    ),
+]
+InputsFile = Annotated[
+    Path | None, Parameter(help="A YAML or JSON file of the inputs' values (NAME: VALUE).")
+]
+
+
+def given_inputs(pairs: tuple[str, ...], file: Path | None) -> dict[str, Any]:
+    """The input values of `--inputs-file` and then `--input NAME=VALUE` (a value keeps any
+    `=` of its own); raises `ConfigError` with a line for each malformed one."""
+    given = read_inputs_file(file) if file is not None else {}
+    malformed = []
+    for pair in pairs:
+        name, equals, value = pair.partition("=")
+        if not equals or not name.strip():
+            malformed.append(ConfigIssue("<command line>", "--input", f"{pair!r} is not NAME=VALUE"))
+            continue
+        given[name.strip()] = value
+    if malformed:
+        raise ConfigError(malformed)
+    return given
 
 
 AgentName = Annotated[str, Parameter(help="The agent to run, with every agent it requires.")]

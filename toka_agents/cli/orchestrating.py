@@ -18,10 +18,14 @@ from toka_agents.cli.app import (
     AllowUnsandboxed,
     Conditions,
     ConfigPath,
+    DryRunFlag,
+    InputPairs,
+    InputsFile,
     OptionalDependencies,
     WatchFlag,
     app,
     err,
+    given_inputs,
     out,
 )
 from toka_agents.cli.rendering import print_issues, print_json, print_run, print_warnings
@@ -35,10 +39,10 @@ Output = Literal["table", "json"]
 @app.command
 def orchestrate(
     *paths: ConfigPath,
+    input_: InputPairs = (),
+    inputs_file: InputsFile = None,
     conditions: Conditions = (),
-    dry_run: Annotated[
-        bool, Parameter(negative="", help="Walk the DAG without running any code.")
-    ] = False,
+    dry_run: DryRunFlag = False,
     watch: WatchFlag = False,
     output: Annotated[
         Output,
@@ -90,7 +94,9 @@ def orchestrate(
     Exits 1 when the run does not complete. For example:
 
         toka orchestrate flows/examples/quickstart.yaml --watch
+        toka orchestrate flows/examples/inputs.yaml --input topic="solar power" --input days=3
     """
+    inputs = given_inputs(input_, inputs_file)
     if llm_model == "" or llm_base_url == "":
         err.print("--llm-model and --llm-base-url cannot be empty", markup=False)
         return 1
@@ -109,6 +115,7 @@ def orchestrate(
         max_concurrent_agents=max_concurrent_agents,
         allow_unsandboxed=allow_unsandboxed or None,
         llm_overrides=overrides,
+        inputs=inputs,
     )
     print_warnings(checked)
     if checked.plan is None:
@@ -184,8 +191,13 @@ def deploy(
         str, Parameter(help="The work pool whose workers run it (create it first).")
     ] = "toka",
     paused: Annotated[bool, Parameter(negative="", help="Create it with its schedule paused.")] = False,
+    input_: InputPairs = (),
+    inputs_file: InputsFile = None,
 ) -> int:
     """Create or update a Prefect deployment that runs the configs on a work pool's workers.
+
+    Its run form asks for each of the configs' inputs; `--input` sets the deployment's values
+    (its scheduled runs use them; a custom run may change them).
 
     The paths are stored absolute; run it from the UI, with `prefect deployment run`, or on
     its schedule, once a worker polls the pool. For example:
@@ -206,8 +218,15 @@ def deploy(
     except ValueError:
         err.print(f"--interval {interval!r} is not a number of seconds", markup=False)
         return 1
+    inputs = given_inputs(input_, inputs_file)
     deployment_id = deploy_configs(
-        *paths, name=name, cron=cron, interval=seconds, work_pool=work_pool, paused=paused
+        *paths,
+        name=name,
+        cron=cron,
+        interval=seconds,
+        work_pool=work_pool,
+        paused=paused,
+        inputs=inputs or None,
     )
     full_name = f"{FLOW_NAME}/{name}"
     out.print(f"Deployment {full_name}: {deployment_id}", markup=False)

@@ -25,6 +25,7 @@ from rich.text import Text
 
 from toka_agents import planning, text
 from toka_agents.api import RunResult
+from toka_agents.config.inputs import as_text
 from toka_agents.config.limits import format_bytes
 from toka_agents.errors import ConfigIssue
 from toka_agents.executor import TaskOutcome
@@ -81,6 +82,33 @@ def print_plan(planned: planning.Plan, console: Console) -> None:
             Text("\n").join(_cell(f"{task.name} ({task.kind})") for task in agent.tasks) or "-",
         )
     console.print(table)
+
+
+def print_inputs(planned: planning.Plan, console: Console) -> None:
+    """The config's inputs, each with its type, default and the value this plan uses, then
+    the LLM tasks' instructions as the inputs filled them. Nothing for a config without inputs."""
+    if not planned.declared_inputs:
+        return
+    table = Table("input", "type", "default", "value", "description", title="Inputs")
+    for name, declared in planned.declared_inputs.items():
+        choices = declared.choices
+        kind = declared.type + (f" ({' | '.join(map(str, choices))})" if choices else "")
+        default = "required" if declared.required else _input_text(declared.default)
+        table.add_row(
+            _cell(name),
+            _cell(kind),
+            _cell(default),
+            _cell(_input_text(planned.inputs.get(name))),
+            _cell(declared.title or declared.description),
+        )
+    console.print(table)
+    for task in planned.tasks:
+        if task.instruction is not None:
+            console.print(Text.assemble((f"{task.id}: ", "bold"), _cell(task.instruction)))
+
+
+def _input_text(value: Any) -> str:
+    return "-" if value is None else json.dumps(value) if isinstance(value, list) else as_text(value)
 
 
 def _cell(value: str, style: str = "") -> Text:

@@ -3,6 +3,7 @@
 It knows nothing of Prefect or Docker. Every problem names its file and key path.
 """
 
+from toka_agents.config.inputs import InputDeclaration
 from toka_agents.config.loader import LoadResult, load, load_paths
 from toka_agents.config.models import (
     Agent,
@@ -22,6 +23,7 @@ __all__ = [
     "CodeSource",
     "CodeTask",
     "Defaults",
+    "InputDeclaration",
     "Limits",
     "LlmSettings",
     "LlmTask",

@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from toka_agents.config.inputs import Inputs
 from toka_agents.config.limits import (
     at_most_cpu,
     at_most_memory,
@@ -305,7 +306,8 @@ _ALLOWED_HOST_PATTERN = re.compile(
 )
 
 
-def _allowed_host(entry: str) -> str:
+def allowed_host(entry: str) -> str:
+    """`entry` as a host to allow (lower case); raises `ValueError` when it is not one."""
     found = _ALLOWED_HOST_PATTERN.fullmatch(entry)
     if found is None or len(found["host"]) > 253 or not 0 < int(found["port"] or 1) < 65536:
         raise ValueError(
@@ -315,7 +317,12 @@ def _allowed_host(entry: str) -> str:
     return entry.lower()
 
 
-AllowedHost = Annotated[str, AfterValidator(_allowed_host)]
+def _host_or_placeholder(entry: str) -> str:
+    # An entry with braces may hold an input's placeholder: planning checks it once filled.
+    return entry if "{" in entry else allowed_host(entry)
+
+
+AllowedHost = Annotated[str, AfterValidator(_host_or_placeholder)]
 
 
 class Agent(_Model):
@@ -447,6 +454,13 @@ class Settings(_Model):
         le=1,
         description="With `continue`: the least share of an agent's attempted tasks that must be "
         "done for it to complete, 0 to 1. Default: 1; for agents from Toka's specs, 0.8.",
+    )
+    inputs: Inputs = Field(
+        {},
+        description="The values a run takes, by name. With them declared, `{name}` in LLM "
+        "instructions, `env` values and `network_allow` is the input's value (`{{name}}`: the "
+        "text `{name}`); code reads $TOKA_INPUT_<NAME>, and all of them as JSON in $TOKA_INPUTS.",
+        json_schema_extra={"propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_-]*$"}},
     )
     extra: dict[str, Any] = {}
 

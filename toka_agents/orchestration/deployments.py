@@ -30,7 +30,8 @@ from prefect.schedules import Cron, Interval, RRule, Schedule
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 
-from toka_agents.config import load
+from toka_agents.config import InputDeclaration, load
+from toka_agents.config.inputs import inputs_schema
 from toka_agents.config.limits import at_most_timeout, parse_duration
 from toka_agents.config.models import LlmOverrides
 from toka_agents.errors import ConfigError, ConfigIssue, TokaError, one_line
@@ -73,6 +74,14 @@ def orchestrate(
             "(`source:`), since there is no directory for `file:` to start from.",
         ),
     ] = "",
+    inputs: Annotated[
+        dict[str, Any],
+        _form(
+            "Inputs",
+            "The values of the config's `inputs:`, by name. A deployment of a config that "
+            "declares inputs shows a field for each here.",
+        ),
+    ] = {},  # noqa: B006
     agents: Annotated[
         list[str],
         _form(
@@ -162,6 +171,7 @@ def orchestrate(
             max_concurrent_agents=form.max_concurrent_agents or None,
             allow_unsandboxed=form.allow_unsandboxed or None,
             llm_overrides=form.llm_overrides,
+            inputs=form.inputs,
         )
         checked = validate(paths_to_load, **settings)
         if checked.plan is None:
@@ -196,6 +206,7 @@ class RunForm(BaseModel):
 
     paths: list[str]
     config: str
+    inputs: dict[str, Any]
     agents: list[str]
     conditions: list[str]
     dry_run: bool
@@ -329,11 +340,23 @@ def _deployment(
     if paths:
         chosen["paths"] = [str(Path(path).resolve()) for path in paths]
     form = RunForm.from_parameters({**_defaults(), **chosen})
+    declared: Mapping[str, InputDeclaration] = {}
     if form.paths and not form.config:
-        checked = validate(form.paths, llm_overrides=form.llm_overrides)
+        # A run from the form gives what a required input lacks; a scheduled run cannot.
+        checked = validate(
+            form.paths,
+            llm_overrides=form.llm_overrides,
+            inputs=form.inputs,
+            require_inputs=bool(schedules),
+        )
         if not checked.ok:
             raise ConfigError(checked.issues)
-    return RunnerDeployment.from_flow(
+        if checked.plan is not None:
+            declared = checked.plan.declared_inputs
+            # Stored as their types, so the form shows them so and the server checks them so.
+            if form.inputs:
+                chosen["inputs"] = {name: checked.plan.inputs[name] for name in form.inputs}
+    deployment = RunnerDeployment.from_flow(
         orchestrate,
         name=name,
         schedules=schedules,
@@ -343,6 +366,12 @@ def _deployment(
         entrypoint_type=EntrypointType.MODULE_PATH,
         description=f"toka-agents: {', '.join(form.paths) or 'an inline config'}",
     )
+    if declared:
+        # Prefect's UI draws an object's properties as a group of fields; its server checks a
+        # run's values against them. (The schema has no public setter.)
+        fields = deployment._parameter_openapi_schema.properties
+        fields["inputs"] = {**fields["inputs"], **inputs_schema(declared, chosen.get("inputs", {}))}
+    return deployment
 
 
 def _defaults() -> dict[str, Any]:
@@ -360,13 +389,15 @@ def deploy(
     rrule: str | None = None,
     work_pool: str = DEFAULT_WORK_POOL,
     parameters: Mapping[str, Any] | None = None,
+    inputs: Mapping[str, Any] | None = None,
     paused: bool = False,
 ) -> UUID:
     """Create or update the deployment `toka-orchestrate/<name>` of the configs in `paths` on
     a work pool, with at most one schedule (cron, interval in seconds, or RFC 5545 rrule);
     return its id.
 
-    `parameters` sets other fields of the run form (`dry_run`, `agents`, ...). The paths are
+    `inputs` are the deployment's values of the config's `inputs:` (a run may change them in
+    the form); `parameters` sets other fields of the run form (`dry_run`, `agents`, ...). The paths are
     stored absolute: a worker on this machine finds them from any directory. Raises
     `TokaError` (a `ConfigError` for configs and parameters) with a one-line reason.
     """
@@ -375,7 +406,7 @@ def deploy(
         name=name,
         cron=cron,
         interval=interval,
-        parameters=parameters,
+        parameters=_with_inputs(parameters, inputs),
         rrule=rrule,
         paused=paused,
         work_pool=work_pool,
@@ -385,6 +416,17 @@ def deploy(
         return deployment.apply(_sync=True)  # a coroutine, not an id, inside a running loop otherwise
     except Exception as exc:
         raise TokaError(f"could not deploy {FLOW_NAME}/{name}: {one_line(exc)}") from None
+
+
+def _with_inputs(
+    parameters: Mapping[str, Any] | None, inputs: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    chosen = dict(parameters or {})
+    if inputs is not None:
+        if "inputs" in chosen:
+            raise TokaError("give inputs as inputs= or as parameters['inputs'], not both")
+        chosen["inputs"] = dict(inputs)
+    return chosen
 
 
 def _check_work_pool(work_pool: str) -> None:
@@ -408,11 +450,14 @@ def serve(
     cron: str | None = None,
     interval: float | timedelta | None = None,
     parameters: Mapping[str, Any] | None = None,
+    inputs: Mapping[str, Any] | None = None,
 ) -> None:
     """Serve the deployment `toka-orchestrate/<name>` from this process, without a work pool
     (Prefect's `serve`): it runs the deployment's scheduled runs and the runs started from the
     UI or with `prefect deployment run`, until the process is stopped (Ctrl-C, SIGTERM)."""
-    deployment = _deployment(paths, name=name, cron=cron, interval=interval, parameters=parameters)
+    deployment = _deployment(
+        paths, name=name, cron=cron, interval=interval, parameters=_with_inputs(parameters, inputs)
+    )
     from prefect import serve as prefect_serve
 
     prefect_serve(deployment)

@@ -9,14 +9,17 @@ settings in `resolution`; this module puts them together (`plan`, `validate`).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypedDict, Unpack
 
 from toka_agents.config import capabilities
 from toka_agents.config.collector import collector_paused
+from toka_agents.config.inputs import InputValue, input_env, resolve_inputs
 from toka_agents.config.loader import load_paths
 from toka_agents.config.models import LlmOverrides, Orchestration
+from toka_agents.config.placeholders import fill_placeholders
 from toka_agents.errors import ConfigError, ConfigIssue
 from toka_agents.planning.graph import acyclic_subset, find_cycles, graph_issues, waves_of
 from toka_agents.planning.models import (
@@ -41,9 +44,11 @@ __all__ = [
     "sandbox_issues",
     "select_agents",
     "validate",
+    "with_inputs",
 ]
 
 
+@collector_paused()
 def plan(
     orchestration: Orchestration,
     *,
@@ -52,32 +57,22 @@ def plan(
     max_concurrent_agents: int | None = None,
     allow_unsandboxed: bool | None = None,
     llm_overrides: LlmOverrides | None = None,
+    inputs: Mapping[str, Any] | None = None,
+    require_inputs: bool = True,
 ) -> Plan:
-    """Resolve the graph and fix every task's settings. Raises `ConfigError` on graph problems."""
-    with collector_paused():
-        return _plan(
-            orchestration,
-            conditions=conditions,
-            optional_dependencies=optional_dependencies,
-            max_concurrent_agents=max_concurrent_agents,
-            allow_unsandboxed=allow_unsandboxed,
-            llm_overrides=llm_overrides,
-        )
+    """Resolve the graph and fix every task's settings, its placeholders filled with `inputs`
+    (by name; text is read as each input's type, absent ones take their default). Raises
+    `ConfigError` with every problem of the graph and the inputs at once.
 
-
-def _plan(
-    orchestration: Orchestration,
-    *,
-    conditions: Collection[str],
-    optional_dependencies: OptionalMode | None,
-    max_concurrent_agents: int | None,
-    allow_unsandboxed: bool | None,
-    llm_overrides: LlmOverrides | None,
-) -> Plan:
+    `require_inputs=False` checks a config alone: a required input with no value is then no
+    problem, and its placeholders are filled with nothing (a plan to show, not to run)."""
     allowed = orchestration.allow_unsandboxed if allow_unsandboxed is None else allow_unsandboxed
     issues = graph_issues(orchestration.agents) + sandbox_issues(orchestration.agents, allowed)
+    orchestration, values, problems = with_inputs(orchestration, inputs, require=require_inputs)
+    issues += problems
     if issues:
         raise ConfigError(issues)
+    inputs_env = input_env(values) if orchestration.inputs else {}
     mode = optional_dependencies or orchestration.optional_dependencies
     agents = {agent.name: agent for agent in orchestration.agents}
     order = {agent.name: i for i, agent in enumerate(orchestration.agents)}
@@ -106,7 +101,9 @@ def _plan(
 
     waves = waves_of(agents, ordering, order)
     planned = [
-        plan_agent(agents[name], orchestration, set(conditions), llm_overrides or LlmOverrides())
+        plan_agent(
+            agents[name], orchestration, set(conditions), llm_overrides or LlmOverrides(), inputs_env
+        )
         for wave in waves
         for name in wave
     ]
@@ -126,7 +123,19 @@ def _plan(
         waves=tuple(tuple(wave) for wave in waves),
         conditions=tuple(sorted(conditions)),
         warnings=tuple(warnings),
+        inputs=values,
+        declared_inputs=orchestration.inputs,
     )
+
+
+def with_inputs(
+    orchestration: Orchestration, inputs: Mapping[str, Any] | None, *, require: bool = True
+) -> tuple[Orchestration, dict[str, InputValue], list[ConfigIssue]]:
+    """The orchestration with its placeholders filled, the value of each input that has one,
+    and every problem with the values given and the placeholders."""
+    values, issues = resolve_inputs(orchestration.inputs, inputs, require=require)
+    filled, problems = fill_placeholders(orchestration, values)
+    return filled, values, issues + problems
 
 
 def select_agents(orchestration: Orchestration, names: Collection[str]) -> Orchestration:
@@ -170,34 +179,36 @@ class Validation:
         return not self.issues
 
 
-def validate(
-    paths: Sequence[str | Path],
-    *,
-    conditions: Collection[str] = (),
-    optional_dependencies: OptionalMode | None = None,
-    max_concurrent_agents: int | None = None,
-    allow_unsandboxed: bool | None = None,
-    llm_overrides: LlmOverrides | None = None,
-) -> Validation:
-    """Load and plan, reporting every problem across all files and agents at once."""
+class PlanSettings(TypedDict, total=False):
+    """The keyword arguments of `plan`, which `validate` passes on."""
+
+    conditions: Collection[str]
+    optional_dependencies: OptionalMode | None
+    max_concurrent_agents: int | None
+    allow_unsandboxed: bool | None
+    llm_overrides: LlmOverrides | None
+    inputs: Mapping[str, Any] | None
+    require_inputs: bool
+
+
+def validate(paths: Sequence[str | Path], **settings: Unpack[PlanSettings]) -> Validation:
+    """Load and plan, reporting every problem across all files and agents at once (`plan`
+    says what its settings do)."""
     loaded = load_paths(paths)
     issues = list(loaded.issues)
     warnings: list[ConfigIssue | str] = list(loaded.warnings)
     if loaded.orchestration is None:
         return Validation(issues, warnings)
     orchestration = loaded.orchestration
-    allowed = orchestration.allow_unsandboxed if allow_unsandboxed is None else allow_unsandboxed
+    allowed = settings.get("allow_unsandboxed")
+    allowed = orchestration.allow_unsandboxed if allowed is None else allowed
     issues += graph_issues(orchestration.agents, also_known=loaded.broken_agents)
     issues += sandbox_issues(orchestration.agents, allowed)
+    if not loaded.issues:  # values are checked against a config that loaded whole
+        given, required = settings.get("inputs"), settings.get("require_inputs", True)
+        issues += with_inputs(orchestration, given, require=required)[2]
     if issues:
         return Validation(issues, warnings)
-    planned = plan(
-        orchestration,
-        conditions=conditions,
-        optional_dependencies=optional_dependencies,
-        max_concurrent_agents=max_concurrent_agents,
-        allow_unsandboxed=allowed,
-        llm_overrides=llm_overrides,
-    )
+    planned = plan(orchestration, **{**settings, "allow_unsandboxed": allowed})
     warnings += planned.warnings
     return Validation([], warnings, planned)

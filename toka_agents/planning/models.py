@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from toka_agents.config.inputs import InputDeclaration
 from toka_agents.config.limits import DEFAULT_WORKSPACE_LIMIT, format_bytes, format_seconds
 from toka_agents.config.models import CodeSource, FailurePolicy, LlmSettings, Priority
 
@@ -112,6 +113,10 @@ class Plan(_Frozen):
     waves: tuple[tuple[str, ...], ...]
     conditions: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    inputs: dict[str, Any] = {}
+    """The value of each input that has one, of its declared type: the values the run uses."""
+    declared_inputs: dict[str, InputDeclaration] = {}
+    """The config's `inputs:`, by name."""
 
     @property
     def tasks(self) -> list[PlannedTask]:
@@ -153,6 +158,17 @@ class Plan(_Frozen):
             "waves": [list(wave) for wave in self.waves],
             "conditions": list(self.conditions),
             "warnings": list(self.warnings),
+            **(
+                {
+                    "declared_inputs": {
+                        name: declared.model_dump(exclude_none=True)
+                        for name, declared in self.declared_inputs.items()
+                    },
+                    "inputs": self.inputs,
+                }
+                if self.declared_inputs
+                else {}
+            ),
         }
 
 
@@ -161,6 +177,7 @@ def _task_json(task: PlannedTask) -> dict[str, Any]:
         "id": task.id,
         "name": task.name,
         "kind": task.kind,
+        **({"instruction": task.instruction} if task.instruction is not None else {}),
         "priority": task.priority,
         "limits": {
             "memory": format_bytes(task.limits.memory),

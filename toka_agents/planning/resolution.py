@@ -4,7 +4,7 @@ agent's failure policy and model."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from toka_agents.config import capabilities
 from toka_agents.config.models import (
@@ -47,13 +47,19 @@ def granted_capabilities(agent: Agent, orchestration: Orchestration) -> tuple[st
 
 
 def plan_agent(
-    agent: Agent, orchestration: Orchestration, conditions: set[str], overrides: LlmOverrides
+    agent: Agent,
+    orchestration: Orchestration,
+    conditions: set[str],
+    overrides: LlmOverrides,
+    input_env: Mapping[str, str] | None = None,
 ) -> PlannedAgent:
+    """The agent and its tasks with their settings fixed; `input_env` (`TOKA_INPUT_*`) joins
+    every task's env, over the config's."""
     defaults = orchestration.defaults
     agent_limits = agent.limits.over(defaults.limits.over(DEFAULT_LIMITS))
     granted = granted_capabilities(agent, orchestration)
     image = agent.image or defaults.image or DEFAULT_IMAGE
-    env = {**defaults.env, **agent.env}
+    env = {**defaults.env, **agent.env, **(input_env or {})}
     retries = agent.retries if "retries" in agent.model_fields_set else defaults.retries
     native = NATIVE_FAILURE_POLICY if agent.origin.dialect == "native" else TOKA_FAILURE_POLICY
     on_task_failure = agent.on_task_failure or orchestration.on_task_failure or native[0]
