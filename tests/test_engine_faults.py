@@ -199,11 +199,8 @@ def attempts(flow_run_id: str, task: str) -> list[str]:
 
 def retried(log: str, task: str) -> list[str]:
     """The messages of the task's failed attempts that Prefect retried, from the run's log."""
-    pattern = (
-        rf"Task run '{re.escape(task)}' - Task run failed with state: "
-        r"Failed\(message=(['\"])(.*?)\1, type=FAILED.* - Retry \d+/\d+ will start"
-    )
-    return [message for _, message in re.findall(pattern, log)]
+    pattern = rf"Task run '{re.escape(task)}' - Task run failed: (.*) - Retry \d+/\d+ will start"
+    return re.findall(pattern, log)
 
 
 def finish(run: subprocess.Popen[str], timeout: float = 180) -> tuple[str, str]:

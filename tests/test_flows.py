@@ -104,8 +104,11 @@ def test_quickstart_end_to_end(workspace_root):
         "workstream data: 1/1 tasks of 1 agents done",
         "workstream reporting: 2/2 tasks of 2 agents done",
     ]
-    [table] = [a for a in found if a.type == "table"]
-    assert table.key == "quickstart-summary"
+    [table] = [a for a in found if a.key == "quickstart-summary"]
+    assert table.type == "table"
+    # Each task that ran has a table of what it used, on its own task run.
+    usage = {a.key for a in found if a.key and a.key.endswith("-usage")}
+    assert usage == {f"{task.replace('/', '-')}-usage" for task in QUICKSTART_TASKS}
     rows = table.data if isinstance(table.data, list) else __import__("json").loads(table.data)
     assert [row["task"] for row in rows] == [o.task_id for o in result.outcomes]
     assert {"status", "duration", "peak memory", "cpu time"} <= set(rows[0])
