@@ -80,9 +80,7 @@ def tidy_failure_lines() -> None:
         logger.addFilter(_FILTER)
 
 
-def log_step(
-    logger: logging.Logger | logging.LoggerAdapter[Any], args: Sequence[Any], result: Any
-) -> None:
+def log_step(logger: RunLogger, args: Sequence[Any], result: Any) -> None:
     """The story of one LLM step, from what it was given and what it gave back."""
     if isinstance(result, ModelReply):
         logger.info("%s", model_story(result))
