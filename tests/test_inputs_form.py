@@ -8,7 +8,9 @@ import json
 
 import pytest
 from conftest import EXAMPLES, run_prefect, run_toka
+from own_runs import read_all
 from prefect import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from support import process_pool, wait_final
 from test_deploy_api import start_run
 
@@ -67,7 +69,10 @@ def test_the_run_form_asks_for_the_configs_inputs_and_runs_take_them(prefect_api
     ran = wait_final(taken, 60)
     assert ran.state is not None and ran.state.is_completed(), ran.state
     with get_client(sync_client=True) as client:
-        logs = [log.message for log in client.read_logs()]
+        found = read_all(
+            client.read_logs, log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[taken]))
+        )
+    logs = [log.message for log in found]
     assert "headline: solar power, 2 days, thorough" in logs
     assert "48 hours of data, 1 tag(s)" in logs
 
