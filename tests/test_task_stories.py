@@ -131,3 +131,6 @@ def test_each_llm_step_tells_its_story_and_a_refused_request_is_one_line(
         )
     mine = [a for a in versions if a.flow_run_id == result.flow_run_id]
     assert any("# writer/compute: running" in str(a.data) for a in mine), [a.data for a in mine]
+    # ... and after each tool call: its result shows before the next model call answers.
+    running = [str(a.data) for a in mine if "# writer/compute: running" in str(a.data)]
+    assert any("## tool result: run_code" in data for data in running), running

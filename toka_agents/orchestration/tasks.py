@@ -23,7 +23,8 @@ from toka_agents import executor, text
 from toka_agents.errors import MalformedKind, MalformedReply
 from toka_agents.executor import ExecutionContext, TaskOutcome
 from toka_agents.llm.loop import StepRunner, redact_message
-from toka_agents.llm.messages import ModelReply
+from toka_agents.llm.messages import Message, ModelReply, ToolCall, ToolMessage
+from toka_agents.llm.tools import ToolResult
 from toka_agents.orchestration import reporting, resuming, task_logs
 from toka_agents.orchestration.tagging import add_deferred_tags
 from toka_agents.planning import PlannedTask
@@ -117,7 +118,9 @@ def step_runner(task_id: str, secrets: Sequence[str] = ()) -> StepRunner:
     unchanged (Prefect re-raises it after recording the failed task run), but for a malformed
     reply, which the loop recovers from: its task run ends Completed, naming what was
     recovered, and the loop gets the error all the same. Its result, `secrets` redacted, is
-    stored for a resumed run."""
+    stored for a resumed run. After each step, the conversation so far is written again as
+    the task's conversation artifact."""
+    conversation: list[Message] = []  # as of the latest step: what the model was sent, and since
 
     def run(kind: str, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         step = resuming.redacting(fn, secrets)
@@ -128,10 +131,17 @@ def step_runner(task_id: str, secrets: Sequence[str] = ()) -> StepRunner:
         if isinstance(result, MalformedStep):
             raise result.error()
         if isinstance(result, ModelReply):
-            conversation = [*args[0], result.as_message()]
-            reporting.conversation_so_far(
-                task_id, name, [redact_message(m, secrets) for m in conversation]
+            conversation[:] = [*args[0], result.as_message()]
+        elif isinstance(result, ToolResult) and conversation and isinstance(args[0], ToolCall):
+            call = args[0]
+            said = ToolMessage(
+                tool_call_id=call.id, name=call.name, content=result.content, is_error=result.is_error
             )
+            conversation.append(said)
+        else:
+            return result  # the workspace listing for the first prompt: no conversation yet
+        shown = [redact_message(message, secrets) for message in conversation]
+        reporting.conversation_so_far(task_id, name, shown)
         return result
 
     return run
