@@ -127,6 +127,13 @@ def toka_deploy(api: str, example: str, *flags: str) -> UUID:
     return UUID(re.search(r"toka-orchestrate/\S+: (\S+)", made.stdout).group(1))  # type: ignore[union-attr]
 
 
+def open_custom_run(page: Page, api: str, deployment_id: UUID) -> None:
+    """The deployment's page, then Run, then Custom run: its run form."""
+    page.goto(f"{ui_of(api)}/deployments/deployment/{deployment_id}")
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_text("Custom run").click()
+
+
 def open_tab(page: Page, name: str) -> None:
     page.locator("li.p-tab", has_text=name).click()
 
@@ -135,9 +142,7 @@ def test_a_custom_run_from_the_ui_form_completes_and_shows_its_tasks_and_artifac
     prefect_api, ui_worker, page, tmp_path
 ):
     deployment_id = toka_deploy(prefect_api, "quickstart.yaml", "--name", "ui-custom-run")
-    page.goto(f"{ui_of(prefect_api)}/deployments/deployment/{deployment_id}")
-    page.get_by_role("button", name="Run", exact=True).click()
-    page.get_by_text("Custom run").click()
+    open_custom_run(page, prefect_api, deployment_id)
 
     # The run form: toka-agents' titles, not raw parameter names; one field changed.
     field = page.locator(".schema-form-property").filter(

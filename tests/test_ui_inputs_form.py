@@ -18,12 +18,14 @@ import time
 from uuid import UUID
 
 import pytest
+from own_runs import read_all
 from playwright.sync_api import Locator, Page, expect
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 from support import wait_final
 from test_ui_browser import (  # noqa: F401
     browser,
+    open_custom_run,
     open_tab,
     page,
     runs_of,
@@ -54,7 +56,7 @@ def run_logs(flow_run_id: UUID, *wanted: str) -> list[str]:
     deadline = time.monotonic() + LOGS_WITHIN
     with get_client(sync_client=True) as client:
         while True:
-            messages = [log.message for log in client.read_logs(log_filter=of_run, limit=200)]
+            messages = [log.message for log in read_all(client.read_logs, log_filter=of_run)]
             if all(text in messages for text in wanted) or time.monotonic() > deadline:
                 return messages
             time.sleep(0.5)
@@ -64,9 +66,7 @@ def test_the_run_form_asks_for_the_configs_inputs_and_the_run_gets_what_was_fill
     prefect_api, ui_worker, page, tmp_path
 ):
     deployment_id = toka_deploy(prefect_api, "inputs.yaml", "--name", "ui-inputs-form")
-    page.goto(f"{ui_of(prefect_api)}/deployments/deployment/{deployment_id}")
-    page.get_by_role("button", name="Run", exact=True).click()
-    page.get_by_text("Custom run").click()
+    open_custom_run(page, prefect_api, deployment_id)
 
     # The Inputs field is a group of fields, one per input of the config, in its order: the
     # input's title and description, its type's control, its default. `topic` has no default

@@ -26,10 +26,9 @@ from rich.text import Text
 from toka_agents import planning, text
 from toka_agents.api import RunResult
 from toka_agents.config.inputs import as_text
-from toka_agents.config.limits import format_bytes
 from toka_agents.errors import ConfigIssue
 from toka_agents.executor import TaskOutcome
-from toka_agents.orchestration.reporting import llm_columns, task_message
+from toka_agents.orchestration.reporting import llm_columns, task_message, usage_columns
 from toka_agents.planning import Validation
 
 if TYPE_CHECKING:
@@ -194,12 +193,13 @@ def summary_blocks(outcomes: list[TaskOutcome], wrap_to: Console | None = None) 
     return Text("\n").join(blocks)
 
 
+SUMMARY_FIGURES = ("duration", "peak memory", "cpu time")
+"""What the printed summary shows of a task's `usage_columns` (the rest are in its artifact)."""
+
+
 def _figures(outcome: TaskOutcome, *, with_llm: bool) -> dict[str, str]:
-    figures = {
-        "duration": "-" if outcome.duration is None else f"{outcome.duration:.2f}s",
-        "peak memory": format_bytes(outcome.peak_memory),
-        "cpu time": "-" if outcome.cpu_seconds is None else f"{outcome.cpu_seconds:.3f}s",
-    }
+    used = usage_columns(outcome)
+    figures = {name: used[name] for name in SUMMARY_FIGURES}
     return {**figures, **llm_columns(outcome)} if with_llm else figures
 
 
@@ -227,17 +227,15 @@ def run_document(result: RunResult) -> dict[str, Any]:
     """The run's end, where its workspace and records are (what `print_where` shows), and every
     task's outcome with all its figures."""
     workspace = result.workspace
-    local = workspace if workspace is not None and workspace.is_dir() else None
+    entries = workspace_entries(result)
     flow_run_id = None if result.flow_run_id is None else str(result.flow_run_id)
-    on_engine = workspace is not None and local is None and flow_run_id is not None
+    on_engine = workspace is not None and entries is None and flow_run_id is not None
     return {
         "flow_run_id": flow_run_id,
         "state": result.state.name,
         "message": result.state.message or "",
         "workspace": None if workspace is None else str(workspace),
-        "workspace_entries": None
-        if local is None
-        else [f"{entry.name}{'/' if entry.is_dir() else ''}" for entry in sorted(local.iterdir())],
+        "workspace_entries": entries,
         "workspace_copy": f"toka workspace get {flow_run_id} DEST" if on_engine else None,
         "where_to_look": None if flow_run_id is None else where_to_look(flow_run_id),
         "tasks": [outcome.model_dump(mode="json") for outcome in result.outcomes],
@@ -247,19 +245,28 @@ def run_document(result: RunResult) -> dict[str, Any]:
 def print_where(result: RunResult, console: Console) -> None:
     """The workspace and its entries (one visible line each, whatever their names hold), and
     the flow run with where to look at it."""
-    if result.workspace is not None and result.workspace.is_dir():
+    entries = workspace_entries(result)
+    if entries is not None:
         console.print(
             f"Workspace (what the agents wrote): {text.visible(str(result.workspace))}", markup=False
         )
-        for entry in sorted(result.workspace.iterdir()):
-            name = text.visible(entry.name, newlines=False)
-            console.print(f"  {name}{'/' if entry.is_dir() else ''}", markup=False)
+        for entry in entries:
+            console.print(f"  {text.visible(entry, newlines=False)}", markup=False)
     elif result.workspace is not None and result.flow_run_id is not None:  # a volume on the engine
         console.print("Workspace: a volume on the Docker engine; to copy it out:", markup=False)
         console.print(f"  toka workspace get {result.flow_run_id} DEST", markup=False)
     if result.flow_run_id is not None:
         console.print(f"Flow run: {result.flow_run_id}", markup=False)
         console.print(where_to_look(str(result.flow_run_id)), markup=False)
+
+
+def workspace_entries(result: RunResult) -> list[str] | None:
+    """The names in the run's workspace on this machine (directories with a `/`), or None
+    when it is not here (none, or a volume on the engine)."""
+    workspace = result.workspace
+    if workspace is None or not workspace.is_dir():
+        return None
+    return [f"{entry.name}{'/' if entry.is_dir() else ''}" for entry in sorted(workspace.iterdir())]
 
 
 def where_to_look(flow_run_id: str) -> str:

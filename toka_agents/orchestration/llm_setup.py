@@ -130,14 +130,15 @@ def rate_limit_hook(settings: LlmSettings, *, cancel: threading.Event) -> Acquir
         return None
 
     def acquire(tokens: int) -> None:
-        for limit in limits:
-            occupy = 1 if limit.unit == "requests" else min(tokens, limit.slots)
-            _occupy(limit, occupy, cancel)
+        with get_client(sync_client=True) as client:
+            for limit in limits:
+                occupy = 1 if limit.unit == "requests" else min(tokens, limit.slots)
+                _occupy(client, limit, occupy, cancel)
 
     return acquire
 
 
-def _occupy(limit: RateLimit, slots: int, cancel: threading.Event) -> None:
+def _occupy(client: SyncPrefectClient, limit: RateLimit, slots: int, cancel: threading.Event) -> None:
     """Takes `slots` of a rate limit, asking the API again when it says when (423 Locked,
     Retry-After) and looking at the cancel flag in between; returns early on a cancel (the
     gateway ends the call when it sees it).
@@ -146,18 +147,17 @@ def _occupy(limit: RateLimit, slots: int, cancel: threading.Event) -> None:
     timeout is logged as an ERROR with a traceback by its acquisition service, and without a
     timeout a cancel could not interrupt the wait.
     """
-    with get_client(sync_client=True) as client:
-        while not cancel.is_set():
-            try:
-                taken = client.increment_concurrency_slots(
-                    names=[limit.name], slots=slots, mode="rate_limit"
-                ).json()
-            except httpx.HTTPStatusError as exc:
-                if exc.response.status_code != 423:
-                    raise LlmError(f"the rate limit {limit.name!r} failed: {one_line(exc)}") from None
-                hinted = float(exc.response.headers.get("Retry-After") or RATE_LIMIT_CANCEL_CHECK)
-                cancel.wait(min(hinted, RATE_LIMIT_CANCEL_CHECK))
-                continue
-            if not taken:
-                raise LlmError(f"the rate limit {limit.name!r} is not in Prefect (was it deleted?)")
-            return
+    while not cancel.is_set():
+        try:
+            taken = client.increment_concurrency_slots(
+                names=[limit.name], slots=slots, mode="rate_limit"
+            ).json()
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 423:
+                raise LlmError(f"the rate limit {limit.name!r} failed: {one_line(exc)}") from None
+            hinted = float(exc.response.headers.get("Retry-After") or RATE_LIMIT_CANCEL_CHECK)
+            cancel.wait(min(hinted, RATE_LIMIT_CANCEL_CHECK))
+            continue
+        if not taken:
+            raise LlmError(f"the rate limit {limit.name!r} is not in Prefect (was it deleted?)")
+        return
