@@ -163,14 +163,7 @@ def run_loop(
                 continue
             for i, call in enumerate(reply.tool_calls):
                 result = loop.tool(call)
-                loop.messages.append(
-                    ToolMessage(
-                        tool_call_id=call.id,
-                        name=call.name,
-                        content=result.content,
-                        is_error=result.is_error,
-                    )
-                )
+                loop.messages.append(result.answering(call))
                 if result.verdict is not None:
                     skipped = reply.tool_calls[i + 1 :]
                     loop.messages += [

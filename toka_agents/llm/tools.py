@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from toka_agents.llm.messages import ToolCall, ToolSpec
+from toka_agents.llm.messages import ToolCall, ToolMessage, ToolSpec
 from toka_agents.sandbox import Sandbox, SandboxResult, SandboxSpec
 
 WORKSPACE = "/workspace"
@@ -115,6 +115,12 @@ class ToolResult(BaseModel):
     content: str
     is_error: bool = False
     verdict: Verdict | None = None
+
+    def answering(self, call: ToolCall) -> ToolMessage:
+        """This result as the conversation's answer to `call`."""
+        return ToolMessage(
+            tool_call_id=call.id, name=call.name, content=self.content, is_error=self.is_error
+        )
 
 
 class Toolbox:

@@ -23,7 +23,7 @@ from toka_agents import executor, text
 from toka_agents.errors import MalformedKind, MalformedReply
 from toka_agents.executor import ExecutionContext, TaskOutcome
 from toka_agents.llm.loop import StepRunner, redact_message
-from toka_agents.llm.messages import Message, ModelReply, ToolCall, ToolMessage
+from toka_agents.llm.messages import Message, ModelReply, ToolCall
 from toka_agents.llm.tools import ToolResult
 from toka_agents.orchestration import reporting, resuming, task_logs
 from toka_agents.orchestration.tagging import add_deferred_tags
@@ -133,11 +133,7 @@ def step_runner(task_id: str, secrets: Sequence[str] = ()) -> StepRunner:
         if isinstance(result, ModelReply):
             conversation[:] = [*args[0], result.as_message()]
         elif isinstance(result, ToolResult) and conversation and isinstance(args[0], ToolCall):
-            call = args[0]
-            said = ToolMessage(
-                tool_call_id=call.id, name=call.name, content=result.content, is_error=result.is_error
-            )
-            conversation.append(said)
+            conversation.append(result.answering(args[0]))
         else:
             return result  # the workspace listing for the first prompt: no conversation yet
         shown = [redact_message(message, secrets) for message in conversation]
