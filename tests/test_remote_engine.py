@@ -1,12 +1,15 @@
 # ruff: noqa: F811
 """Any engine by DOCKER_HOST: an orchestration runs on a second dockerd of the test's own (its own
 socket, data root and exec root), its workspace a Docker volume on that engine, and
-`toka workspace get` copies the report back out."""
+`toka workspace get` copies the report back out, from the run's archive in the result storage
+or from that volume."""
 
 from __future__ import annotations
 
+import os
 import textwrap
 import uuid
+from pathlib import Path
 
 import pytest
 from conftest import run_toka, write_config
@@ -21,6 +24,7 @@ REPORT = textwrap.dedent(
     """
     name: remote-{suffix}
     sandbox: {{pool_size: 0}}
+    workspace: {{from: brief}}
     agents:
       - name: analyst
         capabilities: [filesystem-write]
@@ -31,6 +35,8 @@ REPORT = textwrap.dedent(
               source: |
                 mkdir -p /workspace/out
                 echo "engine report {suffix}" > /workspace/out/report.txt
+                cat /workspace/brief.txt >> /workspace/out/report.txt
+                echo seen >> /workspace/brief.txt
                 id -u > /workspace/who.txt
     """
 )
@@ -41,6 +47,7 @@ def test_a_remote_engine_without_the_sandbox_image_refuses_the_run_saying_how_to
 ):
     assert not second_engine.has_image(), "this test runs before the module loads the image"
     monkeypatch.setenv("DOCKER_HOST", second_engine.url)
+    (tmp_path / "brief").mkdir()
     result = run(
         write_config(tmp_path, REPORT.format(suffix=uuid.uuid4().hex[:8])), workspace_root=workspace_root
     )
@@ -59,6 +66,8 @@ def test_a_run_on_a_remote_engine_keeps_its_workspace_in_a_volume_that_workspace
 ):
     second_engine.load_image()
     suffix = uuid.uuid4().hex[:8]
+    (tmp_path / "brief").mkdir()
+    (tmp_path / "brief" / "brief.txt").write_text("the brief\n")  # seeds the volume, stays as it is
     monkeypatch.setenv("DOCKER_HOST", second_engine.url)
     result = run(write_config(tmp_path, REPORT.format(suffix=suffix)), workspace_root=workspace_root)
     assert result.ok, result.state.message
@@ -71,14 +80,21 @@ def test_a_run_on_a_remote_engine_keeps_its_workspace_in_a_volume_that_workspace
         assert volume["Labels"]["org.toka-agents.workspace"] == "1"
         assert client.api.containers(all=True, filters={"label": f"{RUN_LABEL}={run_id}"}) == []
 
+    assert (tmp_path / "brief" / "brief.txt").read_text() == "the brief\n"
     env = {"DOCKER_HOST": second_engine.url, "PREFECT_API_URL": prefect_api}
-    got = run_toka("workspace", "get", run_id, str(tmp_path / "copy"), env=env)
-    assert got.returncode == 0, got.stderr
-    assert got.stdout.startswith("copied ") and str(tmp_path / "copy") in got.stdout
-    assert (tmp_path / "copy" / "out" / "report.txt").read_text() == f"engine report {suffix}\n"
     uid = run_user(run_id).split(":")[0]
-    assert (tmp_path / "copy" / "who.txt").read_text() == f"{uid}\n"  # the run's own user wrote it
-    assert not (tmp_path / "copy" / "lost+found").exists()  # no disk of this machine's over it
+    for source in ("the result storage", "its workspace volume"):
+        got = run_toka("workspace", "get", run_id, str(tmp_path / source), env=env)
+        assert got.returncode == 0, got.stderr
+        assert got.stdout.startswith("copied ") and f"from {source} to {tmp_path / source}" in got.stdout
+        copy = tmp_path / source
+        report = (copy / "out" / "report.txt").read_text()
+        assert report == f"engine report {suffix}\nthe brief\n"
+        assert (copy / "brief.txt").read_text() == "the brief\nseen\n"
+        assert (copy / "who.txt").read_text() == f"{uid}\n"  # the run's own user wrote it
+        assert not (copy / "lost+found").exists()  # no disk of this machine's over it
+        archive = Path(os.environ["PREFECT_HOME"], "storage", "toka-workspaces", f"{run_id}.tar.gz")
+        archive.unlink(missing_ok=True)  # next, the volume
 
     # The helper container that read the volume is gone; the volume stays until removed.
     with second_engine.client() as client:
@@ -88,7 +104,7 @@ def test_a_run_on_a_remote_engine_keeps_its_workspace_in_a_volume_that_workspace
     again = run_toka("workspace", "get", run_id, str(tmp_path / "again"), env=env)
     assert again.returncode == 1
     assert again.stderr.splitlines() == [
-        f"error: no workspace volume of flow run {run_id} on the Docker engine at {second_engine.url} "
+        f"error: no archive of run {run_id} in the result storage, and no workspace volume of flow run {run_id} on the Docker engine at {second_engine.url} "
         "(runs on this machine's own engine keep theirs in a directory: see `toka orchestrate`'s "
         f"output, or {_default_root()})"
     ]

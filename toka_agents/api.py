@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -28,6 +28,8 @@ class RunResult:
     flow_run_id: UUID | None
     workspace: Path | None
     outcomes: list[TaskOutcome]
+    warnings: list[str] = field(default_factory=list)
+    """What the run warns of: an output it did not find, a workspace it could not archive."""
 
     @property
     def ok(self) -> bool:
@@ -80,4 +82,5 @@ def run_plan(planned: Plan, options: RunOptions | None = None) -> RunResult:
         flow_run_id=state.state_details.flow_run_id,
         workspace=Path(summary.workspace) if summary.workspace else None,
         outcomes=summary.outcomes,
+        warnings=summary.warnings,
     )

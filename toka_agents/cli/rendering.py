@@ -81,6 +81,15 @@ def print_plan(planned: planning.Plan, console: Console) -> None:
             Text("\n").join(_cell(f"{task.name} ({task.kind})") for task in agent.tasks) or "-",
         )
     console.print(table)
+    if planned.workspace_seed is not None:
+        seed = planned.workspace_seed
+        how = "copied from" if seed.from_ is not None else "cloned from"
+        console.print(Text.assemble(("workspace: ", "bold"), how, " ", _cell(seed.source or "-")))
+    if planned.outputs:
+        shown = [
+            output.path + (f" ({output.title})" if output.title else "") for output in planned.outputs
+        ]
+        console.print(Text.assemble(("outputs: ", "bold"), _cell(", ".join(shown))))
 
 
 def print_inputs(planned: planning.Plan, console: Console) -> None:
@@ -128,6 +137,8 @@ def print_run(result: RunResult, console: Console, *, with_end: bool = True) -> 
     if with_end:
         message = text.one_line(result.state.message or "")
         console.print(f"Run: {text.visible(result.state.name)}: {message}", markup=False)
+    for warning in result.warnings:
+        console.print(f"Warning: {text.one_line(warning)}", markup=False)
     print_where(result, console)
 
 
@@ -238,6 +249,7 @@ def run_document(result: RunResult) -> dict[str, Any]:
         "workspace_entries": entries,
         "workspace_copy": f"toka workspace get {flow_run_id} DEST" if on_engine else None,
         "where_to_look": None if flow_run_id is None else where_to_look(flow_run_id),
+        "warnings": result.warnings,
         "tasks": [outcome.model_dump(mode="json") for outcome in result.outcomes],
     }
 

@@ -20,6 +20,7 @@ from toka_agents.cli.app import (
 )
 from toka_agents.config.limits import format_bytes
 from toka_agents.config.models import DEFAULT_IMAGE
+from toka_agents.errors import TokaError
 from toka_agents.orchestration.flow import RUN_LABEL
 from toka_agents.sandbox import (
     LABEL_MANAGED,
@@ -34,15 +35,27 @@ from toka_agents.sandbox.images import build_images
 
 @workspace_app.command(name="get")
 def workspace_get(flow_run_id: UUID, destination: Path, /) -> int:
-    """Copy a run's workspace volume into DESTINATION (made if missing), e.g.
-    `toka workspace get 0b6e...-... ./out`. The engine is the one DOCKER_HOST names."""
+    """Copy a run's workspace into DESTINATION (made if missing), e.g.
+    `toka workspace get 0b6e...-... ./out`: from the archive the run left in Prefect's result
+    storage, or else from its workspace volume on the engine DOCKER_HOST names."""
+    from toka_agents.orchestration.archives import fetch_workspace
     from toka_agents.sandbox.workspace import copy_out
 
-    copied, left_out = copy_out(connect(), str(flow_run_id), destination)
+    fetched = fetch_workspace(str(flow_run_id), destination)
+    where = "the result storage"
+    if fetched is None:
+        try:
+            fetched = copy_out(connect(), str(flow_run_id), destination)
+        except TokaError as exc:
+            raise TokaError(
+                f"no archive of run {flow_run_id} in the result storage, and {exc}"
+            ) from None
+        where = "its workspace volume"
+    copied, left_out = fetched
     if left_out:
         err.print(f"warning: {text.visible(left_out.warning(destination))}", markup=False)
     out.print(
-        f"copied {len(copied)} path(s) of run {flow_run_id}'s workspace to "
+        f"copied {len(copied)} path(s) of run {flow_run_id}'s workspace from {where} to "
         + text.visible(str(destination)),
         markup=False,
     )

@@ -37,6 +37,7 @@ from toka_agents.config.limits import (
     parse_duration,
     parse_memory,
 )
+from toka_agents.config.workspace import OutputEntry, WorkspaceSeed
 
 Priority = Literal["critical", "high", "medium", "low"]
 PRIORITY_RANK: dict[str, int] = {"critical": 0, "high": 1, "medium": 2, "low": 3}
@@ -461,6 +462,13 @@ class Settings(_Model):
         "instructions, `env` values and `network_allow` is the input's value (`{{name}}`: the "
         "text `{name}`); code reads $TOKA_INPUT_<NAME>, and all of them as JSON in $TOKA_INPUTS.",
         json_schema_extra={"propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_-]*$"}},
+    )
+    workspace: WorkspaceSeed | None = Field(
+        None,
+        description="What the workspace holds before the first task: `{from: DIR}` or `{git: URL}`.",
+    )
+    outputs: list[OutputEntry] = Field(
+        [], description="Files of the workspace handed back as the run's artifacts when it ends."
     )
     extra: dict[str, Any] = {}
 

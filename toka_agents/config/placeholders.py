@@ -3,7 +3,8 @@
 The grammar is CrewAI's, `{` then a name (`[A-Za-z_][A-Za-z0-9_-]*`) then `}`, so JSON's
 braces (`{"a": 1}`) are never one. `{{name}}` is the text `{name}`, not filled. Placeholders
 are filled only in the native format, only in a config that declares `inputs:`, and only in
-LLM tasks' instructions, `env` values and `network_allow` entries: code is never rewritten
+LLM tasks' instructions, `env` values, `network_allow` entries and the workspace's seed
+(`workspace: {from: "{repo}"}`): code is never rewritten
 (it reads `TOKA_INPUT_<NAME>`), and elsewhere braces are plain text.
 """
 
@@ -69,7 +70,16 @@ def fill_placeholders(
     env = {
         key: filled(value, settings_file, f"defaults.env.{key}") for key, value in defaults.env.items()
     }
-    update = {"agents": agents, "defaults": defaults.model_copy(update={"env": env})}
+    update: dict[str, object] = {"agents": agents, "defaults": defaults.model_copy(update={"env": env})}
+    if (seed := orchestration.workspace) is not None:
+        fields = {"from_": "from", "git": "git", "ref": "ref"}
+        update["workspace"] = seed.model_copy(
+            update={
+                field: filled(value, settings_file, f"workspace.{key}")
+                for field, key in fields.items()
+                if (value := getattr(seed, field)) is not None
+            }
+        )
     return orchestration.model_copy(update=update), issues
 
 

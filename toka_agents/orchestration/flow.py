@@ -21,9 +21,10 @@ from prefect.states import State
 from pydantic import SecretStr
 
 from toka_agents import executor, text
+from toka_agents.config.limits import format_bytes
 from toka_agents.errors import SandboxError, one_line
 from toka_agents.executor import ExecutionContext
-from toka_agents.orchestration import reporting, resuming, task_logs
+from toka_agents.orchestration import archives, reporting, resuming, task_logs
 from toka_agents.orchestration.cancellation import CancellationWatcher
 from toka_agents.orchestration.llm_setup import (
     LlmSetupError,
@@ -31,11 +32,14 @@ from toka_agents.orchestration.llm_setup import (
     read_secret_keys,
     upsert_rate_limits,
 )
+from toka_agents.orchestration.reporting import outputs
 from toka_agents.orchestration.scheduler import Schedule, Scheduler, schedule_of
 from toka_agents.orchestration.tasks import agent_task, step_task
 from toka_agents.planning import Plan
 from toka_agents.sandbox import Sandbox, connect, create_workspace, remove_orphans
+from toka_agents.sandbox.seeding import seed_workspace
 from toka_agents.sandbox.users import LABEL_USER, run_user
+from toka_agents.sandbox.workspace import local_workspace
 
 RUN_LABEL = "org.toka-agents.run"
 
@@ -115,6 +119,18 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
         except SandboxError as exc:  # a workspace volume on an engine that failed
             return reporting.refused_state(str(exc))  # type: ignore[return-value]
         logger.info("Workspace: %s", workspace)
+        if plan.workspace_seed is not None and flow_run.run_count <= 1:  # a resumed run has it
+            try:
+                seeded = seed_workspace(
+                    workspace,
+                    plan.workspace_seed,
+                    plan.workspace_limit,
+                    run_id=str(flow_run.id),
+                    user=user,
+                )
+            except SandboxError as exc:
+                return reporting.refused_state(str(exc))  # type: ignore[return-value]
+            logger.info("%s", text.one_line(seeded.describe(), None))
     report = reporting.RunReport(plan, workspace)
     context = ExecutionContext(
         sandbox=sandbox,
@@ -142,9 +158,29 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
         watcher.stop()
         if sandbox is not None:
             _end_sandbox(sandbox, logger)
-        report.finish(scheduler.results())
+        warnings = _hand_back(plan, workspace, str(flow_run.id), logger) if workspace else []
+        report.finish(scheduler.results(), warnings)
     outcomes = scheduler.results()
-    return reporting.run_state(plan, outcomes, workspace, cancelled=watcher.cancelled.is_set())
+    cancelled = watcher.cancelled.is_set()
+    return reporting.run_state(plan, outcomes, workspace, cancelled=cancelled, warnings=warnings)
+
+
+def _hand_back(plan: Plan, workspace: Path, run_id: str, logger: reporting.RunLogger) -> list[str]:
+    """The run's outputs as artifacts and its whole workspace kept in the result storage;
+    return a warning for each output that is missing and each step that failed. Never raises."""
+    warnings: list[str] = []
+    try:
+        with local_workspace(workspace, run_id) as directory:
+            if plan.outputs:
+                files, missing = outputs.output_files(directory, plan.outputs)
+                warnings += missing + outputs.write_output_artifacts(plan.name, files)
+            where, size = archives.keep_workspace(directory, run_id)
+            logger.info("Workspace archived to the result storage: %s (%s)", where, format_bytes(size))
+    except Exception as exc:  # the engine or the storage failed us; the run's result stands
+        warnings.append(f"the workspace was not archived: {one_line(exc)}")
+    for warning in warnings:
+        logger.warning("%s", text.one_line(warning, None))
+    return warnings
 
 
 def _end_sandbox(sandbox: Sandbox, logger: reporting.RunLogger) -> None:

@@ -19,7 +19,8 @@ from toka_agents.config.collector import collector_paused
 from toka_agents.config.inputs import InputValue, input_env, resolve_inputs
 from toka_agents.config.loader import load_paths
 from toka_agents.config.models import LlmOverrides, Orchestration
-from toka_agents.config.placeholders import fill_placeholders
+from toka_agents.config.placeholders import PLACEHOLDER, fill_placeholders
+from toka_agents.config.workspace import WorkspaceSeed
 from toka_agents.errors import ConfigError, ConfigIssue
 from toka_agents.planning.graph import acyclic_subset, find_cycles, graph_issues, waves_of
 from toka_agents.planning.models import (
@@ -68,6 +69,7 @@ def plan(
     problem, and its placeholders are filled with nothing (a plan to show, not to run)."""
     allowed = orchestration.allow_unsandboxed if allow_unsandboxed is None else allow_unsandboxed
     issues = graph_issues(orchestration.agents) + sandbox_issues(orchestration.agents, allowed)
+    written = orchestration
     orchestration, values, problems = with_inputs(orchestration, inputs, require=require_inputs)
     issues += problems
     if issues:
@@ -125,7 +127,23 @@ def plan(
         warnings=tuple(warnings),
         inputs=values,
         declared_inputs=orchestration.inputs,
+        workspace_seed=seed_with_absolute_path(written, orchestration.workspace),
+        outputs=tuple(orchestration.outputs),
     )
+
+
+def seed_with_absolute_path(written: Orchestration, seed: WorkspaceSeed | None) -> WorkspaceSeed | None:
+    """`seed` (filled) with a relative `from` made absolute: a path written in the config is
+    relative to the directory of its (first) file, one that an input gave (the text starts with
+    a placeholder, `from: "{repo}"`) to the current directory, as a command line's would be."""
+    if seed is None or seed.from_ is None or not seed.from_.strip():
+        return seed
+    path = Path(seed.from_).expanduser()
+    if not path.is_absolute():
+        from_input = written.workspace is not None and PLACEHOLDER.match(written.workspace.from_ or "")
+        base = Path.cwd() if from_input or not written.sources else Path(written.sources[0]).parent
+        path = base / path
+    return seed.model_copy(update={"from_": str(path.absolute())})
 
 
 def with_inputs(

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from toka_agents.config.inputs import InputDeclaration
 from toka_agents.config.limits import DEFAULT_WORKSPACE_LIMIT, format_bytes, format_seconds
 from toka_agents.config.models import CodeSource, FailurePolicy, LlmSettings, Priority
+from toka_agents.config.workspace import Output, WorkspaceSeed
 
 OptionalMode = Literal["ignore", "order"]
 
@@ -117,6 +118,11 @@ class Plan(_Frozen):
     """The value of each input that has one, of its declared type: the values the run uses."""
     declared_inputs: dict[str, InputDeclaration] = {}
     """The config's `inputs:`, by name."""
+    workspace_seed: WorkspaceSeed | None = None
+    """What the workspace holds before the first task, its placeholders filled and a `from`
+    directory made absolute."""
+    outputs: tuple[Output, ...] = ()
+    """The files of the workspace handed back as artifacts when the run ends."""
 
     @property
     def tasks(self) -> list[PlannedTask]:
@@ -167,6 +173,16 @@ class Plan(_Frozen):
                     "inputs": self.inputs,
                 }
                 if self.declared_inputs
+                else {}
+            ),
+            **(
+                {"workspace": self.workspace_seed.model_dump(by_alias=True, exclude_none=True)}
+                if self.workspace_seed
+                else {}
+            ),
+            **(
+                {"outputs": [output.model_dump(exclude_none=True) for output in self.outputs]}
+                if self.outputs
                 else {}
             ),
         }

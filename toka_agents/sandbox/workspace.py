@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import docker
 from docker.errors import ImageNotFound
@@ -163,7 +163,29 @@ def copy_out(client: docker.DockerClient, run_id: str, destination: Path) -> tup
             spool.write(chunk)
         spool.seek(0)
         with tarfile.open(fileobj=spool, mode="r|") as archive:
-            return list(_extract(archive, destination, found)), found
+            return extract_clean(archive, destination, found), found
+
+
+def put_into_volume(client: docker.DockerClient, run_id: str, archive: IO[bytes]) -> None:
+    """Unpack `archive` (a tar whose members are under `workspace/`) into flow run `run_id`'s
+    workspace volume."""
+    name = find_volume(client, run_id)
+    with _Helper(client, name, run_id, read_only=False) as helper:
+        _engine_call(
+            f"seeding the workspace volume {name}", client.api.put_archive, helper, "/", archive
+        )
+
+
+@contextlib.contextmanager
+def local_workspace(workspace: Path, run_id: str) -> Iterator[Path]:
+    """The run's workspace as a directory of this machine: `workspace` itself in `bind` mode, a
+    temporary copy of the run's volume in `volume` mode, removed on exit."""
+    if workspace_mode() != "volume":
+        yield workspace
+        return
+    with tempfile.TemporaryDirectory(prefix="toka-workspace-") as scratch:
+        copy_out(connect(), run_id, Path(scratch))
+        yield Path(scratch)
 
 
 def remove_volume(client: docker.DockerClient, run_id: str) -> str:
@@ -171,6 +193,12 @@ def remove_volume(client: docker.DockerClient, run_id: str) -> str:
     name = find_volume(client, run_id)
     _engine_call(f"removing the workspace volume {name}", client.api.remove_volume, name, force=True)
     return name
+
+
+def extract_clean(archive: tarfile.TarFile, destination: Path, found: Sanitized) -> list[str]:
+    """Unpack `archive` into `destination` as every way files of a sandbox reach the host does
+    (see `copy_out`), noting in `found` what was left out or changed; return the paths unpacked."""
+    return list(_extract(archive, destination, found))
 
 
 def _extract(archive: tarfile.TarFile, destination: Path, found: Sanitized) -> Iterator[str]:

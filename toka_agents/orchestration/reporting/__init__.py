@@ -35,6 +35,7 @@ from toka_agents.config.limits import format_bytes
 from toka_agents.errors import one_line
 from toka_agents.executor import TaskOutcome
 from toka_agents.llm.messages import AssistantMessage, Message, ToolMessage
+from toka_agents.orchestration.reporting.outputs import fenced
 from toka_agents.planning import Plan, PlannedAgent, PlannedTask
 
 TASK_MESSAGE_LIMIT = 500
@@ -190,10 +191,11 @@ class RunReport:
             payload=payload,
         )
 
-    def finish(self, outcomes: Iterable[TaskOutcome]) -> None:
+    def finish(self, outcomes: Iterable[TaskOutcome], warnings: Iterable[str] = ()) -> None:
         """Wait for the progress writes, then write the run's table artifact: every task with
-        status, duration, peak memory and cpu time. Never raises: a run whose summary cannot
-        be written keeps its own result, and the log says what failed."""
+        status, duration, peak memory and cpu time, and the run's `warnings` (missing outputs)
+        in its description. Never raises: a run whose summary cannot be written keeps its own
+        result, and the log says what failed."""
         logger = get_run_logger()
         self._writer.shutdown(wait=True)
         failed_writes = [write.exception() for write in self._writes if write.exception()]
@@ -217,6 +219,7 @@ class RunReport:
             for outcome in outcomes
         ]
         where = f" Workspace: {self.workspace}" if self.workspace else ""
+        where += "".join(f" Warning: {text.one_line(warning, 300)}." for warning in warnings)
         try:
             create_table_artifact(
                 table=rows,
@@ -364,21 +367,16 @@ def _conversation_lines(conversation: list[Message]) -> list[str]:
             title = f"## {message.role}"
         lines += ["", title, ""]
         if message.content:
-            lines.append(_fenced(message.content))
+            lines.append(fenced(message.content))
         if isinstance(message, AssistantMessage):
             for call in message.tool_calls:
                 lines += [
                     "",
                     f"**calls `{call.name}`**",
                     "",
-                    _fenced(json.dumps(call.arguments, indent=2)),
+                    fenced(json.dumps(call.arguments, indent=2)),
                 ]
     return lines
-
-
-def _fenced(text: str) -> str:
-    fence = "`" * max(3, max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
-    return f"{fence}\n{text}\n{fence}"
 
 
 def agent_notes(plan: Plan) -> str:
@@ -408,17 +406,25 @@ def _agent_progress(agent: PlannedAgent, done: int) -> tuple[float, str]:
 
 
 class RunSummary(BaseModel):
-    """What a flow run returns: where its workspace is and how every task ended."""
+    """What a flow run returns: where its workspace is, how every task ended, and what the run
+    warns of (an output it did not find, a workspace it could not archive)."""
 
     workspace: str | None
     outcomes: list[TaskOutcome]
+    warnings: list[str] = []
 
 
 def run_state(
-    plan: Plan, outcomes: list[TaskOutcome], workspace: Path | None, *, cancelled: bool
+    plan: Plan,
+    outcomes: list[TaskOutcome],
+    workspace: Path | None,
+    *,
+    cancelled: bool,
+    warnings: list[str] | None = None,
 ) -> State[RunSummary]:
     """The flow run's final state, with a one-line message that names what failed."""
-    summary = RunSummary(workspace=str(workspace) if workspace else None, outcomes=outcomes)
+    where = str(workspace) if workspace else None
+    summary = RunSummary(workspace=where, outcomes=outcomes, warnings=warnings or [])
     failed = [o for o in outcomes if o.status == "failed"]
     skipped = [o for o in outcomes if o.status == "skipped"]
     done = [o for o in outcomes if o.ok]

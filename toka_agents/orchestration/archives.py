@@ -1,0 +1,53 @@
+"""A run's workspace kept in Prefect's result storage, and fetched back from there.
+
+When a run ends, its whole workspace is packed (`sandbox.seeding.archive_workspace`) and
+written to the default result storage as `toka-workspaces/<flow run id>.tar.gz`: the storage
+block the server or `PREFECT_DEFAULT_RESULT_STORAGE_BLOCK` names, or by default
+`PREFECT_LOCAL_STORAGE_PATH`. `toka workspace get FLOW_RUN_ID DEST` reads it back on any machine
+that shares the server and that storage, not only on the worker that ran the run.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import tempfile
+from pathlib import Path
+
+from prefect.results import get_default_result_storage
+
+from toka_agents.sandbox.sanitize import Sanitized
+from toka_agents.sandbox.seeding import archive_workspace
+from toka_agents.sandbox.workspace import extract_clean
+
+ARCHIVE_FOLDER = "toka-workspaces"
+
+
+def archive_key(flow_run_id: str) -> str:
+    return f"{ARCHIVE_FOLDER}/{flow_run_id}.tar.gz"
+
+
+def keep_workspace(workspace: Path, flow_run_id: str) -> tuple[str, int]:
+    """Pack `workspace` and write it to the result storage; return where it went (the storage's
+    own name for it) and the archive's size in bytes."""
+    with tempfile.TemporaryFile() as archive:
+        archive_workspace(workspace, archive)
+        size = archive.tell()
+        archive.seek(0)
+        written = get_default_result_storage().write_path(archive_key(flow_run_id), archive.read())
+    return str(written), size
+
+
+def fetch_workspace(flow_run_id: str, destination: Path) -> tuple[list[str], Sanitized] | None:
+    """Unpack flow run `flow_run_id`'s archived workspace into `destination` (made if missing);
+    return the paths unpacked and what was left out, or None when the storage holds no archive
+    of that run."""
+    storage = get_default_result_storage()
+    try:
+        data = storage.read_path(archive_key(flow_run_id))
+    except (ValueError, FileNotFoundError):  # LocalFileSystem says ValueError for a missing path
+        return None
+    destination.mkdir(parents=True, exist_ok=True)
+    found = Sanitized()
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+        return extract_clean(archive, destination, found), found

@@ -1,0 +1,232 @@
+"""The run's declared outputs as artifacts of its flow run, written when the run ends.
+
+Each file an `outputs:` entry matches becomes one artifact, keyed by the orchestration and the
+file's path (so a deployment's runs version it) and described by the entry's title:
+
+- Markdown (`.md`, `.markdown`) as a Markdown artifact, rendered by the UI;
+- CSV as a table artifact: its first `TABLE_ROWS` rows, the rest counted;
+- any other text as a fenced block of Markdown: its first `TEXT_BYTES`, the cut named;
+- binary files in one Markdown artifact that lists them with their sizes.
+
+What the agents wrote is theirs, not ours: in rendered Markdown, raw HTML is shown as text
+and links lead only to web or mail addresses; names are shown as text everywhere.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from toka_agents import text
+from toka_agents.config.limits import format_bytes
+from toka_agents.config.workspace import Output
+
+TABLE_ROWS = 1_000
+TEXT_BYTES = 200 * 1024
+MARKDOWN_SUFFIXES = (".md", ".markdown")
+_KEY_LIMIT = 120
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One file an output matched: its path relative to the workspace, and its size."""
+
+    output: Output
+    relative: str
+    path: Path
+    size: int
+
+    @property
+    def title(self) -> str:
+        return self.output.title or self.relative
+
+
+def output_files(workspace: Path, outputs: tuple[Output, ...]) -> tuple[list[OutputFile], list[str]]:
+    """The regular files of `workspace` that `outputs` match (each once, in the outputs' order;
+    never a link, never outside the workspace), and a warning per output that matched none."""
+    found: list[OutputFile] = []
+    missing: list[str] = []
+    seen: set[str] = set()
+    root = workspace.resolve()
+    for output in outputs:
+        matched = False
+        for path in sorted(_matches(workspace, output.path)):
+            relative = path.relative_to(workspace).as_posix()
+            try:
+                info = os.lstat(path)
+                inside = path.resolve().is_relative_to(root)
+            except OSError:
+                continue
+            if not stat.S_ISREG(info.st_mode) or not inside:
+                continue
+            matched = True
+            if relative not in seen:
+                seen.add(relative)
+                found.append(OutputFile(output, relative, path, info.st_size))
+        if not matched:
+            missing.append(f"output {output.path!r}: no such file in the workspace")
+    return found, missing
+
+
+def _matches(workspace: Path, pattern: str) -> Iterator[Path]:
+    if not any(char in pattern for char in "*?["):
+        yield workspace / pattern
+        return
+    yield from workspace.glob(pattern)
+
+
+def write_output_artifacts(plan_name: str, files: list[OutputFile]) -> list[str]:
+    """One artifact per file (binary files together in one); return a warning per file whose
+    artifact could not be written. Never raises."""
+    problems: list[str] = []
+    binary: list[OutputFile] = []
+    for file in files:
+        key = _key(plan_name, file.relative)
+        try:
+            data = file.path.read_bytes()
+            if b"\0" in data[:8192] or not _is_text(data):
+                binary.append(file)
+            elif file.relative.lower().endswith(MARKDOWN_SUFFIXES):
+                markdown, cut = _cut(data.decode(), file.size)
+                shown = safe_markdown(markdown) + cut
+                create_markdown_artifact(markdown=shown, key=key, description=file.title)
+            elif file.relative.lower().endswith(".csv") and (table := _table(data.decode())) is not None:
+                rows, total = table
+                more = f"; first {len(rows):,} of {total:,} rows" if total > len(rows) else ""
+                create_table_artifact(table=rows, key=key, description=f"{file.title}{more}")
+            else:
+                body, cut = _cut(data.decode(), file.size)
+                create_markdown_artifact(
+                    markdown=f"**{_shown(file.relative)}**\n\n{fenced(body)}{cut}",
+                    key=key,
+                    description=file.title,
+                )
+        except Exception as exc:  # an unreadable file, or the API failed us: the run stands
+            problems.append(f"output {file.relative!r}: no artifact: {text.one_line(str(exc), 300)}")
+    if binary:
+        lines = ["| file | size |", "| --- | --- |"]
+        lines += [f"| {_shown(file.relative)} | {format_bytes(file.size)} |" for file in binary]
+        try:
+            create_markdown_artifact(
+                markdown="Binary outputs, in the workspace archive (`toka workspace get`):\n\n"
+                + "\n".join(lines),
+                key=_key(plan_name, "binary-outputs"),
+                description="Binary outputs",
+            )
+        except Exception as exc:
+            problems.append(f"binary outputs: no artifact: {text.one_line(str(exc), 300)}")
+    return problems
+
+
+def _key(*parts: str) -> str:
+    key = re.sub(r"[^a-z0-9-]+", "-", "-".join(("output", *parts)).lower()).strip("-")
+    return key[:_KEY_LIMIT].rstrip("-")
+
+
+def _is_text(data: bytes) -> bool:
+    try:
+        data[: TEXT_BYTES + 4].decode()
+    except UnicodeDecodeError as exc:
+        return exc.start >= TEXT_BYTES  # a character cut by the limit, not a binary file
+    return True
+
+
+def _cut(content: str, size: int) -> tuple[str, str]:
+    """The first `TEXT_BYTES` of `content`, and a note naming the cut (empty when whole)."""
+    encoded = content.encode()
+    if len(encoded) <= TEXT_BYTES:
+        return content, ""
+    kept = encoded[:TEXT_BYTES].decode(errors="ignore")
+    return kept, f"\n\n*(cut: the first {format_bytes(TEXT_BYTES)} of {format_bytes(size)} shown)*"
+
+
+def _table(content: str) -> tuple[list[dict[str, str]], int] | None:
+    """The first `TABLE_ROWS` rows as dicts keyed by the header, and how many rows there are;
+    None when it is no CSV with a header."""
+    try:
+        reader = csv.reader(io.StringIO(content))
+        header = next(reader, None)
+        if not header:
+            return None
+        names = _unique(header)
+        rows: list[dict[str, str]] = []
+        total = 0
+        for row in reader:
+            total += 1
+            if len(rows) < TABLE_ROWS:
+                rows.append({name: text.visible(value) for name, value in zip(names, row, strict=False)})
+    except csv.Error:
+        return None
+    return rows, total
+
+
+def _unique(header: list[str]) -> list[str]:
+    names: list[str] = []
+    for i, name in enumerate(header):
+        shown = text.visible(name, newlines=False).strip() or f"column {i + 1}"
+        while shown in names:
+            shown += "'"
+        names.append(shown)
+    return names
+
+
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~])")
+
+
+def _shown(name: str) -> str:
+    """A name as literal Markdown text on one line."""
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", text.visible(name, newlines=False))
+
+
+def fenced(content: str) -> str:
+    """`content` as a code block whose fence no backtick run inside it can close."""
+    fence = "`" * max(3, max((len(run) for run in re.findall(r"`+", content)), default=0) + 1)
+    return f"{fence}\n{content}\n{fence}"
+
+
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_CODE_SPAN = re.compile(r"(`+)(?:.+?)\1")
+_LINK_TARGET = re.compile(
+    r"(\]\(\s*<?|^ {0,3}\[[^\]]*\]:\s*<?)(?!https?:|mailto:)([A-Za-z][A-Za-z0-9+.-]*:)", re.M
+)
+
+
+def safe_markdown(markdown: str) -> str:
+    """`markdown` with raw HTML shown as text (`<` outside code as `&lt;`) and links to anything
+    but web and mail addresses (`javascript:`, `data:`, ...) made inert."""
+    lines = []
+    fence: str | None = None
+    for line in markdown.split("\n"):
+        opened = _FENCE.match(line)
+        if fence is not None:
+            if opened and opened[1][0] == fence[0] and len(opened[1]) >= len(fence):
+                fence = None
+            lines.append(line)
+            continue
+        if opened:
+            fence = opened[1]
+            lines.append(line)
+            continue
+        lines.append(_outside_code_spans(line))
+    return "\n".join(lines)
+
+
+def _outside_code_spans(line: str) -> str:
+    parts, end = [], 0
+    for span in _CODE_SPAN.finditer(line):
+        parts += [_inert(line[end : span.start()]), span[0]]
+        end = span.end()
+    parts.append(_inert(line[end:]))
+    return "".join(parts)
+
+
+def _inert(segment: str) -> str:
+    return _LINK_TARGET.sub(r"\1#blocked-\2", segment.replace("<", "&lt;"))

@@ -1,0 +1,199 @@
+"""A workspace's material going in, and the whole workspace going out as one archive.
+
+`seed_workspace` fills a new run's workspace before its first task: with a copy of a directory
+of this machine (never mounted, so nothing the agents do reaches it) or with a clone of a git
+repository (made here, then copied in). Regular files, directories and symbolic links are
+copied; FIFOs, sockets and device nodes are left out. The files become the run's sandbox user's,
+as if its code had written them, and the seed counts against the workspace's size limit: one
+larger than the limit is refused before anything is copied, naming both sizes.
+
+`archive_workspace` packs a workspace directory into a `.tar.gz`, links kept as links, for the
+run's result storage.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from toka_agents.config.limits import format_bytes
+from toka_agents.config.workspace import WorkspaceSeed
+from toka_agents.errors import SandboxError
+from toka_agents.sandbox.engine import connect
+from toka_agents.sandbox.spec import SANDBOX_USER
+from toka_agents.sandbox.workspace import put_into_volume, workspace_mode
+
+GIT_TIMEOUT = 600.0
+"""Seconds a clone may take before the run is refused."""
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """What a seed put in the workspace."""
+
+    source: str
+    files: int
+    size: int
+    left_out: tuple[str, ...] = ()
+    """Paths (relative) of what is no file, directory or link, so was not copied."""
+
+    def describe(self) -> str:
+        what = f"{self.files:,} file(s), {format_bytes(self.size)}"
+        skipped = f"; left out (not files): {', '.join(self.left_out[:10])}" if self.left_out else ""
+        return f"seeded the workspace from {self.source}: {what}{skipped}"
+
+
+def seed_workspace(
+    workspace: Path, seed: WorkspaceSeed, limit: int, *, run_id: str, user: str = SANDBOX_USER
+) -> Seeded:
+    """Put `seed`'s material in the new workspace `workspace` (a directory, or in `volume` mode
+    the run's volume, see `workspace`), its files `user`'s (`uid:gid`). Raises `SandboxError`
+    in one line when the source is missing, a clone fails or the material exceeds `limit` bytes."""
+    with _source_directory(seed) as source:
+        entries, left_out = _entries(source)
+        size = sum(info.st_size for _, info in entries if stat.S_ISREG(info.st_mode))
+        if size > limit:
+            raise SandboxError(
+                f"the workspace seed {seed.source} holds {format_bytes(size)}, more than the "
+                f"workspace's limit of {format_bytes(limit)} (limits.workspace)"
+            )
+        if workspace_mode() == "volume":
+            with tempfile.TemporaryFile() as archive:
+                _pack(source, entries, archive, user)
+                archive.seek(0)
+                put_into_volume(connect(), run_id, archive)
+        else:
+            _copy(source, entries, workspace, user)
+        files = sum(1 for _, info in entries if not stat.S_ISDIR(info.st_mode))
+        return Seeded(seed.source, files, size, tuple(left_out))
+
+
+@contextmanager
+def _source_directory(seed: WorkspaceSeed) -> Iterator[Path]:
+    if seed.from_ is not None:
+        source = Path(seed.from_)
+        if not source.is_dir():
+            found = "does not exist" if not source.exists() else "is not a directory"
+            raise SandboxError(f"the workspace seed {seed.from_} {found} on this machine")
+        yield source
+        return
+    assert seed.git is not None
+    with tempfile.TemporaryDirectory(prefix="toka-seed-") as scratch:
+        clone = Path(scratch) / "clone"
+        _git("clone", "--quiet", "--no-hardlinks", "--", seed.git, str(clone), seed=seed)
+        if seed.ref is not None:
+            _git("-C", str(clone), "checkout", "--quiet", seed.ref, seed=seed)
+        yield clone
+
+
+def _git(*args: str, seed: WorkspaceSeed) -> None:
+    git = shutil.which("git")
+    if git is None:
+        raise SandboxError("cloning the workspace seed needs git on this machine (apt-get install git)")
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "SSH_ASKPASS": "true"}
+    # ext:: would run a command named by the URL; a form may hand us the URL.
+    command = [git, "-c", "protocol.ext.allow=never", *args]
+    try:
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=GIT_TIMEOUT, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise SandboxError(f"cloning {seed.source} took more than {GIT_TIMEOUT:.0f}s") from None
+    if done.returncode != 0:
+        said = " ".join(done.stderr.split()) or f"exit code {done.returncode}"
+        raise SandboxError(f"could not clone the workspace seed {seed.source}: {said}")
+
+
+def _entries(source: Path) -> tuple[list[tuple[str, os.stat_result]], list[str]]:
+    """Every file, directory and link under `source` (relative path, lstat), parents first, and
+    the relative paths of what is none of those."""
+    entries: list[tuple[str, os.stat_result]] = []
+    left_out: list[str] = []
+    pending = [""]
+    while pending:
+        relative = pending.pop()
+        with os.scandir(source / relative if relative else source) as found:
+            for entry in sorted(found, key=lambda e: e.name):
+                path = f"{relative}/{entry.name}" if relative else entry.name
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(info.st_mode):
+                    entries.append((path, info))
+                    pending.append(path)
+                elif stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
+                    entries.append((path, info))
+                else:
+                    left_out.append(path)
+    return entries, left_out
+
+
+def _copy(source: Path, entries: list[tuple[str, os.stat_result]], workspace: Path, user: str) -> None:
+    uid, gid = (int(part) for part in user.split(":"))
+    as_root = os.geteuid() == 0
+    for relative, info in entries:
+        src, dst = source / relative, workspace / relative
+        if stat.S_ISLNK(info.st_mode):
+            os.symlink(os.readlink(src), dst)
+        elif stat.S_ISDIR(info.st_mode):
+            dst.mkdir()
+        else:
+            shutil.copyfile(src, dst, follow_symlinks=False)
+        if not stat.S_ISLNK(info.st_mode):
+            # Without root the files stay ours: let the sandbox's user write them, as the
+            # workspace directory itself does (see `create_workspace`).
+            mode = stat.S_IMODE(info.st_mode) & 0o755 | 0o600
+            os.chmod(
+                dst, mode if as_root else mode | 0o666 | (0o111 if stat.S_ISDIR(info.st_mode) else 0)
+            )
+            os.utime(dst, ns=(info.st_atime_ns, info.st_mtime_ns))
+        if as_root:
+            os.lchown(dst, uid, gid)
+
+
+def _pack(
+    source: Path, entries: list[tuple[str, os.stat_result]], archive: IO[bytes], user: str
+) -> None:
+    """A tar of the entries under `workspace/`, owned by `user`, for a volume."""
+    uid, gid = (int(part) for part in user.split(":"))
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        top = tarfile.TarInfo("workspace")  # else the engine hands the volume's top to root
+        top.type, top.mode, top.uid, top.gid = tarfile.DIRTYPE, 0o755, uid, gid
+        tar.addfile(top)
+        for relative, _ in entries:
+            member = tar.gettarinfo(str(source / relative), arcname=f"workspace/{relative}")
+            member.uid, member.gid, member.uname, member.gname = uid, gid, "", ""
+            member.mode = member.mode & 0o755 | 0o600
+            if member.isreg():
+                with open(source / relative, "rb") as data:
+                    tar.addfile(member, data)
+            else:
+                tar.addfile(member)
+
+
+def archive_workspace(workspace: Path, archive: IO[bytes]) -> int:
+    """Write `workspace`'s tree to `archive` as a `.tar.gz` (paths relative to it, links kept as
+    links); return how many entries it holds."""
+    count = 0
+    with tarfile.open(fileobj=archive, mode="w:gz", compresslevel=6) as tar:
+        for directory, subdirectories, files in os.walk(workspace):
+            subdirectories.sort()
+            for name in [*sorted(subdirectories), *sorted(files)]:
+                path = Path(directory, name)
+                member = tar.gettarinfo(str(path), arcname=str(path.relative_to(workspace)))
+                if member.isreg():
+                    with open(path, "rb") as data:
+                        tar.addfile(member, data)
+                elif member.isdir() or member.issym():
+                    tar.addfile(member)
+                else:
+                    continue
+                count += 1
+    return count
