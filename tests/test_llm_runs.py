@@ -128,6 +128,8 @@ def test_a_downstream_agents_prompt_holds_its_upstream_agents_summary_and_its_sp
 ):
     agents = """
     - name: scout
+      capabilities: [filesystem-write]
+      outputs: [notes.md, "maps/*.txt"]
       tasks: [{name: look, instruction: Look around.}]
     - name: planner
       description: Plans the next steps from what the scout found.
@@ -136,9 +138,10 @@ def test_a_downstream_agents_prompt_holds_its_upstream_agents_summary_and_its_sp
         objectives: [{description: Make a plan, deliverable: plan.md}]
         behavioral_directives: {coordination: [Wait for the scout]}
         success_criteria: {final: [The plan names every finding]}
-      tasks: [{name: plan, instruction: Make a plan.}]
+      tasks: [{name: plan, instruction: Make a plan., expected_output: A plan of five steps at most.}]
     """
     script = (
+        tool_call("write_file", path="notes.md", content="three rooms\n"),
         tool_call("finish", success=True, summary="Found three rooms and a locked door."),
         tool_call("finish", success=True, summary="Planned."),
     )
@@ -147,9 +150,12 @@ def test_a_downstream_agents_prompt_holds_its_upstream_agents_summary_and_its_sp
         sent = prompts(server)
     assert result.ok, result.state.message
     assert [o.summary for o in result.outcomes] == ["Found three rooms and a locked door.", "Planned."]
-    system, user = sent[1][0]["content"], sent[1][1]["content"]
-    assert "scout: Found three rooms and a locked door." in user
-    assert "Task plan: Make a plan." in user
+    system, user = sent[2][0]["content"], sent[2][1]["content"]
+    # The summary, and the files of the scout's declared outputs that it wrote.
+    assert "- scout: Found three rooms and a locked door. (files: notes.md)\n" in user
+    assert (
+        "Task plan: Make a plan.\n\nYour finish summary hands on: A plan of five steps at most." in user
+    )
     assert "Plans the next steps from what the scout found." in system
     assert "- description: Make a plan; deliverable: plan.md" in system
     assert "- coordination: Wait for the scout" in system

@@ -35,6 +35,7 @@ outputs:
 agents:
   - name: work
     capabilities: [filesystem-write]
+    outputs: [report.md, "tables/*.csv", nothing.txt]
     tasks:
       - name: write
         code:
@@ -59,6 +60,15 @@ agents:
                 f.write("a note with ``` fences\\n")
             with open("blob.bin", "wb") as f:
                 f.write(bytes(range(256)) * 4)
+  - name: next
+    requires: [work]
+    tasks:
+      - name: read
+        code:
+          language: python
+          source: |
+            import json, os
+            print("handed on:", json.loads(os.environ["TOKA_UPSTREAM"])["work"]["files"])
 """
 
 
@@ -88,7 +98,12 @@ def test_a_seeded_run_hands_back_its_outputs_as_artifacts_and_its_workspace_arch
     assert "owner: True link: data/input.txt" in stdout
     # Copied, never mounted: the agent's write did not reach the source.
     assert {p: p.read_bytes() for p in before} == before
-    assert result.warnings == ["output 'missing.md': no such file in the workspace"]
+    # The files of its declared outputs that it wrote are named to the agent after it.
+    assert "handed on: ['report.md', 'tables/counts.csv']" in result.outcomes[1].stdout_tail
+    assert result.warnings == [
+        "output 'missing.md': no such file in the workspace",
+        "output 'nothing.txt': no such file in the workspace",
+    ]
 
     found = {a.key: a for a in artifacts(result.flow_run_id) if a.key and a.key.startswith("output-")}
     report = found["output-seeded-report-md"]

@@ -78,6 +78,9 @@ class TaskOutcome(BaseModel):
     """LLM tasks with `price_per_million_tokens`: what the tokens cost."""
     summary: str | None = None
     """LLM tasks: the summary the model gave when it called `finish`."""
+    files: list[str] = []
+    """The files its agent declares as `outputs:` that the workspace holds once the task ends:
+    named to the agents that depend on it."""
 
     @property
     def ok(self) -> bool:
@@ -313,13 +316,15 @@ def task_brief(task: PlannedTask, agent: PlannedAgent, upstream: dict[str, TaskO
         agent=agent.name,
         task=task.name,
         instruction=task.instruction or task.description,
+        expected_output=task.expected_output,
         description=agent.description,
         objectives=spec_lines(extra.get("objectives")),
         capabilities=list(task.capabilities),
         directives=spec_lines(extra.get("behavioral_directives") or extra.get("directives")),
         success_criteria=spec_lines(extra.get("success_criteria")),
         upstream={
-            name: outcome.summary or f"{outcome.status}: {outcome.message}"
+            name: (outcome.summary or f"{outcome.status}: {outcome.message}")
+            + (f" (files: {', '.join(outcome.files)})" if outcome.files else "")
             for name, outcome in upstream.items()
         },
         may_write=task.workspace_writable,
@@ -369,6 +374,7 @@ def container_spec(
             "message": o.message,
             "stdout_tail": o.stdout_tail[-1000:],
             **({"summary": o.summary} if o.summary is not None else {}),
+            **({"files": o.files} if o.files else {}),
         }
         for agent, o in upstream.items()
     }

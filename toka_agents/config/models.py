@@ -163,6 +163,7 @@ class LlmTask(_Model):
     kind: Literal["llm"] = "llm"
     name: Name
     instruction: str = Field(min_length=1)
+    expected_output: str | None = Field(None, description="What its finish summary should hand on.")
     description: str = ""
     priority: Priority | None = None
     estimated_duration: str | None = Field(None, description="A hint for people: 2h, 1d, 1w.")
@@ -356,6 +357,9 @@ class Agent(_Model):
         None, ge=0, le=1, description="With `continue`; default: the orchestration's."
     )
     tasks: list[AgentTask] = Field(min_length=1)
+    outputs: list[OutputEntry] = Field(
+        [], description="Files it writes: named to the agents after it, and the run's artifacts."
+    )
     extra: dict[str, Any] = Field(
         {}, description="Keys of the source spec that toka-agents keeps but does not act on."
     )

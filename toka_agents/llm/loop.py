@@ -67,6 +67,7 @@ class TaskBrief(BaseModel):
     agent: str
     task: str
     instruction: str
+    expected_output: str | None = Field(None, description="What the finish summary should hand on.")
     description: str = ""
     objectives: list[str] = []
     capabilities: list[str] = []
@@ -266,6 +267,8 @@ def prompt(brief: TaskBrief, listing: str) -> list[Message]:
         "whether the task is done as asked, and the summary is what the agents after you read.",
     ]
     task = [f"Task {brief.task}: {brief.instruction}"]
+    if brief.expected_output:
+        task.append(f"Your finish summary hands on: {brief.expected_output}")
     if brief.upstream:
         task.append(
             _section(

@@ -30,6 +30,7 @@ from toka_agents.orchestration.cancellation import CancellationWatcher
 from toka_agents.orchestration.tagging import agent_tags
 from toka_agents.orchestration.tasks import after_failure_of, agent_task, with_retries
 from toka_agents.planning import Plan, PlannedAgent, PlannedTask
+from toka_agents.sandbox.workspace import outputs_present
 
 
 @dataclass(frozen=True)
@@ -270,6 +271,9 @@ class Scheduler:
     def _on_task_done(self, planned: PlannedTask, future: PrefectFuture[Any]) -> None:
         """Record a finished task run and decide what its agent does next."""
         outcome = self._outcome(planned, future)
+        declared, workspace = self.schedule.agents[planned.agent].outputs, self.context.workspace
+        if declared and outcome.ok and workspace is not None:
+            outcome = outcome.model_copy(update={"files": outputs_present(workspace, declared)})
         self.outcomes[planned.id] = outcome
         self.report.task_finished(outcome)
         run = self.agents[planned.agent]

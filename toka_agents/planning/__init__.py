@@ -128,7 +128,7 @@ def plan(
         inputs=values,
         declared_inputs=orchestration.inputs,
         workspace_seed=seed_with_absolute_path(written, orchestration.workspace),
-        outputs=tuple(orchestration.outputs),
+        outputs=tuple(dict.fromkeys([*orchestration.outputs, *(o for a in planned for o in a.outputs)])),
     )
 
 

@@ -40,6 +40,7 @@ class PlannedTask(_Frozen):
     description: str = ""
     code: CodeSource | None = None
     instruction: str | None = None
+    expected_output: str | None = None
     limits: TaskLimits
     image: str
     capabilities: tuple[str, ...] = ()
@@ -70,6 +71,8 @@ class PlannedAgent(_Frozen):
     on_task_failure: FailurePolicy = "stop"
     min_success_ratio: float = 1.0
     tasks: tuple[PlannedTask, ...]
+    outputs: tuple[Output, ...] = ()
+    """The files it declares it writes, named to the agents after it."""
     source: str = ""
     extra: dict[str, Any] = {}
 

@@ -93,6 +93,7 @@ def plan_agent(
                 description=task.description,
                 code=task.code if isinstance(task, CodeTask) else None,
                 instruction=None if isinstance(task, CodeTask) else task.instruction,
+                expected_output=None if isinstance(task, CodeTask) else task.expected_output,
                 limits=fixed_limits[limits],
                 image=task.image or image,
                 capabilities=granted,
@@ -118,6 +119,7 @@ def plan_agent(
         on_task_failure=on_task_failure,
         min_success_ratio=ratio,
         tasks=tuple(tasks),
+        outputs=tuple(agent.outputs),
         source=agent.origin.file,
         extra=agent.extra,
     )

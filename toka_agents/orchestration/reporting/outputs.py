@@ -16,71 +16,18 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
-import stat
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from toka_agents import text
 from toka_agents.config.limits import format_bytes
-from toka_agents.config.workspace import Output
+from toka_agents.sandbox.workspace import OutputFile
 
 TABLE_ROWS = 1_000
 TEXT_BYTES = 200 * 1024
 MARKDOWN_SUFFIXES = (".md", ".markdown")
 _KEY_LIMIT = 120
-
-
-@dataclass(frozen=True)
-class OutputFile:
-    """One file an output matched: its path relative to the workspace, and its size."""
-
-    output: Output
-    relative: str
-    path: Path
-    size: int
-
-    @property
-    def title(self) -> str:
-        return self.output.title or self.relative
-
-
-def output_files(workspace: Path, outputs: tuple[Output, ...]) -> tuple[list[OutputFile], list[str]]:
-    """The regular files of `workspace` that `outputs` match (each once, in the outputs' order;
-    never a link, never outside the workspace), and a warning per output that matched none."""
-    found: list[OutputFile] = []
-    missing: list[str] = []
-    seen: set[str] = set()
-    root = workspace.resolve()
-    for output in outputs:
-        matched = False
-        for path in sorted(_matches(workspace, output.path)):
-            relative = path.relative_to(workspace).as_posix()
-            try:
-                info = os.lstat(path)
-                inside = path.resolve().is_relative_to(root)
-            except OSError:
-                continue
-            if not stat.S_ISREG(info.st_mode) or not inside:
-                continue
-            matched = True
-            if relative not in seen:
-                seen.add(relative)
-                found.append(OutputFile(output, relative, path, info.st_size))
-        if not matched:
-            missing.append(f"output {output.path!r}: no such file in the workspace")
-    return found, missing
-
-
-def _matches(workspace: Path, pattern: str) -> Iterator[Path]:
-    if not any(char in pattern for char in "*?["):
-        yield workspace / pattern
-        return
-    yield from workspace.glob(pattern)
 
 
 def write_output_artifacts(plan_name: str, files: list[OutputFile]) -> list[str]:
