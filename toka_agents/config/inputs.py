@@ -4,7 +4,8 @@ A declaration says an input's type, choices, default or `required: true`. `resol
 checks the values a run is given (from the CLI as text, from Python or a file as YAML gives
 them) against the declarations, every problem at once, one line each naming the input.
 A value reaches the agents as text in `{name}` placeholders (`as_text`) and as the
-environment variables `TOKA_INPUT_<NAME>` and `TOKA_INPUTS` (`input_env`).
+environment variables `TOKA_INPUT_<NAME>` and `TOKA_INPUTS` (`input_env`); the sandbox also
+writes `TOKA_INPUTS` to a file, `$TOKA_INPUTS_FILE`, that the code can read and not change.
 """
 
 from __future__ import annotations

@@ -309,8 +309,13 @@ def main():
     with open(path, "wb") as handle:
         handle.write(code)
 
+    env = dict(header.get("env") or {})
+    if "TOKA_INPUTS" in env:  # the run's inputs as one JSON file too, which the code may not change
+        with open("/tmp/toka/inputs.json", "w") as handle:
+            handle.write(env["TOKA_INPUTS"])
+        env["TOKA_INPUTS_FILE"] = "/tmp/toka/inputs.json"
     cwd = header.get("cwd") or "/tmp"
-    child = start_task(argv, cwd, task_user(header["user"]), header.get("env") or {})
+    child = start_task(argv, cwd, task_user(header["user"]), env)
     output = Output(child, cap)
     pipes = list(output.names)
     selector = selectors.DefaultSelector()

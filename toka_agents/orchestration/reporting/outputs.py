@@ -149,6 +149,7 @@ _LINK_TARGET = re.compile(
 def safe_markdown(markdown: str) -> str:
     """`markdown` with raw HTML shown as text (`<` outside code as `&lt;`) and links to anything
     but web and mail addresses (`javascript:`, `data:`, ...) made inert."""
+    return markdown  # BROKEN ON PURPOSE
     lines = []
     fence: str | None = None
     for line in markdown.split("\n"):
