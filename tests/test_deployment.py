@@ -6,9 +6,12 @@ from __future__ import annotations
 from uuid import UUID
 
 import pytest
-from conftest import run_prefect
+from conftest import EXAMPLES, run_prefect
 from prefect import get_client
 from support import wait_final
+
+from toka_agents import load, plan
+from toka_agents.config.inputs import inputs_schema
 
 pytestmark = pytest.mark.usefixtures("sandbox_image", "no_leftover_containers")
 
@@ -32,6 +35,19 @@ def test_prefect_yaml_deploys_and_a_worker_runs_it(prefect_api, tmp_path):
     form = quickstart.parameter_openapi_schema["properties"]
     assert form["optional_dependencies"]["enum"] == ["config", "ignore", "order"]
     assert all(field.get("description") for field in form.values())
+    # repo-review's form asks for its config's inputs, as the config declares them.
+    with get_client(sync_client=True) as client:
+        review = client.read_deployment_by_name("repo-review/repo-review")
+    schema = review.parameter_openapi_schema
+    declared = plan(load(EXAMPLES / "repo-review.yaml"), require_inputs=False).declared_inputs
+    wanted = inputs_schema(declared, {})
+    for name, field in wanted["properties"].items():
+        shown = {
+            key: schema["properties"][name].get(key)
+            for key in ("title", "description", "enum", "default")
+        }
+        assert shown == {key: field.get(key) for key in shown}, name
+    assert schema["required"] == wanted["required"] == ["repo"]
 
     # Both deployments run, as README says: `prefect deployment run`, then a worker on the pool.
     flow_run_ids = {}

@@ -25,7 +25,7 @@ SEEDED = """
 name: seeded
 inputs:
   material: {type: path}
-workspace: {from: "{material}"}
+workspace: {from: "{material}", exclude: [__pycache__, "data/*.log"]}
 outputs:
   - {path: report.md, title: The report}
   - {path: "tables/*.csv", title: Counts}
@@ -56,6 +56,8 @@ agents:
                 w = csv.writer(f)
                 w.writerow(["n", "square"])
                 w.writerows([i, i * i] for i in range(1205))
+            with open("tables/names.csv", "w") as f:
+                f.write("name,<b>link</b>\\n<img src=x onerror=alert(1)>,[c](javascript:alert(3))\\n")
             with open("notes.txt", "w") as f:
                 f.write("a note with ``` fences\\n")
             with open("blob.bin", "wb") as f:
@@ -79,6 +81,9 @@ def make_material(directory: Path) -> Path:
     (material / "top.txt").write_text("top\n")
     (material / "link").symlink_to("data/input.txt")
     os.mkfifo(material / "pipe")
+    (material / "__pycache__").mkdir()
+    (material / "__pycache__" / "x.pyc").write_bytes(b"\0")
+    (material / "data" / "noise.log").write_text("excluded\n")
     return material
 
 
@@ -99,7 +104,10 @@ def test_a_seeded_run_hands_back_its_outputs_as_artifacts_and_its_workspace_arch
     # Copied, never mounted: the agent's write did not reach the source.
     assert {p: p.read_bytes() for p in before} == before
     # The files of its declared outputs that it wrote are named to the agent after it.
-    assert "handed on: ['report.md', 'tables/counts.csv']" in result.outcomes[1].stdout_tail
+    assert (
+        "handed on: ['report.md', 'tables/counts.csv', 'tables/names.csv']"
+        in result.outcomes[1].stdout_tail
+    )
     assert result.warnings == [
         "output 'missing.md': no such file in the workspace",
         "output 'nothing.txt': no such file in the workspace",
@@ -119,6 +127,13 @@ def test_a_seeded_run_hands_back_its_outputs_as_artifacts_and_its_workspace_arch
     assert table.description == f"Counts; first {TABLE_ROWS:,} of 1,205 rows"
     rows = json.loads(table.data)
     assert len(rows) == TABLE_ROWS and rows[7] == {"n": "7", "square": "49"}
+
+    # The UI renders a table's cells as Markdown: they are made inert too.
+    [names] = json.loads(found["output-seeded-tables-names-csv"].data)
+    assert names == {
+        "name": "&lt;img src=x onerror=alert(1)>",
+        "&lt;b>link&lt;/b>": "[c](#blocked-javascript:alert(3))",
+    }
 
     notes = found["output-seeded-notes-txt"]
     assert "````\na note with ``` fences\n\n````" in notes.data

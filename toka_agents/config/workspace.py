@@ -29,6 +29,11 @@ class WorkspaceSeed(BaseModel):
     ref: str | None = Field(
         None, description="With `git`: the branch, tag or commit to check out (default: its HEAD)."
     )
+    exclude: list[str] = Field(
+        [],
+        description="Names or relative paths not copied in, as shell globs: `.venv`, `*.pyc`, "
+        "`build/*`.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> WorkspaceSeed:
@@ -36,8 +41,9 @@ class WorkspaceSeed(BaseModel):
             raise ValueError("give `from` (a directory) or `git` (a repository), one of them")
         if self.ref is not None and self.git is None:
             raise ValueError("`ref` goes with `git`")
-        if self.git is not None and self.git.lstrip().startswith("-"):
-            raise ValueError(f"{self.git!r} is no repository: it starts with '-'")
+        for name, value in (("git", self.git), ("ref", self.ref)):
+            if value is not None and value.lstrip().startswith("-"):
+                raise ValueError(f"`{name}` {value!r} starts with '-'")
         return self
 
     @property

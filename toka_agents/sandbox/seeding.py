@@ -13,6 +13,7 @@ run's result storage.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 import stat
@@ -59,7 +60,7 @@ def seed_workspace(
     the run's volume, see `workspace`), its files `user`'s (`uid:gid`). Raises `SandboxError`
     in one line when the source is missing, a clone fails or the material exceeds `limit` bytes."""
     with _source_directory(seed) as source:
-        entries, left_out = _entries(source)
+        entries, left_out = _entries(source, seed.exclude)
         size = sum(info.st_size for _, info in entries if stat.S_ISREG(info.st_mode))
         if size > limit:
             raise SandboxError(
@@ -113,9 +114,9 @@ def _git(*args: str, seed: WorkspaceSeed) -> None:
         raise SandboxError(f"could not clone the workspace seed {seed.source}: {said}")
 
 
-def _entries(source: Path) -> tuple[list[tuple[str, os.stat_result]], list[str]]:
-    """Every file, directory and link under `source` (relative path, lstat), parents first, and
-    the relative paths of what is none of those."""
+def _entries(source: Path, exclude: list[str]) -> tuple[list[tuple[str, os.stat_result]], list[str]]:
+    """Every file, directory and link under `source` (relative path, lstat) that `exclude`
+    does not name, parents first, and the relative paths of what is none of those."""
     entries: list[tuple[str, os.stat_result]] = []
     left_out: list[str] = []
     pending = [""]
@@ -124,6 +125,10 @@ def _entries(source: Path) -> tuple[list[tuple[str, os.stat_result]], list[str]]
         with os.scandir(source / relative if relative else source) as found:
             for entry in sorted(found, key=lambda e: e.name):
                 path = f"{relative}/{entry.name}" if relative else entry.name
+                if any(
+                    fnmatch.fnmatchcase(entry.name, p) or fnmatch.fnmatchcase(path, p) for p in exclude
+                ):
+                    continue
                 info = entry.stat(follow_symlinks=False)
                 if stat.S_ISDIR(info.st_mode):
                     entries.append((path, info))

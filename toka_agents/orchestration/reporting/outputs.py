@@ -4,7 +4,8 @@ Each file an `outputs:` entry matches becomes one artifact, keyed by the orchest
 file's path (so a deployment's runs version it) and described by the entry's title:
 
 - Markdown (`.md`, `.markdown`) as a Markdown artifact, rendered by the UI;
-- CSV as a table artifact: its first `TABLE_ROWS` rows, the rest counted;
+- CSV as a table artifact: its first `TABLE_ROWS` rows, the rest counted (the UI renders each
+  cell as Markdown, so cells are made inert as Markdown files are);
 - any other text as a fenced block of Markdown: its first `TEXT_BYTES`, the cut named;
 - binary files in one Markdown artifact that lists them with their sizes.
 
@@ -109,7 +110,8 @@ def _table(content: str) -> tuple[list[dict[str, str]], int] | None:
         for row in reader:
             total += 1
             if len(rows) < TABLE_ROWS:
-                rows.append({name: text.visible(value) for name, value in zip(names, row, strict=False)})
+                cells = zip(names, row, strict=False)
+                rows.append({name: _inert(text.visible(value)) for name, value in cells})
     except csv.Error:
         return None
     return rows, total
@@ -118,7 +120,7 @@ def _table(content: str) -> tuple[list[dict[str, str]], int] | None:
 def _unique(header: list[str]) -> list[str]:
     names: list[str] = []
     for i, name in enumerate(header):
-        shown = text.visible(name, newlines=False).strip() or f"column {i + 1}"
+        shown = _inert(text.visible(name, newlines=False).strip()) or f"column {i + 1}"
         while shown in names:
             shown += "'"
         names.append(shown)
@@ -149,7 +151,6 @@ _LINK_TARGET = re.compile(
 def safe_markdown(markdown: str) -> str:
     """`markdown` with raw HTML shown as text (`<` outside code as `&lt;`) and links to anything
     but web and mail addresses (`javascript:`, `data:`, ...) made inert."""
-    return markdown  # BROKEN ON PURPOSE
     lines = []
     fence: str | None = None
     for line in markdown.split("\n"):
