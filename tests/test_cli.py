@@ -11,7 +11,7 @@ import time
 from uuid import UUID
 
 import pytest
-from conftest import run_toka, write_config
+from conftest import EXAMPLES, run_toka, write_config
 from own_runs import signal_mid_run
 from test_flows import GONE_WITHIN, LONG_TASK, agents_running, task_runs, unique
 
@@ -112,6 +112,25 @@ def test_conditions_choose_the_conditional_tasks_that_run(tmp_path, prefect_api)
     runs = task_runs(flow_run_of(release.stdout))
     assert sorted(runs) == ["shipper/build", "shipper/publish"]
     assert all(r.state.is_completed() for r in runs.values())
+
+
+def test_agent_runs_only_the_agents_named_and_those_they_require(tmp_path, prefect_api):
+    workspaces = str(tmp_path / "runs")
+    quickstart = str(EXAMPLES / "quickstart.yaml")
+    chosen = orchestrate(prefect_api, quickstart, "--agent", "outliers", "--workspace-dir", workspaces)
+    assert chosen.returncode == 0, chosen.stdout + chosen.stderr
+    assert "Run: Completed: 2 agents, 3 of 3 tasks done" in chosen.stdout
+    ran = sorted(task_runs(flow_run_of(chosen.stdout)))
+    assert ran == ["generate/make-data", "outliers/find-outliers", "outliers/top-readings"]
+    # The outputs of agents that did not run are missing, and said so; the run stands.
+    assert "Warning: output 'report.md': no such file in the workspace" in chosen.stdout
+
+    unknown = orchestrate(prefect_api, quickstart, "--agent", "nobody", "--workspace-dir", workspaces)
+    assert unknown.returncode == 1
+    assert unknown.stderr.splitlines()[-1] == (
+        "<run parameters>: agents: 'nobody' is not an agent of quickstart (its agents: generate, "
+        "describe, outliers, report, review)"
+    )
 
 
 # Each agent waits a while for company: agents that are allowed to overlap do.

@@ -30,7 +30,9 @@ from toka_agents.cli.app import (
 )
 from toka_agents.cli.rendering import print_issues, print_json, print_run, print_warnings
 from toka_agents.config.fragments import issues_from_validation
+from toka_agents.config.loader import load
 from toka_agents.config.models import LlmOverrides
+from toka_agents.errors import ConfigError
 from toka_agents.orchestration.flow import RunOptions
 
 Output = Literal["table", "json"]
@@ -42,6 +44,14 @@ def orchestrate(
     input_: InputPairs = (),
     inputs_file: InputsFile = None,
     conditions: Conditions = (),
+    agents: Annotated[
+        tuple[str, ...],
+        Parameter(
+            name="--agent",
+            negative="",
+            help="Run only this agent and the agents it requires (repeatable). Default: every agent.",
+        ),
+    ] = (),
     dry_run: DryRunFlag = False,
     watch: WatchFlag = False,
     output: Annotated[
@@ -108,8 +118,7 @@ def orchestrate(
         for issue in issues_from_validation(exc, "<command line>"):
             err.print(f"--llm-{issue.path}: {text.visible(issue.message)}", markup=False)
         return 1
-    checked = planning.validate(
-        paths,
+    settings: planning.PlanSettings = dict(
         conditions=conditions,
         optional_dependencies=optional_dependencies,
         max_concurrent_agents=max_concurrent_agents,
@@ -117,17 +126,25 @@ def orchestrate(
         llm_overrides=overrides,
         inputs=inputs,
     )
+    checked = planning.validate(paths, **settings)
     print_warnings(checked)
     if checked.plan is None:
         print_issues(checked.issues)
         return 1
+    planned = checked.plan
+    if agents:
+        try:
+            planned = planning.plan(planning.select_agents(load(*paths), agents), **settings)
+        except ConfigError as exc:
+            print_issues(exc.issues)
+            return 1
     options = RunOptions(
         workspace_root=workspace_dir,
         dry_run=dry_run,
         resume=resume,
         cancel_poll_seconds=CANCEL_POLL_SECONDS,
     )
-    result = run_and_show(checked.plan, options, watch=watch, output=output)
+    result = run_and_show(planned, options, watch=watch, output=output)
     return 0 if result.ok else 1
 
 
