@@ -21,7 +21,12 @@ neither pays for writing back what the other left dirty; copies and archives are
 rounds (untimed). The source tree is in the page cache for both: it was just written. It prints
 each round, the medians and the ratio of medians toka-agents / baseline.
 
-    .venv/bin/python benchmarks/bench_workspace.py [--files 10000] [--megabytes 100] [--rounds 3]
+Everything is written under `--dir` (default: the system's temporary directory, so the disk's
+speed and load count); `--dir /dev/shm` (a tmpfs) leaves the disk out and shows the CPU cost.
+Run as root, `seed_workspace` also hands every entry to the sandbox user (`lchown`), which
+`cp -r` does not; it sets modes and modification times too, which `cp -r` does not keep.
+
+    .venv/bin/python benchmarks/bench_workspace.py [--files 10000] [--megabytes 100] [--rounds 3] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -113,6 +118,22 @@ def make_tree(root: Path, files: int, total: int) -> tuple[int, int, float]:
     return directories, total // 2 if texts else 0, compressed / max(1, total // 2 if texts else 1)
 
 
+def file_system(path: Path) -> str:
+    """The type of the file system `path` is on, from /proc/mounts ("?" where there is none)."""
+    found, length = "?", -1
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return found
+    for line in mounts:
+        _, point, kind, *_ = line.split()
+        point = point.replace("\\040", " ")
+        inside = path == Path(point) or Path(point) in path.parents
+        if inside and len(point) > length:
+            found, length = kind, len(point)
+    return found
+
+
 def sync() -> None:
     subprocess.run(["sync"], check=True)
 
@@ -147,11 +168,11 @@ def alternate(
 
 def report(names: tuple[str, str], ours: list[float], baseline: list[float]) -> float:
     rows = [
-        [str(index + 1), f"{a:.2f}", f"{b:.2f}"]
+        [str(index + 1), f"{a:.3f}", f"{b:.3f}"]
         for index, (a, b) in enumerate(zip(ours, baseline, strict=True))
     ]
     ours_median, baseline_median = statistics.median(ours), statistics.median(baseline)
-    rows.append(["median", f"{ours_median:.2f}", f"{baseline_median:.2f}"])
+    rows.append(["median", f"{ours_median:.3f}", f"{baseline_median:.3f}"])
     print_table(["round", f"{names[0]} s", f"{names[1]} s"], rows)
     ratio = ours_median / baseline_median
     print(f"\n{names[0]} / {names[1]}: {ratio:.2f}x (medians)")
@@ -205,7 +226,7 @@ def part_archive(workspace: Path, scratch: Path, rounds: int, files: int, total:
         f"\nPart 2: archiving the seeded workspace, {rounds} round(s), order alternating, a sync before each\n"
     )
     ours_path, tar_path = scratch / "archive_workspace.tar.gz", scratch / "tar.tar.gz"
-    sizes: dict[str, list[int]] = {"ours": [], "tar": []}
+    archive_sizes: dict[str, list[int]] = {"ours": [], "tar": []}
 
     def ours(_: int) -> Callable[[], object]:
         def run() -> None:
@@ -220,8 +241,8 @@ def part_archive(workspace: Path, scratch: Path, rounds: int, files: int, total:
         )
 
     def cleanup(index: int) -> None:
-        sizes["ours"].append(ours_path.stat().st_size)
-        sizes["tar"].append(tar_path.stat().st_size)
+        archive_sizes["ours"].append(ours_path.stat().st_size)
+        archive_sizes["tar"].append(tar_path.stat().st_size)
         if index == rounds - 1:  # the last round's: do both hold the whole tree?
             for name, path in (("archive_workspace", ours_path), ("tar czf", tar_path)):
                 if archived_files(path) != (files, total):
@@ -233,7 +254,10 @@ def part_archive(workspace: Path, scratch: Path, rounds: int, files: int, total:
 
     ours_times, tar_times = alternate(rounds, ours, baseline, cleanup)
     report(("archive_workspace", "tar czf"), ours_times, tar_times)
-    ours_size, tar_size = statistics.median(sizes["ours"]), statistics.median(sizes["tar"])
+    ours_size, tar_size = (
+        statistics.median(archive_sizes["ours"]),
+        statistics.median(archive_sizes["tar"]),
+    )
     print(
         f"archive sizes: archive_workspace {ours_size / MIB:.2f} MiB, tar czf {tar_size / MIB:.2f} MiB "
         f"({ours_size / tar_size:.3f}x); {ours_size / total:.1%} and {tar_size / total:.1%} of the tree's {total / MIB:.1f} MiB"
@@ -247,6 +271,13 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=10_000, help="files in the tree")
     parser.add_argument("--megabytes", type=float, default=100, help="the tree's total size, MiB")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds of each way, each part")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="where the tree, copies and archives go (default: the system's temporary directory); "
+        "e.g. /dev/shm, a tmpfs, to leave the disk out",
+    )
     args = parser.parse_args()
     if args.files < 2 or args.megabytes <= 0 or args.rounds < 1:
         parser.error("--files must be at least 2, --megabytes above 0 and --rounds at least 1")
@@ -254,7 +285,7 @@ def main() -> None:
     # whether to fill a volume instead.
     os.environ["TOKA_WORKSPACE"] = "bind"
     total = round(args.megabytes * MIB)
-    with tempfile.TemporaryDirectory(prefix="toka-bench-workspace-") as root:
+    with tempfile.TemporaryDirectory(prefix="toka-bench-workspace-", dir=args.dir) as root:
         scratch = Path(root)
         tree = scratch / "tree"
         began = time.perf_counter()
@@ -263,7 +294,7 @@ def main() -> None:
         randoms, texts = (args.files + 1) // 2, args.files // 2
         print(
             f"Tree: {args.files:,} files, {total / MIB:.1f} MiB in {directories} directories "
-            f"(made in {made:.1f} s; as root: {os.geteuid() == 0})\n"
+            f"in {scratch} ({file_system(scratch)}), made in {made:.1f} s; as root: {os.geteuid() == 0}\n"
             f"  {randoms:,} files of random bytes (os.urandom, incompressible), {(total - text_bytes) / MIB:.1f} MiB\n"
             f"  {texts:,} text files (lines of words from a pool of {LINES:,} lines), {text_bytes / MIB:.1f} MiB; "
             f"gzip -6 makes them {text_share:.1%} of their size"

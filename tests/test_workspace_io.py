@@ -58,6 +58,7 @@ agents:
                 w.writerows([i, i * i] for i in range(1205))
             with open("tables/names.csv", "w") as f:
                 f.write("name,<b>link</b>\\n<img src=x onerror=alert(1)>,[c](javascript:alert(3))\\n")
+            os.link("report.md", "same-report.md")
             with open("notes.txt", "w") as f:
                 f.write("a note with ``` fences\\n")
             with open("blob.bin", "wb") as f:
@@ -151,6 +152,7 @@ def test_a_seeded_run_hands_back_its_outputs_as_artifacts_and_its_workspace_arch
     ).read_text() == "the team's material\nchanged by the agent\n"
     assert (destination / "tables" / "counts.csv").read_text().count("\n") == 1206
     assert os.readlink(destination / "link") == "data/input.txt"
+    assert (destination / "same-report.md").read_text() == (destination / "report.md").read_text()
 
 
 def make_repository(directory: Path) -> Path:

@@ -168,37 +168,65 @@ def _pack(
 ) -> None:
     """A tar of the entries under `workspace/`, owned by `user`, for a volume."""
     uid, gid = (int(part) for part in user.split(":"))
+    linked: dict[tuple[int, int], str] = {}
     with tarfile.open(fileobj=archive, mode="w") as tar:
         top = tarfile.TarInfo("workspace")  # else the engine hands the volume's top to root
         top.type, top.mode, top.uid, top.gid = tarfile.DIRTYPE, 0o755, uid, gid
         tar.addfile(top)
-        for relative, _ in entries:
-            member = tar.gettarinfo(str(source / relative), arcname=f"workspace/{relative}")
-            member.uid, member.gid, member.uname, member.gname = uid, gid, "", ""
-            member.mode = member.mode & 0o755 | 0o600
-            if member.isreg():
-                with open(source / relative, "rb") as data:
-                    tar.addfile(member, data)
-            else:
-                tar.addfile(member)
+        for relative, info in entries:
+            member = _member(source / relative, f"workspace/{relative}", info, linked)
+            if member is not None:
+                member.uid, member.gid = uid, gid
+                member.mode = member.mode & 0o755 | 0o600
+                _add(tar, member, source / relative)
 
 
 def archive_workspace(workspace: Path, archive: IO[bytes]) -> int:
-    """Write `workspace`'s tree to `archive` as a `.tar.gz` (paths relative to it, links kept as
-    links); return how many entries it holds."""
+    """Write `workspace`'s tree to `archive` as a `.tar.gz` (paths relative to it, symbolic and
+    hard links kept as links; FIFOs, sockets and devices left out); return how many entries it
+    holds."""
     count = 0
+    linked: dict[tuple[int, int], str] = {}
     with tarfile.open(fileobj=archive, mode="w:gz", compresslevel=6) as tar:
         for directory, subdirectories, files in os.walk(workspace):
             subdirectories.sort()
-            for name in [*sorted(subdirectories), *sorted(files)]:
+            for name in [*subdirectories, *sorted(files)]:
                 path = Path(directory, name)
-                member = tar.gettarinfo(str(path), arcname=str(path.relative_to(workspace)))
-                if member.isreg():
-                    with open(path, "rb") as data:
-                        tar.addfile(member, data)
-                elif member.isdir() or member.issym():
-                    tar.addfile(member)
-                else:
-                    continue
-                count += 1
+                relative = str(path.relative_to(workspace))
+                member = _member(path, relative, os.lstat(path), linked)
+                if member is not None:
+                    _add(tar, member, path)
+                    count += 1
     return count
+
+
+def _member(
+    path: Path, name: str, info: os.stat_result, linked: dict[tuple[int, int], str]
+) -> tarfile.TarInfo | None:
+    """The tar header of a file, directory or link at `path` (None for anything else): made
+    here rather than by `gettarinfo`, which looks up the owner's user and group names, slowly
+    for the sandbox's nameless uids, and writes a pax header for sub-second times."""
+    member = tarfile.TarInfo(name)
+    member.mode, member.uid, member.gid = stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid
+    member.mtime = int(info.st_mtime)
+    if stat.S_ISREG(info.st_mode):
+        first = linked.setdefault((info.st_dev, info.st_ino), name) if info.st_nlink > 1 else name
+        if first != name:
+            member.type, member.linkname = tarfile.LNKTYPE, first
+        else:
+            member.size = info.st_size
+    elif stat.S_ISDIR(info.st_mode):
+        member.type = tarfile.DIRTYPE
+    elif stat.S_ISLNK(info.st_mode):
+        member.type, member.linkname = tarfile.SYMTYPE, os.readlink(path)
+    else:
+        return None
+    return member
+
+
+def _add(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> None:
+    if member.isreg():
+        with open(path, "rb") as data:
+            tar.addfile(member, data)
+    else:
+        tar.addfile(member)
