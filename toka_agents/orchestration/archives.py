@@ -14,6 +14,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from prefect.filesystems import LocalFileSystem
 from prefect.results import get_default_result_storage
 
 from toka_agents.sandbox.sanitize import Sanitized
@@ -29,12 +30,24 @@ def archive_key(flow_run_id: str) -> str:
 
 def keep_workspace(workspace: Path, flow_run_id: str) -> tuple[str, int]:
     """Pack `workspace` and write it to the result storage; return where it went (the storage's
-    own name for it) and the archive's size in bytes."""
+    own name for it) and the archive's size in bytes. A local storage gets the archive as it is
+    packed; a block's `write_path` takes the archive's bytes whole."""
+    storage = get_default_result_storage()
+    key = archive_key(flow_run_id)
+    if isinstance(storage, LocalFileSystem) and storage.basepath:
+        target = Path(storage.basepath).expanduser() / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        with open(partial, "wb") as archive:
+            archive_workspace(workspace, archive)
+            size = archive.tell()
+        partial.replace(target)  # a reader never sees half an archive
+        return str(target), size
     with tempfile.TemporaryFile() as archive:
         archive_workspace(workspace, archive)
         size = archive.tell()
         archive.seek(0)
-        written = get_default_result_storage().write_path(archive_key(flow_run_id), archive.read())
+        written = storage.write_path(key, archive.read())
     return str(written), size
 
 
@@ -43,11 +56,19 @@ def fetch_workspace(flow_run_id: str, destination: Path) -> tuple[list[str], San
     return the paths unpacked and what was left out, or None when the storage holds no archive
     of that run."""
     storage = get_default_result_storage()
+    key = archive_key(flow_run_id)
+    found = Sanitized()
+    if isinstance(storage, LocalFileSystem) and storage.basepath:
+        source = Path(storage.basepath).expanduser() / key
+        if not source.is_file():
+            return None
+        destination.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(source, mode="r:gz") as archive:
+            return extract_clean(archive, destination, found), found
     try:
-        data = storage.read_path(archive_key(flow_run_id))
-    except (ValueError, FileNotFoundError):  # LocalFileSystem says ValueError for a missing path
+        data = storage.read_path(key)
+    except (ValueError, FileNotFoundError):
         return None
     destination.mkdir(parents=True, exist_ok=True)
-    found = Sanitized()
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
         return extract_clean(archive, destination, found), found
