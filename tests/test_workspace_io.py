@@ -30,6 +30,7 @@ outputs:
   - {path: report.md, title: The report}
   - {path: "tables/*.csv", title: Counts}
   - notes.txt
+  - long.log
   - blob.bin
   - missing.md
 agents:
@@ -59,6 +60,8 @@ agents:
             with open("tables/names.csv", "w") as f:
                 f.write("name,<b>link</b>\\n<img src=x onerror=alert(1)>,[c](javascript:alert(3))\\n")
             os.link("report.md", "same-report.md")
+            with open("long.log", "w") as f:
+                f.write("a line of the log\\n" * 20000)
             with open("notes.txt", "w") as f:
                 f.write("a note with ``` fences\\n")
             with open("blob.bin", "wb") as f:
@@ -138,6 +141,8 @@ def test_a_seeded_run_hands_back_its_outputs_as_artifacts_and_its_workspace_arch
 
     notes = found["output-seeded-notes-txt"]
     assert "````\na note with ``` fences\n\n````" in notes.data
+    long = found["output-seeded-long-log"].data
+    assert long.endswith("\n```\n\n*(cut: the first 200KB of 351.6KB shown)*"), long[-100:]
     binary = found["output-seeded-binary-outputs"]
     assert "blob\\.bin | 1KB |" in binary.data
 

@@ -16,8 +16,8 @@ and links lead only to web or mail addresses; names are shown as text everywhere
 from __future__ import annotations
 
 import csv
-import io
 import re
+from pathlib import Path
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -29,6 +29,8 @@ TABLE_ROWS = 1_000
 TEXT_BYTES = 200 * 1024
 MARKDOWN_SUFFIXES = (".md", ".markdown")
 _KEY_LIMIT = 120
+_MAX_COLUMNS = 200
+"""A CSV with more columns is shown as text: no table that wide is read in a browser."""
 
 
 def write_output_artifacts(plan_name: str, files: list[OutputFile]) -> list[str]:
@@ -39,19 +41,20 @@ def write_output_artifacts(plan_name: str, files: list[OutputFile]) -> list[str]
     for file in files:
         key = _key(plan_name, file.relative)
         try:
-            data = file.path.read_bytes()
-            if b"\0" in data[:8192] or not _is_text(data):
+            with open(file.path, "rb") as handle:  # only the head: a file may be as big as the disk
+                head = handle.read(TEXT_BYTES + 4)
+            if b"\0" in head[:8192] or not _is_text(head):
                 binary.append(file)
             elif file.relative.lower().endswith(MARKDOWN_SUFFIXES):
-                markdown, cut = _cut(data.decode(), file.size)
+                markdown, cut = _cut(head, file.size)
                 shown = safe_markdown(markdown) + cut
                 create_markdown_artifact(markdown=shown, key=key, description=file.title)
-            elif file.relative.lower().endswith(".csv") and (table := _table(data.decode())) is not None:
+            elif file.relative.lower().endswith(".csv") and (table := _table(file.path)) is not None:
                 rows, total = table
                 more = f"; first {len(rows):,} of {total:,} rows" if total > len(rows) else ""
                 create_table_artifact(table=rows, key=key, description=f"{file.title}{more}")
             else:
-                body, cut = _cut(data.decode(), file.size)
+                body, cut = _cut(head, file.size)
                 create_markdown_artifact(
                     markdown=f"**{_shown(file.relative)}**\n\n{fenced(body)}{cut}",
                     key=key,
@@ -79,40 +82,42 @@ def _key(*parts: str) -> str:
     return key[:_KEY_LIMIT].rstrip("-")
 
 
-def _is_text(data: bytes) -> bool:
+def _is_text(head: bytes) -> bool:
     try:
-        data[: TEXT_BYTES + 4].decode()
+        head.decode()
     except UnicodeDecodeError as exc:
         return exc.start >= TEXT_BYTES  # a character cut by the limit, not a binary file
     return True
 
 
-def _cut(content: str, size: int) -> tuple[str, str]:
-    """The first `TEXT_BYTES` of `content`, and a note naming the cut (empty when whole)."""
-    encoded = content.encode()
-    if len(encoded) <= TEXT_BYTES:
-        return content, ""
-    kept = encoded[:TEXT_BYTES].decode(errors="ignore")
+def _cut(head: bytes, size: int) -> tuple[str, str]:
+    """The first `TEXT_BYTES` of a file whose head is `head`, and a note naming the cut (empty
+    when whole)."""
+    if size <= TEXT_BYTES and len(head) <= TEXT_BYTES:
+        return head.decode(), ""
+    kept = head[:TEXT_BYTES].decode(errors="ignore")
     return kept, f"\n\n*(cut: the first {format_bytes(TEXT_BYTES)} of {format_bytes(size)} shown)*"
 
 
-def _table(content: str) -> tuple[list[dict[str, str]], int] | None:
+def _table(path: Path) -> tuple[list[dict[str, str]], int] | None:
     """The first `TABLE_ROWS` rows as dicts keyed by the header, and how many rows there are;
-    None when it is no CSV with a header."""
+    None when it is no CSV with a header: not UTF-8, too wide, or a cell past the `csv`
+    module's limit (128KB)."""
     try:
-        reader = csv.reader(io.StringIO(content))
-        header = next(reader, None)
-        if not header:
-            return None
-        names = _unique(header)
-        rows: list[dict[str, str]] = []
-        total = 0
-        for row in reader:
-            total += 1
-            if len(rows) < TABLE_ROWS:
-                cells = zip(names, row, strict=False)
-                rows.append({name: _inert(text.visible(value)) for name, value in cells})
-    except csv.Error:
+        with open(path, newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if not header or len(header) > _MAX_COLUMNS:
+                return None
+            names = _unique(header)
+            rows: list[dict[str, str]] = []
+            total = 0
+            for row in reader:
+                total += 1
+                if len(rows) < TABLE_ROWS:
+                    cells = zip(names, row, strict=False)
+                    rows.append({name: _inert(text.visible(value)) for name, value in cells})
+    except (csv.Error, UnicodeDecodeError):
         return None
     return rows, total
 
