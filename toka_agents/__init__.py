@@ -20,7 +20,7 @@ from toka_agents.errors import (
     TokaError,
 )
 from toka_agents.executor import TaskOutcome
-from toka_agents.orchestration import RunOptions, compile_flow, deploy, orchestrate, serve
+from toka_agents.orchestration import RunOptions, answer, compile_flow, deploy, orchestrate, serve
 from toka_agents.planning import Plan, Validation, plan, validate
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "TokaError",
     "Validation",
     "__version__",
+    "answer",
     "compile_flow",
     "deploy",
     "load",

@@ -70,6 +70,10 @@ class LlmCancelled(LlmError):
     """The call was cancelled while it waited or ran."""
 
 
+class NoAnswer(TokaError):
+    """A question to a person got no answer in time."""
+
+
 MalformedKind = Literal[
     "bad JSON", "missing field", "unknown tool", "bad arguments", "arguments off schema"
 ]

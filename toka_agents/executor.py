@@ -8,6 +8,7 @@ and returns plain data that reporting turns into Prefect states.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -108,6 +109,8 @@ class ExecutionContext:
     """Bytes the run's workspace may hold (`limits.workspace`); None: no limit."""
     sandbox_user: str = SANDBOX_USER
     """The `uid:gid` the run's code runs as: one of its own (`sandbox.users`)."""
+    ask_person: Callable[[PlannedTask, str], str] | None = None
+    """Asks a person a task's question (`human: ask`) and returns the answer."""
 
 
 def llm_refusal(plan: Plan, *, dry_run: bool) -> str | None:
@@ -207,7 +210,8 @@ def run_llm_task(
     except LlmError as exc:
         return LlmRun(failed(task, str(exc)))
     usage = SandboxUsage(context.sandbox, tool_spec(task, context, upstream or {}))
-    toolbox = Toolbox(usage.run_code, may_write=task.workspace_writable)
+    ask = functools.partial(context.ask_person, task) if task.asks_human and context.ask_person else None
+    toolbox = Toolbox(usage.run_code, may_write=task.workspace_writable, ask=ask)
     acquire = context.rate_limits(settings) if context.rate_limits is not None else None
     started = time.monotonic()
     with Gateway(settings, api_key=key, acquire=acquire, cancel=context.cancel) as gateway:

@@ -198,3 +198,19 @@ def stop(flow_run_id: FlowRunId, /) -> int:
         )
         return 1
     return 0
+
+
+@agent_app.command
+def answer(flow_run_id: FlowRunId, text_: Annotated[str, Parameter(name="TEXT")], /) -> int:
+    """Answer the question a run waits on (an agent's `ask_human`): the run resumes, and the
+    agent reads TEXT as the answer. For example:
+
+        toka agent answer 0a1b2c3d-1111-2222-3333-444455556666 "Use the March data"
+    """
+    from toka_agents.orchestration.people import answer as answer_question
+
+    run_id = flow_run_id_of(flow_run_id)
+    with prefect_api():
+        answer_question(run_id, text_)
+    out.print(f"Answered flow run {run_id}: it resumes", markup=False)
+    return 0

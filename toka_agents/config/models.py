@@ -328,6 +328,13 @@ def _host_or_placeholder(entry: str) -> str:
 AllowedHost = Annotated[str, AfterValidator(_host_or_placeholder)]
 
 
+HumanRole = Literal["ask"]
+_HUMAN = (
+    "`ask`: its LLM tasks get the tool ask_human(question), which pauses the run until a person "
+    "answers in the Prefect UI's Resume form or with `toka agent answer`."
+)
+
+
 class Agent(_Model):
     """One agent: who it is, what it may touch and use, and its ordered tasks."""
 
@@ -361,6 +368,7 @@ class Agent(_Model):
     outputs: list[OutputEntry] = Field(
         [], description="Files it writes: named to the agents after it, and the run's artifacts."
     )
+    human: HumanRole | None = Field(None, description=_HUMAN + " Default: `defaults.human`.")
     extra: dict[str, Any] = Field(
         {}, description="Keys of the source spec that toka-agents keeps but does not act on."
     )
@@ -395,6 +403,7 @@ class Defaults(_Model):
     image: str | None = None
     env: dict[str, str] = {}
     retries: int = Field(0, ge=0)
+    human: HumanRole | None = Field(None, description=_HUMAN)
 
 
 class Settings(_Model):
@@ -423,6 +432,9 @@ class Settings(_Model):
         le=1,
         description="With `continue`: the least share of an agent's attempted tasks that must be "
         "done for it to complete, 0 to 1. Default: 1; for agents from Toka's specs, 0.8.",
+    )
+    human_timeout: Duration = Field(
+        3600.0, description="How long a question to a person waits for its answer (default 1h)."
     )
     inputs: Inputs = Field(
         {},

@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, Field
 
 from toka_agents.config.models import TokenPrice
-from toka_agents.errors import SandboxError
+from toka_agents.errors import NoAnswer, SandboxError
 from toka_agents.llm.errors import LlmCancelled, LlmError, MalformedReply
 from toka_agents.llm.messages import (
     AssistantMessage,
@@ -53,6 +53,7 @@ EndedBy = Literal[
     "llm_error",
     "sandbox_error",
     "cancelled",
+    "no_answer",
 ]
 
 
@@ -185,6 +186,8 @@ def run_loop(
         return loop.result(False, str(exc), "llm_error", secrets)
     except SandboxError as exc:
         return loop.result(False, f"sandbox error: {exc}", "sandbox_error", secrets)
+    except NoAnswer as exc:
+        return loop.result(False, str(exc), "no_answer", secrets)
 
 
 @dataclass

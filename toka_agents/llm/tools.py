@@ -34,6 +34,8 @@ LIST_LIMIT = 500
 Language = Literal["python", "shell"]
 RunCode = Callable[[str, str], SandboxResult]
 """Runs `source` in `language` in the agent's sandbox, as a code task would."""
+AskPerson = Callable[[str], str]
+"""Asks a person `question` and returns their answer; raises `NoAnswer` when none comes in time."""
 
 RUN_CODE = ToolSpec(
     name="run_code",
@@ -97,9 +99,26 @@ FINISH = ToolSpec(
 )
 
 
-def tool_specs(*, may_write: bool) -> list[ToolSpec]:
-    """The tools of an agent; `write_file` only for one that may write the workspace."""
-    return [RUN_CODE, LIST_FILES, READ_FILE, *([WRITE_FILE] if may_write else []), FINISH]
+ASK_HUMAN = ToolSpec(
+    name="ask_human",
+    description=(
+        "Ask a person a question and wait for their answer: for what you cannot find out "
+        "yourself, or a decision that is theirs. Ask one clear question at a time."
+    ),
+    parameters={
+        "type": "object",
+        "properties": {"question": {"type": "string", "minLength": 1}},
+        "required": ["question"],
+        "additionalProperties": False,
+    },
+)
+
+
+def tool_specs(*, may_write: bool, may_ask: bool = False) -> list[ToolSpec]:
+    """The tools of an agent; `write_file` only for one that may write the workspace,
+    `ask_human` for one whose agent may ask a person."""
+    optional = [*([WRITE_FILE] if may_write else []), *([ASK_HUMAN] if may_ask else [])]
+    return [RUN_CODE, LIST_FILES, READ_FILE, *optional, FINISH]
 
 
 class Verdict(BaseModel):
@@ -126,17 +145,20 @@ class ToolResult(BaseModel):
 class Toolbox:
     """Runs an agent's tool calls. `run_code` is its door to the sandbox."""
 
-    def __init__(self, run_code: RunCode, *, may_write: bool, root: str = WORKSPACE) -> None:
+    def __init__(
+        self, run_code: RunCode, *, may_write: bool, root: str = WORKSPACE, ask: AskPerson | None = None
+    ) -> None:
         self.run_code = run_code
         self.may_write = may_write
         self.root = root
-        self.specs = tool_specs(may_write=may_write)
+        self.ask = ask
+        self.specs = tool_specs(may_write=may_write, may_ask=ask is not None)
 
     def run(self, call: ToolCall) -> ToolResult:
         """Run one call whose name and arguments the gateway has checked against `specs`.
 
         A refusal or a failure of the tool is a result the model reads; only the sandbox's own
-        errors (`SandboxError`, `SandboxCancelled`) propagate.
+        errors (`SandboxError`, `SandboxCancelled`) and a question's `NoAnswer` propagate.
         """
         args = call.arguments
         if call.name == "finish":
@@ -144,6 +166,8 @@ class Toolbox:
             return ToolResult(content="The task is finished.", verdict=verdict)
         if call.name == "run_code":
             return _code_result(self.run_code(args["language"], args["source"]))
+        if call.name == "ask_human" and self.ask is not None:
+            return ToolResult(content=self.ask(args["question"]))
         if call.name in ("list_files", "read_file") or (call.name == "write_file" and self.may_write):
             path = args.get("path", ".")
             refusal = self.path_refusal(path)

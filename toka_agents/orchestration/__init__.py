@@ -11,11 +11,14 @@
 - `tagging`: how agent/workstream/priority tags reach a task run;
 - `deployments`: the `toka-orchestrate` flow, its run form, `deploy` and `serve`;
 - `runs`: starting a deployment's run, stopping a run;
-- `watching`: the live view of a run, read from Prefect's API.
+- `watching`: the live view of a run, read from Prefect's API;
+- `archives`: the workspace's archive in Prefect's result storage;
+- `people`: an agent's question to a person, a paused run and its answer.
 """
 
 from toka_agents.orchestration.deployments import FLOW_NAME, deploy, orchestrate, serve
 from toka_agents.orchestration.flow import RUN_LABEL, RunOptions, compile_flow, execute_plan
+from toka_agents.orchestration.people import answer
 from toka_agents.orchestration.reporting import RunSummary
 
 __all__ = [
@@ -23,6 +26,7 @@ __all__ = [
     "RUN_LABEL",
     "RunOptions",
     "RunSummary",
+    "answer",
     "compile_flow",
     "deploy",
     "execute_plan",

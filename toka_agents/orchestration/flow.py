@@ -24,7 +24,7 @@ from toka_agents import executor, text
 from toka_agents.config.limits import format_bytes
 from toka_agents.errors import SandboxError, one_line
 from toka_agents.executor import ExecutionContext
-from toka_agents.orchestration import archives, reporting, resuming, task_logs
+from toka_agents.orchestration import archives, people, reporting, resuming, task_logs
 from toka_agents.orchestration.cancellation import CancellationWatcher
 from toka_agents.orchestration.llm_setup import (
     LlmSetupError,
@@ -145,6 +145,8 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
         sandbox_user=user,
     )
     context.rate_limits = functools.partial(rate_limit_hook, cancel=context.cancel)
+    if any(task.asks_human for task in plan.tasks):
+        context.ask_person = functools.partial(people.ask_person, plan.human_timeout, context.cancel)
     watcher = CancellationWatcher(
         flow_run.id, options.cancel_poll_seconds, sandbox, logger, llm_cancel=context.cancel
     )

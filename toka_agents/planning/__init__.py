@@ -129,6 +129,7 @@ def plan(
         declared_inputs=orchestration.inputs,
         workspace_seed=seed_with_absolute_path(written, orchestration.workspace),
         outputs=tuple(dict.fromkeys([*orchestration.outputs, *(o for a in planned for o in a.outputs)])),
+        human_timeout=orchestration.human_timeout,
     )
 
 

@@ -41,6 +41,8 @@ class PlannedTask(_Frozen):
     code: CodeSource | None = None
     instruction: str | None = None
     expected_output: str | None = None
+    asks_human: bool = False
+    """An LLM task whose agent may ask a person (`human: ask`): it has the tool ask_human."""
     limits: TaskLimits
     image: str
     capabilities: tuple[str, ...] = ()
@@ -126,6 +128,8 @@ class Plan(_Frozen):
     directory made absolute."""
     outputs: tuple[Output, ...] = ()
     """The files of the workspace handed back as artifacts when the run ends."""
+    human_timeout: float = 3600.0
+    """Seconds a question to a person waits for its answer."""
 
     @property
     def tasks(self) -> list[PlannedTask]:

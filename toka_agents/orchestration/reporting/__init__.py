@@ -263,6 +263,15 @@ TASK_FIGURES = (
 """What a task event's payload carries: bytes, seconds and counts as plain numbers."""
 
 
+def person_event(kind: str, task: PlannedTask, text: str) -> None:
+    """`toka.human.asked` (the question) or `toka.human.answered` (the answer) of a task."""
+    emit_event(
+        event=f"toka.human.{kind}",
+        resource={"prefect.resource.id": f"toka.task.{task.id}", "toka.agent": task.agent},
+        payload={"task": task.id, "question" if kind == "asked" else "answer": text},
+    )
+
+
 def task_figures(outcome: TaskOutcome) -> dict[str, Any]:
     return {name: getattr(outcome, name) for name in TASK_FIGURES}
 

@@ -56,7 +56,7 @@ def write_output_artifacts(plan_name: str, files: list[OutputFile]) -> list[str]
             else:
                 body, cut = _cut(head, file.size)
                 create_markdown_artifact(
-                    markdown=f"**{_shown(file.relative)}**\n\n{fenced(body)}{cut}",
+                    markdown=f"**{shown_literally(file.relative)}**\n\n{fenced(body)}{cut}",
                     key=key,
                     description=file.title,
                 )
@@ -64,7 +64,7 @@ def write_output_artifacts(plan_name: str, files: list[OutputFile]) -> list[str]
             problems.append(f"output {file.relative!r}: no artifact: {text.one_line(str(exc), 300)}")
     if binary:
         lines = ["| file | size |", "| --- | --- |"]
-        lines += [f"| {_shown(file.relative)} | {format_bytes(file.size)} |" for file in binary]
+        lines += [f"| {shown_literally(file.relative)} | {format_bytes(file.size)} |" for file in binary]
         try:
             create_markdown_artifact(
                 markdown="Binary outputs, in the workspace archive (`toka workspace get`):\n\n"
@@ -135,7 +135,7 @@ def _unique(header: list[str]) -> list[str]:
 _MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~])")
 
 
-def _shown(name: str) -> str:
+def shown_literally(name: str) -> str:
     """A name as literal Markdown text on one line."""
     return _MARKDOWN_PUNCTUATION.sub(r"\\\1", text.visible(name, newlines=False))
 

@@ -1,0 +1,144 @@
+"""People in the loop: an agent with `human: ask` asks a person through a paused flow run, and
+`answer` (Python) or `toka agent answer` (CLI) resumes it; a question nobody answers ends its
+task after `human_timeout`. Real Prefect server, real Docker engine, the scripted model server
+on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import pytest
+from conftest import run_toka
+from llm_server import scripted_server, tool_call
+from prefect import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+from prefect.events.worker import EventsWorker
+from prefect.input.actions import read_flow_run_input
+from test_flows import artifacts
+from test_llm_runs import llm_config, prompts
+
+from toka_agents import RunResult, TokaError, answer, run
+
+pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
+
+ASKER = """
+- name: asker
+  human: ask
+  tasks: [{name: choose, instruction: Choose a colour for the report.}]
+"""
+
+
+def run_in_background(config, workspace_root) -> tuple[threading.Thread, list[RunResult]]:
+    results: list[RunResult] = []
+    context = contextvars.copy_context()
+    thread = threading.Thread(
+        target=lambda: context.run(lambda: results.append(run(config, workspace_root=workspace_root)))
+    )
+    thread.start()
+    return thread, results
+
+
+def paused_run(flow_name: str, within: float = 60) -> UUID:
+    """The id of the flow run of `flow_name` once it is Paused."""
+    deadline = time.monotonic() + within
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])))
+            for flow_run in runs:
+                if flow_run.state is not None and flow_run.state.is_paused():
+                    return flow_run.id
+            time.sleep(0.3)
+    raise AssertionError(f"no run of {flow_name} paused within {within}s")
+
+
+def test_an_agent_asks_a_person_who_answers_and_the_model_reads_the_answer(
+    tmp_path, workspace_root, api_key, prefect_api
+):
+    api = {"PREFECT_API_URL": prefect_api}
+    since = datetime.now(UTC)
+    script = (
+        tool_call("ask_human", question="Which colour, <b>red</b> or blue?"),
+        tool_call("finish", success=True, summary="Chose blue, as asked."),
+    )
+    with scripted_server(*script, api_key=api_key) as server:
+        config = llm_config(tmp_path, server, ASKER, name="asking")
+        thread, results = run_in_background(config, workspace_root)
+        flow_run_id = paused_run("asking")
+        # The Resume form: who asks what, the question as text, and one field, the answer.
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run_id).state
+        keyset = state.state_details.run_input_keyset  # type: ignore[union-attr]
+        description = read_flow_run_input(keyset["description"], flow_run_id)
+        schema = read_flow_run_input(keyset["schema"], flow_run_id)
+        assert "**asker** asks, in its task `choose`" in description
+        assert "```\nWhich colour, <b>red</b> or blue?\n```" in description
+        assert list(schema["properties"]) == ["answer"]
+
+        # A bad answer changes nothing; the CLI answers.
+        with pytest.raises(TokaError, match="the answer is empty"):
+            answer(flow_run_id, "  ")
+        answered = run_toka("agent", "answer", str(flow_run_id), "Blue, please.", env=api)
+        assert answered.returncode == 0, answered.stderr
+        assert answered.stdout.strip() == f"Answered flow run {flow_run_id}: it resumes"
+        thread.join(120)
+        sent = prompts(server)
+    [result] = results
+    assert result.ok, result.state.message
+    assert result.outcomes[0].summary == "Chose blue, as asked."
+    # The answer is the tool's result in the model's next request.
+    [answer_message] = [
+        m for m in sent[-1] if m.get("role") == "tool" and "Blue" in str(m.get("content"))
+    ]
+    assert answer_message["content"] == "Blue, please."
+    # The question and the answer are in the conversation artifact and in two events.
+    versions = [a for a in artifacts(result.flow_run_id) if a.key == "asker-choose-conversation"]
+    conversation = max(versions, key=lambda a: a.created)
+    assert "ask_human" in conversation.data and "Blue, please." in conversation.data
+    EventsWorker.drain_all(timeout=10)
+    with get_client(sync_client=True) as client:
+        page = client.read_events(
+            filter=EventFilter(
+                occurred=EventOccurredFilter(
+                    since=since, until=datetime.now(UTC) + timedelta(minutes=1)
+                ),
+                event=EventNameFilter(prefix=["toka.human."]),
+            ),
+            limit=50,
+        )
+    payloads = {event.event: event.payload for event in page.events}
+    assert payloads["toka.human.asked"]["question"] == "Which colour, <b>red</b> or blue?"
+    assert payloads["toka.human.answered"]["answer"] == "Blue, please."
+
+    # A run that waits for nothing, a run that does not exist, no run id: one line each, exit 1.
+    for given, said in (
+        (
+            str(result.flow_run_id),
+            f"error: flow run {result.flow_run_id} waits for no answer: it is Completed",
+        ),
+        (
+            "0a1b2c3d-1111-2222-3333-444455556666",
+            "error: no flow run 0a1b2c3d-1111-2222-3333-444455556666 on this Prefect server",
+        ),
+        ("not-a-run", "error: 'not-a-run' is not a flow run id (a UUID such as 0a1b2c3d-...)"),
+    ):
+        refused = run_toka("agent", "answer", given, "anything", env=api)
+        assert (refused.returncode, refused.stderr.strip().splitlines()) == (1, [said])
+
+
+def test_a_question_nobody_answers_fails_its_task_after_human_timeout(tmp_path, workspace_root, api_key):
+    script = (tool_call("ask_human", question="Anyone there?"),)
+    with scripted_server(*script, api_key=api_key) as server:
+        config = llm_config(tmp_path, server, ASKER, name="unanswered")
+        config.write_text(config.read_text().replace("agents:", "human_timeout: 3s\nagents:", 1))
+        started = time.monotonic()
+        result = run(config, workspace_root=workspace_root)
+    assert time.monotonic() - started < 60
+    assert result.state.is_failed()
+    [outcome] = result.outcomes
+    assert (outcome.status, outcome.message) == ("failed", "no answer within 3s")
+    assert result.state.message == "1 task(s) failed: asker/choose: no answer within 3s"
