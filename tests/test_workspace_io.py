@@ -244,3 +244,46 @@ def test_a_seed_that_cannot_be_had_refuses_the_run_before_any_task(tmp_path, wor
     assert no_repository.state.message.startswith(
         f"refused before starting any task: could not clone the workspace seed {big}: fatal:"
     )
+
+
+ESCAPES = """
+name: escapes
+outputs: [report.md, s1/s2/evil/passwd, "*.md"]
+agents:
+  - name: work
+    capabilities: [filesystem-write]
+    tasks:
+      - name: build
+        code:
+          language: python
+          source: |
+            import os
+            open("report.md", "w").write("# the real report\\n")
+            os.symlink("zloop.md", "zloop.md")  # a link to itself
+            # Links whose text stays short while the path they make passes 4096 characters:
+            # a check of the path's text would call it inside; the kernel follows it to /etc.
+            root, name = os.getcwd(), "d" * 250
+            for _ in range(17):
+                os.mkdir(name)
+                os.chdir(name)
+            os.symlink("/etc", "evil")
+            os.chdir(root)
+            os.symlink("/".join([name] * 8), "s1")
+            os.chdir("/".join([name] * 8))
+            os.symlink("/".join([name] * 9), "s2")
+"""
+
+
+def test_outputs_are_read_through_no_link_however_the_paths_are_built(tmp_path, workspace_root):
+    result = run(write_config(tmp_path, ESCAPES), workspace_root=workspace_root)
+    assert result.ok, result.state.message
+    assert result.warnings == ["output 's1/s2/evil/passwd': no such file in the workspace"]
+    found = {a.key: a for a in artifacts(result.flow_run_id) if a.key and a.key.startswith("output-")}
+    assert set(found) == {"output-escapes-report-md"}
+    assert "root:" not in json.dumps([a.data for a in found.values()])
+    # The workspace was released from its disk and archived; nothing of it leads out.
+    destination = tmp_path / "fetched"
+    got = run_toka("workspace", "get", str(result.flow_run_id), str(destination))
+    assert got.returncode == 0, got.stderr
+    assert not (destination / "s1" / "s2" / "evil").exists()
+    assert (destination / "report.md").read_text() == "# the real report\n"

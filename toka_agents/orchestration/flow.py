@@ -39,7 +39,8 @@ from toka_agents.planning import Plan
 from toka_agents.sandbox import Sandbox, connect, create_workspace, remove_orphans
 from toka_agents.sandbox.seeding import seed_workspace
 from toka_agents.sandbox.users import LABEL_USER, run_user
-from toka_agents.sandbox.workspace import local_workspace, output_files
+from toka_agents.sandbox.workspace import local_workspace
+from toka_agents.sandbox.workspace_files import output_files
 
 RUN_LABEL = "org.toka-agents.run"
 
@@ -175,7 +176,7 @@ def _hand_back(plan: Plan, workspace: Path, run_id: str, logger: reporting.RunLo
         with local_workspace(workspace, run_id) as directory:
             if plan.outputs:
                 files, missing = output_files(directory, plan.outputs)
-                warnings += missing + outputs.write_output_artifacts(plan.name, files)
+                warnings += missing + outputs.write_output_artifacts(plan.name, directory, files)
             where, size = archives.keep_workspace(directory, run_id)
             logger.info("Workspace archived to the result storage: %s (%s)", where, format_bytes(size))
     except Exception as exc:  # the engine or the storage failed us; the run's result stands

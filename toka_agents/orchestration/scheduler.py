@@ -30,7 +30,7 @@ from toka_agents.orchestration.cancellation import CancellationWatcher
 from toka_agents.orchestration.tagging import agent_tags
 from toka_agents.orchestration.tasks import after_failure_of, agent_task, with_retries
 from toka_agents.planning import Plan, PlannedAgent, PlannedTask
-from toka_agents.sandbox.workspace import outputs_present
+from toka_agents.sandbox.workspace_files import outputs_present
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+_PATH_MAX = 4000
+"""Bytes of a path this side keeps clear of the kernel's 4096."""
 KEPT_MODE_BITS = 0o755
 """Permission bits a file or directory keeps: no setuid/setgid/sticky, no group/other write."""
 SHOWN_NAMES = 10
@@ -87,7 +91,19 @@ def copy_clean(source: Path, target: Path) -> Sanitized:
             origin = Path(directory, name)
             copy = target / relative / name
             shown = str(relative / name)
-            info = os.lstat(origin)
+            try:
+                if len(os.fsencode(copy)) >= _PATH_MAX:
+                    raise OSError(errno.ENAMETOOLONG, "too long", str(copy))
+                info = os.lstat(origin)
+            except OSError as exc:
+                if exc.errno != errno.ENAMETOOLONG:
+                    raise
+                # Deeper than a path can name: left out, with all below it (os.walk cannot
+                # list it either), so no link down there can lead a reader out.
+                found.dropped.append((shown[:200], "a path too long to name"))
+                if name in subdirectories:
+                    subdirectories.remove(name)
+                continue
             why = _kind(info.st_mode)
             if why is not None:
                 found.dropped.append((shown, why))
@@ -186,7 +202,8 @@ def clean_in_place(root: Path) -> Sanitized:
     links: list[tuple[Path, str]] = []
     with contextlib.suppress(OSError):
         _clean_mode(root, os.lstat(root), ".", found)
-    for directory, subdirectories, files in os.walk(root):
+    too_deep: list[str] = []
+    for directory, subdirectories, files in os.walk(root, onerror=_too_long_into(too_deep)):
         for name in [*subdirectories, *files]:
             path = Path(directory, name)
             shown = str(path.relative_to(root))
@@ -203,7 +220,24 @@ def clean_in_place(root: Path) -> Sanitized:
             except OSError:
                 continue
     found.dropped += [(str(p.relative_to(root)), why) for p, why in _drop_outward_links(root, links)]
+    for path in too_deep:  # what no path can name is removed from its parent, by descriptor
+        parent = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            shutil.rmtree(os.path.basename(path), dir_fd=parent)
+            found.dropped.append((os.path.relpath(path, root)[:200], "a path too long to name"))
+        except OSError:
+            continue
+        finally:
+            os.close(parent)
     return found
+
+
+def _too_long_into(paths: list[str]) -> Callable[[OSError], None]:
+    def note(exc: OSError) -> None:
+        if exc.errno == errno.ENAMETOOLONG and exc.filename:
+            paths.append(os.fsdecode(exc.filename))
+
+    return note
 
 
 def _clean_mode(path: Path, info: os.stat_result, shown: str, found: Sanitized) -> None:

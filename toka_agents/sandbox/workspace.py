@@ -33,7 +33,6 @@ from docker.errors import ImageNotFound
 from docker.types import Mount
 
 from toka_agents.config.models import DEFAULT_IMAGE
-from toka_agents.config.workspace import Output
 from toka_agents.errors import SandboxError
 from toka_agents.sandbox.cleanup import LABEL_MANAGED
 from toka_agents.sandbox.engine import ENGINE_ERRORS, connect, engine_said, engine_url, is_local_engine
@@ -165,62 +164,6 @@ def copy_out(client: docker.DockerClient, run_id: str, destination: Path) -> tup
         spool.seek(0)
         with tarfile.open(fileobj=spool, mode="r|") as archive:
             return extract_clean(archive, destination, found), found
-
-
-@dataclass(frozen=True)
-class OutputFile:
-    """One file an output matched: its path relative to the workspace, and its size."""
-
-    output: Output
-    relative: str
-    path: Path
-    size: int
-
-    @property
-    def title(self) -> str:
-        return self.output.title or self.relative
-
-
-def output_files(workspace: Path, outputs: tuple[Output, ...]) -> tuple[list[OutputFile], list[str]]:
-    """The regular files of `workspace` that `outputs` match (each once, in the outputs' order;
-    never a link, never outside the workspace), and a warning per output that matched none."""
-    found: list[OutputFile] = []
-    missing: list[str] = []
-    seen: set[str] = set()
-    root = workspace.resolve()
-    for output in outputs:
-        matched = False
-        for path in sorted(_matches(workspace, output.path)):
-            relative = path.relative_to(workspace).as_posix()
-            try:
-                info = os.lstat(path)
-                inside = path.resolve().is_relative_to(root)
-            except OSError:
-                continue
-            if not stat.S_ISREG(info.st_mode) or not inside:
-                continue
-            matched = True
-            if relative not in seen:
-                seen.add(relative)
-                found.append(OutputFile(output, relative, path, info.st_size))
-        if not matched:
-            missing.append(f"output {output.path!r}: no such file in the workspace")
-    return found, missing
-
-
-def _matches(workspace: Path, pattern: str) -> Iterator[Path]:
-    if not any(char in pattern for char in "*?["):
-        yield workspace / pattern
-        return
-    yield from workspace.glob(pattern)
-
-
-def outputs_present(workspace: Path, outputs: tuple[Output, ...]) -> list[str]:
-    """The paths of the files `outputs` match in `workspace` (none when it is not a directory
-    of this machine: a volume on a remote engine)."""
-    if not workspace.is_dir():
-        return []
-    return [file.relative for file in output_files(workspace, outputs)[0]]
 
 
 def put_into_volume(client: docker.DockerClient, run_id: str, archive: IO[bytes]) -> None:

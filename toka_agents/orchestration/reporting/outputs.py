@@ -16,6 +16,7 @@ and links lead only to web or mail addresses; names are shown as text everywhere
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 from pathlib import Path
 
@@ -23,42 +24,54 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from toka_agents import text
 from toka_agents.config.limits import format_bytes
-from toka_agents.sandbox.workspace import OutputFile
+from toka_agents.sandbox.workspace_files import OutputFile, open_inside
 
 TABLE_ROWS = 1_000
 TEXT_BYTES = 200 * 1024
 MARKDOWN_SUFFIXES = (".md", ".markdown")
 _KEY_LIMIT = 120
+TABLE_FILE_BYTES = 16 * 1024**2
+"""A bigger CSV is shown as text: reading it whole would hold too much of it in memory."""
 _MAX_COLUMNS = 200
 """A CSV with more columns is shown as text: no table that wide is read in a browser."""
 
 
-def write_output_artifacts(plan_name: str, files: list[OutputFile]) -> list[str]:
-    """One artifact per file (binary files together in one); return a warning per file whose
-    artifact could not be written. Never raises."""
+def write_output_artifacts(plan_name: str, workspace: Path, files: list[OutputFile]) -> list[str]:
+    """One artifact per file of `workspace` (binary files together in one); return a warning
+    per file whose artifact could not be written. Never raises."""
     problems: list[str] = []
     binary: list[OutputFile] = []
+    keys: set[str] = {_key(plan_name, "binary-outputs")}
     for file in files:
         key = _key(plan_name, file.relative)
+        if key in keys:  # `a_b.md` and `a-b.md`: one key, unless told apart
+            key = _key(plan_name, file.relative, hashlib.sha256(file.relative.encode()).hexdigest()[:8])
+        keys.add(key)
+        title = text.one_line(file.title, 300)
         try:
-            with open(file.path, "rb") as handle:  # only the head: a file may be as big as the disk
+            # Only the head: a sparse file may be far bigger than the disk that holds it.
+            with open(open_inside(workspace, file.relative), "rb") as handle:
                 head = handle.read(TEXT_BYTES + 4)
             if b"\0" in head[:8192] or not _is_text(head):
                 binary.append(file)
             elif file.relative.lower().endswith(MARKDOWN_SUFFIXES):
                 markdown, cut = _cut(head, file.size)
                 shown = safe_markdown(markdown) + cut
-                create_markdown_artifact(markdown=shown, key=key, description=file.title)
-            elif file.relative.lower().endswith(".csv") and (table := _table(file.path)) is not None:
+                create_markdown_artifact(markdown=shown, key=key, description=title)
+            elif (
+                file.relative.lower().endswith(".csv")
+                and file.size <= TABLE_FILE_BYTES
+                and (table := _table(workspace, file.relative)) is not None
+            ):
                 rows, total = table
                 more = f"; first {len(rows):,} of {total:,} rows" if total > len(rows) else ""
-                create_table_artifact(table=rows, key=key, description=f"{file.title}{more}")
+                create_table_artifact(table=rows, key=key, description=f"{title}{more}")
             else:
                 body, cut = _cut(head, file.size)
                 create_markdown_artifact(
                     markdown=f"**{shown_literally(file.relative)}**\n\n{fenced(body)}{cut}",
                     key=key,
-                    description=file.title,
+                    description=title,
                 )
         except Exception as exc:  # an unreadable file, or the API failed us: the run stands
             problems.append(f"output {file.relative!r}: no artifact: {text.one_line(str(exc), 300)}")
@@ -99,12 +112,12 @@ def _cut(head: bytes, size: int) -> tuple[str, str]:
     return kept, f"\n\n*(cut: the first {format_bytes(TEXT_BYTES)} of {format_bytes(size)} shown)*"
 
 
-def _table(path: Path) -> tuple[list[dict[str, str]], int] | None:
+def _table(workspace: Path, relative: str) -> tuple[list[dict[str, str]], int] | None:
     """The first `TABLE_ROWS` rows as dicts keyed by the header, and how many rows there are;
     None when it is no CSV with a header: not UTF-8, too wide, or a cell past the `csv`
     module's limit (128KB)."""
     try:
-        with open(path, newline="") as handle:
+        with open(open_inside(workspace, relative), newline="") as handle:
             reader = csv.reader(handle)
             header = next(reader, None)
             if not header or len(header) > _MAX_COLUMNS:
@@ -117,7 +130,7 @@ def _table(path: Path) -> tuple[list[dict[str, str]], int] | None:
                 if len(rows) < TABLE_ROWS:
                     cells = zip(names, row, strict=False)
                     rows.append({name: _inert(text.visible(value)) for name, value in cells})
-    except (csv.Error, UnicodeDecodeError):
+    except (csv.Error, UnicodeDecodeError, OSError):
         return None
     return rows, total
 
