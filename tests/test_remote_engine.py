@@ -69,6 +69,7 @@ def test_a_run_on_a_remote_engine_keeps_its_workspace_in_a_volume_that_workspace
     (tmp_path / "brief").mkdir()
     (tmp_path / "brief" / "brief.txt").write_text("the brief\n")  # seeds the volume, stays as it is
     monkeypatch.setenv("DOCKER_HOST", second_engine.url)
+    monkeypatch.setenv("TOKA_SEED_ROOTS", str(tmp_path))
     result = run(write_config(tmp_path, REPORT.format(suffix=suffix)), workspace_root=workspace_root)
     assert result.ok, result.state.message
     run_id = str(result.flow_run_id)

@@ -41,6 +41,7 @@ def test_the_repo_review_flow_reviews_a_repository_given_in_its_form(tmp_path, m
     repo = make_repository(tmp_path)
     monkeypatch.setenv("OPENAI_API_KEY", api_key)  # the example names no key: the SDK's variable
     monkeypatch.setenv("TOKA_HOME", str(tmp_path / "toka"))
+    monkeypatch.setenv("TOKA_SEED_ROOTS", str(tmp_path))
     script = (
         tool_call("write_file", path="review.md", content=REVIEW),
         tool_call("finish", success=True, summary="review.md: one finding, a missing docstring."),

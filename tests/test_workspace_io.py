@@ -21,6 +21,13 @@ from toka_agents.orchestration.reporting.outputs import TABLE_ROWS
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
 
+
+@pytest.fixture(autouse=True)
+def seeds_from_the_tests_directory(tmp_path, monkeypatch):
+    """Seeds may come from the test's own directory (by default only the current one)."""
+    monkeypatch.setenv("TOKA_SEED_ROOTS", str(tmp_path))
+
+
 SEEDED = """
 name: seeded
 inputs:
@@ -230,6 +237,13 @@ def test_a_seed_that_cannot_be_had_refuses_the_run_before_any_task(tmp_path, wor
         "git.yaml",
     )
     no_repository = run(not_git, inputs={"material": "x"}, workspace_root=workspace_root)
+    # Whoever fills the run form names the seed: only directories of the seed roots, only
+    # transports that run nothing.
+    elsewhere = run(config, inputs={"material": "/etc"}, workspace_root=workspace_root)
+    fd_transport = write_config(
+        tmp_path, textwrap.dedent(body).replace('{from: "{material}"}', "{git: 'fd::0'}"), "fd.yaml"
+    )
+    no_transport = run(fd_transport, inputs={"material": "x"}, workspace_root=workspace_root)
 
     assert too_big.state.is_failed() and too_big.outcomes == []
     assert too_big.state.message == (
@@ -239,6 +253,15 @@ def test_a_seed_that_cannot_be_had_refuses_the_run_before_any_task(tmp_path, wor
     assert missing.state.message == (
         f"refused before starting any task: the workspace seed {tmp_path / 'nowhere'} does not "
         "exist on this machine"
+    )
+    assert elsewhere.state.message == (
+        "refused before starting any task: the workspace seed /etc is outside the directories "
+        f"seeds may come from ({tmp_path}); TOKA_SEED_ROOTS on the machine that runs the flow "
+        "names them"
+    )
+    assert no_transport.state.message == (
+        "refused before starting any task: could not clone the workspace seed fd::0: fatal: "
+        "transport 'fd' not allowed"
     )
     assert no_repository.state.is_failed()
     assert no_repository.state.message.startswith(
@@ -260,6 +283,8 @@ agents:
             import os
             open("report.md", "w").write("# the real report\\n")
             os.symlink("zloop.md", "zloop.md")  # a link to itself
+            with open("holes.bin", "wb") as f:
+                f.truncate(2 * 1024**3)  # 2GB of holes, on a 1GB disk
             # Links whose text stays short while the path they make passes 4096 characters:
             # a check of the path's text would call it inside; the kernel follows it to /etc.
             root, name = os.getcwd(), "d" * 250
@@ -277,7 +302,10 @@ agents:
 def test_outputs_are_read_through_no_link_however_the_paths_are_built(tmp_path, workspace_root):
     result = run(write_config(tmp_path, ESCAPES), workspace_root=workspace_root)
     assert result.ok, result.state.message
-    assert result.warnings == ["output 's1/s2/evil/passwd': no such file in the workspace"]
+    assert result.warnings == [
+        "output 's1/s2/evil/passwd': no such file in the workspace",
+        "left out of the workspace's archive, being mostly holes: holes.bin (2GB)",
+    ]
     found = {a.key: a for a in artifacts(result.flow_run_id) if a.key and a.key.startswith("output-")}
     assert set(found) == {"output-escapes-report-md"}
     assert "root:" not in json.dumps([a.data for a in found.values()])

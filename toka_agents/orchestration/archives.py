@@ -28,10 +28,11 @@ def archive_key(flow_run_id: str) -> str:
     return f"{ARCHIVE_FOLDER}/{flow_run_id}.tar.gz"
 
 
-def keep_workspace(workspace: Path, flow_run_id: str) -> tuple[str, int]:
+def keep_workspace(workspace: Path, flow_run_id: str) -> tuple[str, int, list[str]]:
     """Pack `workspace` and write it to the result storage; return where it went (the storage's
-    own name for it) and the archive's size in bytes. A local storage gets the archive as it is
-    packed; a block's `write_path` takes the archive's bytes whole."""
+    own name for it), the archive's size in bytes and what was left out of it (sparse files).
+    A local storage gets the archive as it is packed; a block's `write_path` takes the
+    archive's bytes whole."""
     storage = get_default_result_storage()
     key = archive_key(flow_run_id)
     if isinstance(storage, LocalFileSystem) and storage.basepath:
@@ -39,16 +40,16 @@ def keep_workspace(workspace: Path, flow_run_id: str) -> tuple[str, int]:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".partial")
         with open(partial, "wb") as archive:
-            archive_workspace(workspace, archive)
+            left_out = archive_workspace(workspace, archive)
             size = archive.tell()
         partial.replace(target)  # a reader never sees half an archive
-        return str(target), size
+        return str(target), size, left_out
     with tempfile.TemporaryFile() as archive:
-        archive_workspace(workspace, archive)
+        left_out = archive_workspace(workspace, archive)
         size = archive.tell()
         archive.seek(0)
         written = storage.write_path(key, archive.read())
-    return str(written), size
+    return str(written), size, left_out
 
 
 def fetch_workspace(flow_run_id: str, destination: Path) -> tuple[list[str], Sanitized] | None:

@@ -177,8 +177,12 @@ def _hand_back(plan: Plan, workspace: Path, run_id: str, logger: reporting.RunLo
             if plan.outputs:
                 files, missing = output_files(directory, plan.outputs)
                 warnings += missing + outputs.write_output_artifacts(plan.name, directory, files)
-            where, size = archives.keep_workspace(directory, run_id)
+            where, size, sparse = archives.keep_workspace(directory, run_id)
             logger.info("Workspace archived to the result storage: %s (%s)", where, format_bytes(size))
+            if sparse:
+                warnings.append(
+                    f"left out of the workspace's archive, being mostly holes: {', '.join(sparse[:10])}"
+                )
     except Exception as exc:  # the engine or the storage failed us; the run's result stands
         warnings.append(f"the workspace was not archived: {one_line(exc)}")
     for warning in warnings:

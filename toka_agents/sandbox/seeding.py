@@ -35,6 +35,13 @@ from toka_agents.sandbox.workspace import put_into_volume, workspace_mode
 
 GIT_TIMEOUT = 600.0
 """Seconds a clone may take before the run is refused."""
+SEED_ROOTS_ENV = "TOKA_SEED_ROOTS"
+"""Directories (separated by `:`) that seeds may come from, on the machine that runs the flow;
+by default its current directory. A seed's path may come from a run's inputs, which anyone with
+the run form gives: without a bound, `/etc` or `/root` would be theirs to copy in."""
+_PROTOCOLS = ("https", "http", "ssh", "git", "file")
+"""The only transports a clone may use: not `ext::` or `fd::`, which run commands or read
+this process's own descriptors."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,15 @@ def seed_workspace(
 ) -> Seeded:
     """Put `seed`'s material in the new workspace `workspace` (a directory, or in `volume` mode
     the run's volume, see `workspace`), its files `user`'s (`uid:gid`). Raises `SandboxError`
-    in one line when the source is missing, a clone fails or the material exceeds `limit` bytes."""
+    in one line when the source is missing or out of bounds (`TOKA_SEED_ROOTS`), a clone fails
+    or the material exceeds `limit` bytes."""
+    try:
+        return _seed(workspace, seed, limit, run_id, user)
+    except (OSError, ValueError) as exc:  # a file gone or unreadable mid-copy, a NUL in a ref
+        raise SandboxError(f"could not seed the workspace from {seed.source}: {exc}") from None
+
+
+def _seed(workspace: Path, seed: WorkspaceSeed, limit: int, run_id: str, user: str) -> Seeded:
     with _source_directory(seed) as source:
         entries, left_out = _entries(source, seed.exclude)
         size = sum(info.st_size for _, info in entries if stat.S_ISREG(info.st_mode))
@@ -85,9 +100,11 @@ def _source_directory(seed: WorkspaceSeed) -> Iterator[Path]:
         if not source.is_dir():
             found = "does not exist" if not source.exists() else "is not a directory"
             raise SandboxError(f"the workspace seed {seed.from_} {found} on this machine")
-        yield source
+        yield _within_roots(source, seed.from_)
         return
     assert seed.git is not None
+    if (local := _local_repository(seed.git)) is not None:
+        _within_roots(local, seed.git)
     with tempfile.TemporaryDirectory(prefix="toka-seed-") as scratch:
         clone = Path(scratch) / "clone"
         _git("clone", "--quiet", "--no-hardlinks", "--", seed.git, str(clone), seed=seed)
@@ -96,13 +113,41 @@ def _source_directory(seed: WorkspaceSeed) -> Iterator[Path]:
         yield clone
 
 
+def _local_repository(url: str) -> Path | None:
+    """The path of a repository of this machine that `url` names (`/srv/repo`, `file:///srv/repo`,
+    `repo`), or None for a remote one (`https://...`, `host:path`)."""
+    if url.startswith("file://"):
+        return Path(url.removeprefix("file://"))
+    if "://" in url or (":" in url.split("/", 1)[0] and not url.startswith("/")):
+        return None
+    return Path(url)
+
+
+def seed_roots() -> list[Path]:
+    """The directories seeds may come from (`TOKA_SEED_ROOTS`, by default the current one)."""
+    given = os.environ.get(SEED_ROOTS_ENV, "")
+    return [Path(part).resolve() for part in given.split(os.pathsep) if part] or [Path.cwd().resolve()]
+
+
+def _within_roots(path: Path, shown: str) -> Path:
+    real = path.resolve()
+    roots = seed_roots()
+    if not any(real == root or real.is_relative_to(root) for root in roots):
+        allowed = ", ".join(str(root) for root in roots)
+        raise SandboxError(
+            f"the workspace seed {shown} is outside the directories seeds may come from "
+            f"({allowed}); {SEED_ROOTS_ENV} on the machine that runs the flow names them"
+        )
+    return real
+
+
 def _git(*args: str, seed: WorkspaceSeed) -> None:
     git = shutil.which("git")
     if git is None:
         raise SandboxError("cloning the workspace seed needs git on this machine (apt-get install git)")
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "SSH_ASKPASS": "true"}
-    # ext:: would run a command named by the URL; a form may hand us the URL.
-    command = [git, "-c", "protocol.ext.allow=never", *args]
+    allowed = [part for name in _PROTOCOLS for part in ("-c", f"protocol.{name}.allow=always")]
+    command = [git, "-c", "protocol.allow=never", *allowed, *args]
     try:
         done = subprocess.run(
             command, env=env, capture_output=True, text=True, timeout=GIT_TIMEOUT, check=False
@@ -150,7 +195,7 @@ def _copy(source: Path, entries: list[tuple[str, os.stat_result]], workspace: Pa
         elif stat.S_ISDIR(info.st_mode):
             dst.mkdir()
         else:
-            shutil.copyfile(src, dst, follow_symlinks=False)
+            _copy_bytes(src, dst, info.st_size)
         if not stat.S_ISLNK(info.st_mode):
             # Without root the files stay ours: let the sandbox's user write them, as the
             # workspace directory itself does (see `create_workspace`).
@@ -161,6 +206,18 @@ def _copy(source: Path, entries: list[tuple[str, os.stat_result]], workspace: Pa
             os.utime(dst, ns=(info.st_atime_ns, info.st_mtime_ns))
         if as_root:
             os.lchown(dst, uid, gid)
+
+
+def _copy_bytes(source: Path, target: Path, size: int) -> None:
+    """At most `size` bytes of `source`, the size it was counted at: a file that grows while it
+    is copied (or a /proc file, which says 0) cannot take more than its share of the limit."""
+    with open(source, "rb") as reader, open(target, "xb") as writer:
+        sent = 0
+        while sent < size:
+            done = os.sendfile(writer.fileno(), reader.fileno(), sent, min(size - sent, 1 << 30))
+            if done == 0:
+                break
+            sent += done
 
 
 def _pack(
@@ -181,11 +238,16 @@ def _pack(
                 _add(tar, member, source / relative)
 
 
-def archive_workspace(workspace: Path, archive: IO[bytes]) -> int:
+def archive_workspace(workspace: Path, archive: IO[bytes]) -> list[str]:
     """Write `workspace`'s tree to `archive` as a `.tar.gz` (paths relative to it, symbolic and
-    hard links kept as links; FIFOs, sockets and devices left out); return how many entries it
-    holds."""
-    count = 0
+    hard links kept as links; FIFOs, sockets and devices left out); return what was left out
+    for being sparse, each as `path (size)`.
+
+    A sparse file is mostly holes: a tar holds its holes as zeros, so a 1GB workspace could
+    hold a file of terabytes that takes hours to pack and fills the disk of whoever unpacks it.
+    A file of more than `SPARSE_BYTES` whose blocks on disk are under a quarter of its size is
+    left out."""
+    left_out: list[str] = []
     linked: dict[tuple[int, int], str] = {}
     with tarfile.open(fileobj=archive, mode="w:gz", compresslevel=6) as tar:
         for directory, subdirectories, files in os.walk(workspace):
@@ -193,11 +255,21 @@ def archive_workspace(workspace: Path, archive: IO[bytes]) -> int:
             for name in [*subdirectories, *sorted(files)]:
                 path = Path(directory, name)
                 relative = str(path.relative_to(workspace))
-                member = _member(path, relative, os.lstat(path), linked)
+                info = os.lstat(path)
+                if stat.S_ISREG(info.st_mode) and _sparse(info):
+                    left_out.append(f"{relative} ({format_bytes(info.st_size)})")
+                    continue
+                member = _member(path, relative, info, linked)
                 if member is not None:
                     _add(tar, member, path)
-                    count += 1
-    return count
+    return left_out
+
+
+SPARSE_BYTES = 16 * 1024**2
+
+
+def _sparse(info: os.stat_result) -> bool:
+    return info.st_size > SPARSE_BYTES and info.st_blocks * 512 * 4 < info.st_size
 
 
 def _member(
