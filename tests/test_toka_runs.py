@@ -24,9 +24,13 @@ def test_v03_dry_run_walks_all_78_tasks_in_prefect():
     assert result.state.message == "9 agents, 78 of 78 tasks done"
     assert result.workspace is None  # a dry run touches nothing
 
-    # Task runs reach the server as events, which it records a moment after the flow returns.
+    # Task runs and their states reach the server as events, which it records a moment after
+    # the flow returns.
+    def settled(runs) -> bool:
+        return len(runs) == 78 and all(r.state is not None and r.state.is_final() for r in runs.values())
+
     deadline = time.monotonic() + 30
-    while len(runs := task_runs(result.flow_run_id)) < 78 and time.monotonic() < deadline:
+    while not settled(runs := task_runs(result.flow_run_id)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert len(runs) == 78
     for task_run in runs.values():
