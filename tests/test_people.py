@@ -36,8 +36,9 @@ ASKER = """
 def run_in_background(config, workspace_root) -> tuple[threading.Thread, list[RunResult]]:
     results: list[RunResult] = []
     context = contextvars.copy_context()
-    thread = threading.Thread(
-        target=lambda: context.run(lambda: results.append(run(config, workspace_root=workspace_root)))
+    thread = threading.Thread(  # a daemon: a failed test's waiting run cannot hold the session
+        target=lambda: context.run(lambda: results.append(run(config, workspace_root=workspace_root))),
+        daemon=True,
     )
     thread.start()
     return thread, results
@@ -142,3 +143,22 @@ def test_a_question_nobody_answers_fails_its_task_after_human_timeout(tmp_path, 
     [outcome] = result.outcomes
     assert (outcome.status, outcome.message) == ("failed", "no answer within 3s")
     assert result.state.message == "1 task(s) failed: asker/choose: no answer within 3s"
+
+
+def test_a_run_cancelled_while_a_question_waits_ends_at_once(
+    tmp_path, workspace_root, api_key, prefect_api
+):
+    """The wait is ours, so a cancel ends it within a poll, not at `human_timeout` (an hour)."""
+    script = (tool_call("ask_human", question="Still there?"),)
+    with scripted_server(*script, api_key=api_key) as server:
+        config = llm_config(tmp_path, server, ASKER, name="cancelled-asking")
+        thread, results = run_in_background(config, workspace_root)
+        flow_run_id = paused_run("cancelled-asking")
+        stopped = run_toka("agent", "stop", str(flow_run_id), env={"PREFECT_API_URL": prefect_api})
+        thread.join(30)
+    assert not thread.is_alive(), "the run still waits for its answer after a cancel"
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    [result] = results
+    assert result.state.is_cancelled(), result.state
+    [outcome] = result.outcomes
+    assert (outcome.status, outcome.message) == ("cancelled", "cancelled: the run was cancelled")
