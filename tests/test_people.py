@@ -155,9 +155,9 @@ def test_a_run_cancelled_while_a_question_waits_ends_at_once(
         thread, results = run_in_background(config, workspace_root)
         flow_run_id = paused_run("cancelled-asking")
         stopped = run_toka("agent", "stop", str(flow_run_id), env={"PREFECT_API_URL": prefect_api})
-        thread.join(30)
+        assert stopped.stdout.startswith(f"Flow run {flow_run_id}: Cancel"), stopped.stdout
+        thread.join(60)
     assert not thread.is_alive(), "the run still waits for its answer after a cancel"
-    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     [result] = results
     assert result.state.is_cancelled(), result.state
     [outcome] = result.outcomes
