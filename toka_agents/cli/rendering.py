@@ -120,8 +120,9 @@ def _input_text(value: Any) -> str:
 
 
 def _cell(value: str, style: str = "") -> Text:
-    """Text toka-agents did not write, for a table cell or a line: one visible line, never markup."""
-    return Text(text.visible(value, newlines=False), style=style)
+    """Text toka-agents did not write, for a table cell or a line: one visible line, never markup.
+    Tabs become spaces: Rich measures a tab as no width, then cuts the cell it widens."""
+    return Text(text.visible(value, newlines=False).expandtabs(), style=style)
 
 
 def print_run(result: RunResult, console: Console, *, with_end: bool = True) -> None:

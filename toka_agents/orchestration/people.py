@@ -19,7 +19,6 @@ import time
 from uuid import UUID, uuid4
 
 from prefect import get_client
-from prefect.client.schemas.objects import StateType
 from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout, NotPausedError, ObjectNotFound
 from prefect.flow_runs import resume_flow_run
@@ -83,8 +82,8 @@ def _wait_for_answer(
             now = flow_run.state
             if now is not None and now.is_running():
                 return form.load(keyset, flow_run_id=flow_run_id).answer
-            if now is None or now.is_final() or now.type == StateType.CANCELLING:
-                break
+            # A cancel is the run's cancel watcher's to see: it sets `cancel`, and the run then
+            # ends Cancelled (seen here first, the run would not know it was cancelled).
             if time.monotonic() > deadline:
                 client.set_flow_run_state(flow_run_id, Running(message="no answer came"), force=True)
                 raise NoAnswer(f"no answer within {format_seconds(timeout)}")
