@@ -6,35 +6,29 @@ is the `orchestrate` flow's: the run is that flow's body with this config and th
 """
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from prefect import flow
-from pydantic import Field
 
-from toka_agents.orchestration.deployments import orchestrate
+from toka_agents.orchestration.deployments import form_field, orchestrate
 from toka_agents.orchestration.reporting import RunSummary
 
 CONFIG = Path(__file__).parent / "examples" / "repo-review.yaml"
 
 
-def _form(title: str, description: str) -> Any:
-    # Prefect's form keeps `json_schema_extra` as given (a plain title= is its own field name).
-    return Field(json_schema_extra={"title": title, "description": description})
-
-
 @flow(name="repo-review", validate_parameters=False)
 def repo_review(
-    repo: Annotated[str, _form("Repository", "The directory of the repository to review.")],
+    repo: Annotated[str, form_field("Repository", "The directory of the repository to review.")],
     focus: Annotated[
         Literal["tests", "structure", "docs"],
-        _form("focus", "What the review looks at most."),
+        form_field("focus", "What the review looks at most."),
     ] = "structure",
     llm_model: Annotated[
-        str, _form("LLM model", "The model the reviewer uses. Empty: $TOKA_LLM_MODEL.")
+        str, form_field("LLM model", "The model the reviewer uses. Empty: $TOKA_LLM_MODEL.")
     ] = "",
     llm_base_url: Annotated[
         str,
-        _form("LLM base URL", "The provider's API address. Empty: $OPENAI_BASE_URL."),
+        form_field("LLM base URL", "The provider's API address. Empty: $OPENAI_BASE_URL."),
     ] = "",
 ) -> RunSummary:
     """Review a repository: a code agent gathers its facts, a model writes review.md."""

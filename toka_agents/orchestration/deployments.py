@@ -48,7 +48,7 @@ PARAMETERS = "<run parameters>"
 _BLOCK_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
-def _form(title: str, description: str, **constraints: Any) -> FieldInfo:
+def form_field(title: str, description: str, **constraints: Any) -> FieldInfo:
     """A run form field. Prefect titles every field with its parameter's name and reads
     descriptions only from the docstring or a `Field` default, so the title and description
     travel in `json_schema_extra`, which its schema keeps as given."""
@@ -59,7 +59,7 @@ def _form(title: str, description: str, **constraints: Any) -> FieldInfo:
 def orchestrate(
     paths: Annotated[
         list[str],
-        _form(
+        form_field(
             "Config paths",
             "Config files (.yaml, .yml, .toml) or directories of them, on the worker's disk. "
             "Relative paths start from the worker's working directory.",
@@ -67,7 +67,7 @@ def orchestrate(
     ] = [],  # noqa: B006  (never mutated; the UI shows it as the default)
     config: Annotated[
         str,
-        _form(
+        form_field(
             "Inline config",
             "A config written here (YAML, the native format), for a config that is not on the "
             "worker's disk. Loaded after the paths, so its settings win. Code must be inline "
@@ -76,7 +76,7 @@ def orchestrate(
     ] = "",
     inputs: Annotated[
         dict[str, Any],
-        _form(
+        form_field(
             "Inputs",
             "The values of the config's `inputs:`, by name. A deployment of a config that "
             "declares inputs shows a field for each here.",
@@ -84,21 +84,21 @@ def orchestrate(
     ] = {},  # noqa: B006
     agents: Annotated[
         list[str],
-        _form(
+        form_field(
             "Only these agents",
             "Run only these agents and the agents they require. Empty: every agent.",
         ),
     ] = [],  # noqa: B006
     conditions: Annotated[
         list[str],
-        _form("Conditions", "Conditional task groups to include (`condition:` of a task)."),
+        form_field("Conditions", "Conditional task groups to include (`condition:` of a task)."),
     ] = [],  # noqa: B006
     dry_run: Annotated[
-        bool, _form("Dry run", "Walk the DAG in Prefect without running any code or model.")
+        bool, form_field("Dry run", "Walk the DAG in Prefect without running any code or model.")
     ] = False,
     max_concurrent_agents: Annotated[
         int,
-        _form(
+        form_field(
             "Max concurrent agents",
             "Agents running at once. 0: the config's `max_concurrent_agents`.",
             ge=0,
@@ -106,7 +106,7 @@ def orchestrate(
     ] = 0,
     optional_dependencies: Annotated[
         Literal["config", "ignore", "order"],
-        _form(
+        form_field(
             "Optional dependencies",
             "`order`: an agent waits for the agents it optionally requires when both run. "
             "`ignore`: they order nothing. `config`: the config's setting.",
@@ -114,7 +114,7 @@ def orchestrate(
     ] = "config",
     allow_unsandboxed: Annotated[
         bool,
-        _form(
+        form_field(
             "Allow unsandboxed agents",
             "Let agents that set `sandbox: false` run, in a container with the network and "
             "a writable workspace. Off: such configs are refused.",
@@ -122,22 +122,22 @@ def orchestrate(
     ] = False,
     llm_provider: Annotated[
         Literal["config", "openai", "anthropic"],
-        _form(
+        form_field(
             "LLM provider",
             "The wire format of LLM tasks' provider (`openai` also covers Ollama and vLLM). "
             "`config`: each agent's own.",
         ),
     ] = "config",
     llm_model: Annotated[
-        str, _form("LLM model", "The model LLM tasks use. Empty: each agent's own.")
+        str, form_field("LLM model", "The model LLM tasks use. Empty: each agent's own.")
     ] = "",
     llm_base_url: Annotated[
         str,
-        _form("LLM base URL", "The provider's API address (http or https). Empty: the config's."),
+        form_field("LLM base URL", "The provider's API address (http or https). Empty: the config's."),
     ] = "",
     llm_timeout: Annotated[
         str,
-        _form(
+        form_field(
             "LLM timeout",
             "The limit of one model request: 30s, 10m (at most 30d). A slow local model needs "
             "more than the default 2m. Empty: the config's.",
@@ -145,7 +145,7 @@ def orchestrate(
     ] = "",
     llm_api_key_secret: Annotated[
         str,
-        _form(
+        form_field(
             "LLM API key secret block",
             "The name of the Prefect Secret block that holds the API key. Empty: the config's.",
         ),
