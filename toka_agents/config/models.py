@@ -13,9 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Discriminator,
     Field,
     PlainSerializer,
@@ -24,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from toka_agents.config.base import ConfigModel as _Model
 from toka_agents.config.inputs import Inputs
 from toka_agents.config.limits import (
     at_most_cpu,
@@ -93,10 +92,6 @@ Duration = Annotated[
     PlainSerializer(format_seconds, return_type=str, when_used="json"),
     Field(json_schema_extra={"type": "string", "examples": ["30s", "5m", "2h", "1800"]}),
 ]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 DEFAULT_IMAGE = "toka-sandbox:1"

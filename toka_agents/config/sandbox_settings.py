@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, Field
+
+from toka_agents.config.base import ConfigModel
 
 _DOCKER_NETWORK_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -28,9 +30,7 @@ def _bridge_network_name(name: str) -> str:
 DockerNetwork = Annotated[str, AfterValidator(_bridge_network_name)]
 
 
-class SandboxSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class SandboxSettings(ConfigModel):
     """How the run's sandbox containers are set up."""
 
     network: DockerNetwork = Field(
