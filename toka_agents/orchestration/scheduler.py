@@ -271,9 +271,9 @@ class Scheduler:
     def _on_task_done(self, planned: PlannedTask, future: PrefectFuture[Any]) -> None:
         """Record a finished task run and decide what its agent does next."""
         outcome = self._outcome(planned, future)
-        declared, workspace = self.schedule.agents[planned.agent].outputs, self.context.workspace
-        if declared and outcome.ok and workspace is not None:
-            outcome = outcome.model_copy(update={"files": outputs_present(workspace, declared)})
+        agent = self.schedule.agents[planned.agent]
+        if planned.index + 1 == len(agent.tasks):
+            outcome = self._with_outputs(agent, outcome)
         self.outcomes[planned.id] = outcome
         self.report.task_finished(outcome)
         run = self.agents[planned.agent]
@@ -285,6 +285,15 @@ class Scheduler:
             self._submit_next(run)
         else:
             self._settle(run, ending)
+
+    def _with_outputs(self, agent: PlannedAgent, outcome: TaskOutcome) -> TaskOutcome:
+        """The outcome of an agent's last task, naming the files of its declared outputs that
+        the workspace holds: what the agents after it are handed. The workspace is walked once
+        per agent, when its last task is done, not after every task."""
+        workspace = self.context.workspace
+        if not (agent.outputs and outcome.ok and workspace is not None):
+            return outcome
+        return outcome.model_copy(update={"files": outputs_present(workspace, agent.outputs)})
 
     def _ending(self, run: AgentRun, planned: PlannedTask, outcome: TaskOutcome) -> Ending | None:
         """How the agent ends after `planned`, or None when its next task goes on."""
