@@ -20,7 +20,16 @@ from toka_agents.errors import (
     TokaError,
 )
 from toka_agents.executor import TaskOutcome
-from toka_agents.orchestration import RunOptions, answer, compile_flow, deploy, orchestrate, serve
+from toka_agents.orchestration import (
+    RunOptions,
+    answer,
+    approve,
+    compile_flow,
+    deploy,
+    orchestrate,
+    reject,
+    serve,
+)
 from toka_agents.planning import Plan, Validation, plan, validate
 
 __all__ = [
@@ -41,11 +50,13 @@ __all__ = [
     "Validation",
     "__version__",
     "answer",
+    "approve",
     "compile_flow",
     "deploy",
     "load",
     "orchestrate",
     "plan",
+    "reject",
     "run",
     "run_plan",
     "serve",

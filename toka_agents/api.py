@@ -13,11 +13,12 @@ from prefect.states import State
 from toka_agents.config import load
 from toka_agents.config.models import LlmOverrides
 from toka_agents.errors import ExecutionError
-from toka_agents.executor import TaskOutcome, llm_refusal
+from toka_agents.executor import TaskOutcome
 from toka_agents.orchestration.flow import RunOptions, compile_flow
 from toka_agents.orchestration.reporting import RunSummary
 from toka_agents.orchestration.resuming import resume_flow_run
 from toka_agents.planning import OptionalMode, Plan, plan
+from toka_agents.readiness import llm_refusal
 
 
 @dataclass

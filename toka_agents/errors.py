@@ -74,6 +74,14 @@ class NoAnswer(TokaError):
     """A question to a person got no answer in time."""
 
 
+class Rejected(TokaError):
+    """A person rejected a task or a tool call that waited for their approval."""
+
+    def __init__(self, comment: str) -> None:
+        self.comment = comment
+        super().__init__(f"rejected by a person: {comment or '(no comment)'}")
+
+
 MalformedKind = Literal[
     "bad JSON", "missing field", "unknown tool", "bad arguments", "arguments off schema"
 ]

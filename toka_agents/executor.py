@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -20,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
+from toka_agents.approvals import AskApproval, approve_call, task_proposal
 from toka_agents.config.fragments import issues_from_validation
 from toka_agents.config.limits import DEFAULT_WORKSPACE_LIMIT
 from toka_agents.config.models import (
@@ -30,12 +30,12 @@ from toka_agents.config.models import (
     LlmSettings,
     Orchestration,
 )
-from toka_agents.errors import ConfigError, LlmError, SandboxError
-from toka_agents.llm.gateway import MODEL_ENV, Acquire, Gateway, api_key_from_env, from_environment
+from toka_agents.errors import ConfigError, LlmCancelled, LlmError, NoAnswer, Rejected, SandboxError
+from toka_agents.llm.gateway import Acquire, Gateway, api_key_from_env, from_environment
 from toka_agents.llm.loop import LoopResult, StepRunner, TaskBrief, run_directly, run_loop
 from toka_agents.llm.messages import Message
 from toka_agents.llm.tools import Toolbox
-from toka_agents.planning import Plan, PlannedAgent, PlannedTask, plan
+from toka_agents.planning import PlannedAgent, PlannedTask, plan
 from toka_agents.sandbox import Sandbox, SandboxCancelled, SandboxResult, SandboxSpec
 from toka_agents.sandbox.output import OutputCallback
 from toka_agents.sandbox.spec import SANDBOX_USER
@@ -80,8 +80,8 @@ class TaskOutcome(BaseModel):
     summary: str | None = None
     """LLM tasks: the summary the model gave when it called `finish`."""
     files: list[str] = []
-    """The files its agent declares as `outputs:` that the workspace holds once the task ends:
-    named to the agents that depend on it."""
+    """The files its agent declares as `outputs:` that the workspace holds once its agent's last
+    task ends (listed on that task's outcome only): named to the agents that depend on it."""
 
     @property
     def ok(self) -> bool:
@@ -111,51 +111,8 @@ class ExecutionContext:
     """The `uid:gid` the run's code runs as: one of its own (`sandbox.users`)."""
     ask_person: Callable[[PlannedTask, str], str] | None = None
     """Asks a person a task's question (`human: ask`) and returns the answer."""
-
-
-def llm_refusal(plan: Plan, *, dry_run: bool) -> str | None:
-    """Why this plan cannot run its LLM tasks, in one message, or None when it can.
-
-    Checked before any task starts, so a run never stops halfway for want of a model.
-    """
-    if dry_run:
-        return None
-    agents = [agent for agent in plan.agents if any(task.kind == "llm" for task in agent.tasks)]
-    if not agents:
-        return None
-    count = sum(1 for agent in agents for task in agent.tasks if task.kind == "llm")
-    names = ", ".join(agent.name for agent in agents)
-    unconfigured = [agent.name for agent in agents if agent.llm is None]
-    if unconfigured:
-        which = "" if len(unconfigured) == len(agents) else f" for {', '.join(unconfigured)}"
-        return (
-            f"{count} LLM task(s) of agents {names} need an LLM provider, and none is "
-            f"configured{which}. Configure one in the orchestration, e.g. "
-            "`llm: {provider: openai, model: gpt-4o-mini, api_key_env: OPENAI_API_KEY}` "
-            "(native YAML) or an [llm] table (orchestration TOML), or run with --dry-run "
-            "(flow parameter dry_run) to walk the plan without a model."
-        )
-    problems = []
-    for agent in agents:
-        assert agent.llm is not None
-        problem = environment_problem(agent.llm)
-        if problem is not None and problem not in problems:
-            problems.append(problem)
-    if problems:
-        return f"{count} LLM task(s) of agents {names} cannot reach their model: {'; '.join(problems)}"
-    return None
-
-
-def environment_problem(settings: LlmSettings, environ: Mapping[str, str] = os.environ) -> str | None:
-    """What the environment lacks for `settings` (the key's variable, a model), or None."""
-    if settings.api_key_env is not None and not environ.get(settings.api_key_env):
-        return (
-            f"the environment variable {settings.api_key_env} (llm.api_key_env) that should hold "
-            f"the {settings.provider} API key is not set"
-        )
-    if settings.model is None and not environ.get(MODEL_ENV):
-        return f"no model is named: set llm.model, the environment variable {MODEL_ENV} or --llm-model"
-    return None
+    ask_approval: AskApproval | None = None
+    """Holds a task (`approval: required`) or a tool call until a person approves it."""
 
 
 def run_task(
@@ -175,6 +132,9 @@ def run_task(
         return run_llm_task(task, context, upstream).outcome
     if context.sandbox is None:
         return _outcome(task, "failed", f"sandbox error: {context.sandbox_error or 'no sandbox'}")
+    refused = not_approved(task, context)
+    if refused is not None:
+        return refused
     try:
         result = context.sandbox.run(sandbox_spec(task, context, upstream or {}), on_output)
     except SandboxCancelled:
@@ -209,9 +169,20 @@ def run_llm_task(
         settings, key = model_of(agent.llm, context.api_keys)
     except LlmError as exc:
         return LlmRun(failed(task, str(exc)))
+    refused = not_approved(task, context)
+    if refused is not None:
+        return LlmRun(refused)
     usage = SandboxUsage(context.sandbox, tool_spec(task, context, upstream or {}))
     ask = functools.partial(context.ask_person, task) if task.asks_human and context.ask_person else None
-    toolbox = Toolbox(usage.run_code, may_write=task.workspace_writable, ask=ask)
+    hook = context.ask_approval
+    approve = functools.partial(approve_call, hook, task) if hook and task.approval_tools else None
+    toolbox = Toolbox(
+        usage.run_code,
+        may_write=task.workspace_writable,
+        ask=ask,
+        approve=approve,
+        held=frozenset(task.approval_tools),
+    )
     acquire = context.rate_limits(settings) if context.rate_limits is not None else None
     started = time.monotonic()
     with Gateway(settings, api_key=key, acquire=acquire, cancel=context.cancel) as gateway:
@@ -228,6 +199,20 @@ def run_llm_task(
         )
     outcome = outcome_from_loop(task, result, settings, usage, time.monotonic() - started)
     return LlmRun(outcome, result.transcript)
+
+
+def not_approved(task: PlannedTask, context: ExecutionContext) -> TaskOutcome | None:
+    """Hold a task with `approval: required` until a person approves it: None once approved
+    (or when it needs no approval), else the outcome of the task that never started."""
+    if not task.needs_approval or context.ask_approval is None:
+        return None
+    try:
+        context.ask_approval(task, task_proposal(task))
+    except (Rejected, NoAnswer) as exc:
+        return failed(task, str(exc))
+    except LlmCancelled:
+        return cancelled(task, "cancelled while it waited for a person's approval")
+    return None
 
 
 def model_of(

@@ -1,4 +1,5 @@
-"""The agent verbs on Prefect's server: `toka agent list`, `spawn`, `monitor` and `stop`."""
+"""The agent verbs on Prefect's server: `toka agent list`, `spawn`, `monitor` and `stop`, and
+the replies of a person a run waits for: `answer`, `approve` and `reject`."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def agent_list(
         toka agent list flows/examples/quickstart.yaml
     """
     from toka_agents.orchestration.deployments import FLOW_NAME
-    from toka_agents.orchestration.watching import latest_task_runs
+    from toka_agents.orchestration.watching import latest_task_runs, waiting_line, waiting_runs
 
     if not paths:
         raise TokaError("give at least one config path")
@@ -59,9 +60,13 @@ def agent_list(
         return 1
     with prefect_api():
         latest = latest_task_runs(planned, [planned.name, FLOW_NAME])
+        agents = {agent.name for agent in planned.agents}
+        waiting = [w for w in waiting_runs([planned.name, FLOW_NAME]) if w.agent in agents]
     # Piped, the table keeps one line per agent, for grep, instead of wrapping at 80 columns.
     console = out if out.is_terminal else Console(highlight=False, width=200, emoji=False)
     console.print(agents_table(planned, latest))
+    for one in waiting:
+        console.print(f"flow run {one.flow_run_id}: {waiting_line(one)}", markup=False, soft_wrap=True)
     return 0
 
 
@@ -213,4 +218,43 @@ def answer(flow_run_id: FlowRunId, text_: Annotated[str, Parameter(name="TEXT")]
     with prefect_api():
         answer_question(run_id, text_)
     out.print(f"Answered flow run {run_id}: it resumes", markup=False)
+    return 0
+
+
+Comment = Annotated[str, Parameter(name="--comment", help="Why: the run's record keeps it.")]
+RequiredComment = Annotated[
+    str,
+    Parameter(name="--comment", help="Why it must not run: the task's failure (or the model) says it."),
+]
+
+
+@agent_app.command
+def approve(flow_run_id: FlowRunId, /, *, comment: Comment = "") -> int:
+    """Approve what a run waits to do (a task with `approval: required`, or a tool call its
+    task holds): it runs now. For example:
+
+        toka agent approve 0a1b2c3d-1111-2222-3333-444455556666 --comment "looks right"
+    """
+    from toka_agents.orchestration.people import approve as approve_it
+
+    run_id = flow_run_id_of(flow_run_id)
+    with prefect_api():
+        approve_it(run_id, comment)
+    out.print(f"Approved for flow run {run_id}: it resumes", markup=False)
+    return 0
+
+
+@agent_app.command
+def reject(flow_run_id: FlowRunId, /, *, comment: RequiredComment) -> int:
+    """Reject what a run waits to do: the task fails with your comment, or, for a tool call,
+    the model reads it as the call's error. For example:
+
+        toka agent reject 0a1b2c3d-1111-2222-3333-444455556666 --comment "not on main"
+    """
+    from toka_agents.orchestration.people import reject as reject_it
+
+    run_id = flow_run_id_of(flow_run_id)
+    with prefect_api():
+        reject_it(run_id, comment)
+    out.print(f"Rejected for flow run {run_id}: it resumes without it", markup=False)
     return 0

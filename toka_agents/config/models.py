@@ -36,6 +36,13 @@ from toka_agents.config.limits import (
     parse_duration,
     parse_memory,
 )
+from toka_agents.config.people import (
+    APPROVAL_HELP,
+    HUMAN_HELP,
+    TOOL_APPROVAL_HELP,
+    HumanRole,
+    ToolApproval,
+)
 from toka_agents.config.sandbox_settings import SandboxSettings
 from toka_agents.config.workspace import OutputEntry, WorkspaceSeed
 
@@ -151,6 +158,7 @@ class CodeTask(_Model):
     condition: str | None = Field(
         None, description="Run this task only when the run names this condition."
     )
+    approval: Literal["required"] | None = Field(None, description=APPROVAL_HELP)
 
 
 class LlmTask(_Model):
@@ -169,6 +177,8 @@ class LlmTask(_Model):
     condition: str | None = Field(
         None, description="Run this task only when the run names this condition."
     )
+    approval: Literal["required"] | ToolApproval | None = Field(None, description=TOOL_APPROVAL_HELP)
+    human: HumanRole | None = Field(None, description=HUMAN_HELP + " Default: its agent's.")
 
 
 def _task_kind(value: Any) -> str | None:
@@ -323,13 +333,6 @@ def _host_or_placeholder(entry: str) -> str:
 AllowedHost = Annotated[str, AfterValidator(_host_or_placeholder)]
 
 
-HumanRole = Literal["ask"]
-_HUMAN = (
-    "`ask`: its LLM tasks get the tool ask_human(question), which pauses the run until a person "
-    "answers in the Prefect UI's Resume form or with `toka agent answer`."
-)
-
-
 class Agent(_Model):
     """One agent: who it is, what it may touch and use, and its ordered tasks."""
 
@@ -363,7 +366,7 @@ class Agent(_Model):
     outputs: list[OutputEntry] = Field(
         [], description="Files it writes: named to the agents after it, and the run's artifacts."
     )
-    human: HumanRole | None = Field(None, description=_HUMAN + " Default: `defaults.human`.")
+    human: HumanRole | None = Field(None, description=HUMAN_HELP + " Default: `defaults.human`.")
     extra: dict[str, Any] = Field(
         {}, description="Keys of the source spec that toka-agents keeps but does not act on."
     )
@@ -398,7 +401,7 @@ class Defaults(_Model):
     image: str | None = None
     env: dict[str, str] = {}
     retries: int = Field(0, ge=0)
-    human: HumanRole | None = Field(None, description=_HUMAN)
+    human: HumanRole | None = Field(None, description=HUMAN_HELP)
 
 
 class Settings(_Model):

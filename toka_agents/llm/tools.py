@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from toka_agents.errors import Rejected
 from toka_agents.llm.messages import ToolCall, ToolMessage, ToolSpec
 from toka_agents.sandbox import Sandbox, SandboxResult, SandboxSpec
 
@@ -36,6 +37,9 @@ RunCode = Callable[[str, str], SandboxResult]
 """Runs `source` in `language` in the agent's sandbox, as a code task would."""
 AskPerson = Callable[[str], str]
 """Asks a person `question` and returns their answer; raises `NoAnswer` when none comes in time."""
+Approve = Callable[[ToolCall], None]
+"""Holds a tool call until a person approves it; raises `Rejected` (the call is not run) or
+`NoAnswer` when no decision comes in time."""
 
 RUN_CODE = ToolSpec(
     name="run_code",
@@ -146,21 +150,37 @@ class Toolbox:
     """Runs an agent's tool calls. `run_code` is its door to the sandbox."""
 
     def __init__(
-        self, run_code: RunCode, *, may_write: bool, root: str = WORKSPACE, ask: AskPerson | None = None
+        self,
+        run_code: RunCode,
+        *,
+        may_write: bool,
+        root: str = WORKSPACE,
+        ask: AskPerson | None = None,
+        approve: Approve | None = None,
+        held: frozenset[str] = frozenset(),
     ) -> None:
         self.run_code = run_code
         self.may_write = may_write
         self.root = root
         self.ask = ask
+        self.approve = approve
+        self.held = held
+        """The tools each of whose calls waits for `approve`."""
         self.specs = tool_specs(may_write=may_write, may_ask=ask is not None)
 
     def run(self, call: ToolCall) -> ToolResult:
         """Run one call whose name and arguments the gateway has checked against `specs`.
 
         A refusal or a failure of the tool is a result the model reads; only the sandbox's own
-        errors (`SandboxError`, `SandboxCancelled`) and a question's `NoAnswer` propagate.
+        errors (`SandboxError`, `SandboxCancelled`) and a question's `NoAnswer` propagate. A
+        call of a held tool runs only once a person approves it; rejected, the model reads why.
         """
         args = call.arguments
+        if call.name in self.held and self.approve is not None:
+            try:
+                self.approve(call)
+            except Rejected as exc:
+                return ToolResult(content=str(exc), is_error=True)
         if call.name == "finish":
             verdict = Verdict(success=args["success"], summary=args["summary"])
             return ToolResult(content="The task is finished.", verdict=verdict)

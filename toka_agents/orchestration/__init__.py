@@ -2,7 +2,7 @@
 (`cli`, `api`).
 
 - `flow`: Plan -> Prefect flow (`compile_flow`), and what its body does (`execute_plan`);
-- `tasks`: the agent task and the LLM step, the two Prefect tasks of a run;
+- `tasks`: the agent task, the LLM step and a person's approval: the Prefect tasks of a run;
 - `scheduler`: the loop that starts agents as their requirements complete;
 - `cancellation`: the watcher that stops a run's containers once it is cancelled;
 - `llm_setup`: Secret blocks and rate limits (Prefect global concurrency limits);
@@ -13,12 +13,12 @@
 - `runs`: starting a deployment's run, stopping a run;
 - `watching`: the live view of a run, read from Prefect's API;
 - `archives`: the workspace's archive in Prefect's result storage;
-- `people`: an agent's question to a person, a paused run and its answer.
+- `people`: an agent's question or an approval: a paused run and a person's reply.
 """
 
 from toka_agents.orchestration.deployments import FLOW_NAME, deploy, orchestrate, serve
 from toka_agents.orchestration.flow import RUN_LABEL, RunOptions, compile_flow, execute_plan
-from toka_agents.orchestration.people import answer
+from toka_agents.orchestration.people import answer, approve, reject
 from toka_agents.orchestration.reporting import RunSummary
 
 __all__ = [
@@ -27,9 +27,11 @@ __all__ = [
     "RunOptions",
     "RunSummary",
     "answer",
+    "approve",
     "compile_flow",
     "deploy",
     "execute_plan",
     "orchestrate",
+    "reject",
     "serve",
 ]

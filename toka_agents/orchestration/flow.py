@@ -20,7 +20,7 @@ from prefect.context import FlowRunContext
 from prefect.states import State
 from pydantic import SecretStr
 
-from toka_agents import executor, text
+from toka_agents import readiness, text
 from toka_agents.config.limits import format_bytes
 from toka_agents.errors import SandboxError, one_line
 from toka_agents.executor import ExecutionContext
@@ -34,7 +34,7 @@ from toka_agents.orchestration.llm_setup import (
 )
 from toka_agents.orchestration.reporting import outputs
 from toka_agents.orchestration.scheduler import Schedule, Scheduler, schedule_of
-from toka_agents.orchestration.tasks import agent_task, step_task
+from toka_agents.orchestration.tasks import agent_task, approval_task, approvals_kept, step_task
 from toka_agents.planning import Plan
 from toka_agents.sandbox import Sandbox, connect, create_workspace, remove_orphans
 from toka_agents.sandbox.seeding import seed_workspace
@@ -78,12 +78,12 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
     flow_context = FlowRunContext.get()
     assert flow_context is not None and flow_context.flow_run is not None, "runs inside a flow run"
     flow_run = flow_context.flow_run
-    resuming.separate_attempts(flow_context, [agent_task, step_task])
+    resuming.separate_attempts(flow_context, [agent_task, step_task, approval_task])
     task_logs.tidy_failure_lines()
     logger = get_run_logger()
     for warning in plan.warnings:
         logger.warning("%s", text.one_line(warning, None))
-    refusal = executor.llm_refusal(plan, dry_run=options.dry_run)
+    refusal = readiness.llm_refusal(plan, dry_run=options.dry_run)
     api_keys: dict[str, SecretStr] = {}
     if refusal is None and not options.dry_run:
         try:
@@ -148,6 +148,9 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
     context.rate_limits = functools.partial(rate_limit_hook, cancel=context.cancel)
     if any(task.asks_human for task in plan.tasks):
         context.ask_person = functools.partial(people.ask_person, plan.human_timeout, context.cancel)
+    if any(task.needs_approval or task.approval_tools for task in plan.tasks):
+        ask = functools.partial(people.ask_approval, plan.human_timeout, context.cancel)
+        context.ask_approval = approvals_kept(ask)
     watcher = CancellationWatcher(
         flow_run.id, options.cancel_poll_seconds, sandbox, logger, llm_cancel=context.cancel
     )

@@ -1,12 +1,17 @@
-"""People in the loop: an agent's question to a person, asked and answered through Prefect.
+"""People in the loop: an agent's question to a person, and a person's approval of a task or a
+tool call, asked and answered through Prefect.
 
-An agent with `human: ask` calls the tool `ask_human(question)`. The flow run goes Paused with a
-typed input: the UI shows the run as Paused, and its Resume form says who asks what and has one
-field, the answer. `answer` (and `toka agent answer`) resumes it from anywhere that reaches the
-server. While the question waits, no model call is open and no container runs for it; other
-agents go on. One question waits at a time: a second agent's question waits for the first's
-answer. A question ends without an answer when `human_timeout` passes (the task fails saying
-so, and the run is Running again) or when the run is cancelled.
+An agent with `human: ask` calls the tool `ask_human(question)`; a task with `approval:` waits
+for a person before it starts, or before each call of the tools it names. Either way the flow
+run goes Paused with a typed input: the UI shows the run as Paused, and its Resume form says
+who asks what, with one field for the answer (`Answer`) or a decision and a comment
+(`Approval`). `answer`, `approve` and `reject` (and `toka agent answer|approve|reject`) resume
+it from anywhere that reaches the server; `waiting_on` tells what a paused run waits for.
+
+While a person is asked, no model call is open and no container runs for it; other agents go
+on. One question waits at a time: a second agent's waits for the first's answer. A wait ends
+without an answer when `human_timeout` passes (the task fails saying so, and the run is
+Running again) or when the run is cancelled.
 
 This is Prefect's `pause_flow_run(wait_for_input=...)` with its wait made our own, so that a
 cancel ends the wait at once instead of after the timeout.
@@ -16,62 +21,143 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any, Literal, TypeVar
 from uuid import UUID, uuid4
 
+import httpx
 from prefect import get_client
+from prefect.client.schemas.objects import FlowRun
 from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout, NotPausedError, ObjectNotFound
 from prefect.flow_runs import resume_flow_run
 from prefect.input import RunInput, keyset_from_paused_state
 from prefect.states import Paused, Running
 from prefect.utilities.engine import propose_state_sync
-from pydantic import Field
+from pydantic import BaseModel, Field, ValidationError
 
+from toka_agents.approvals import Proposal
 from toka_agents.config.limits import format_seconds
-from toka_agents.errors import LlmCancelled, NoAnswer, TokaError
+from toka_agents.errors import LlmCancelled, NoAnswer, Rejected, TokaError
 from toka_agents.orchestration import reporting
 from toka_agents.orchestration.reporting.outputs import fenced, shown_literally
 from toka_agents.planning import PlannedTask
 
 POLL_SECONDS = 1.0
+WaitKind = Literal["question", "approval"]
 
 
 class Answer(RunInput):
-    """The Resume form of a paused run: the person's answer."""
+    """The Resume form of a run an agent's question holds: the person's answer."""
 
     answer: str = Field(min_length=1, title="Answer", description="What the agent reads as your answer.")
 
 
+class Approval(RunInput):
+    """The Resume form of a run an approval holds: the person's decision and why."""
+
+    decision: Literal["approve", "reject"] = Field(
+        title="Decision", description="approve: it runs now. reject: it does not, and fails."
+    )
+    comment: str = Field(
+        "",
+        title="Comment",
+        description="Why: the task's failure (or the model, for a tool call) says it.",
+    )
+
+
+class Waiting(BaseModel):
+    """What a paused run waits for: a person's answer to a question, or their approval."""
+
+    kind: WaitKind
+    flow_run_id: UUID
+    agent: str
+    task: str
+    text: str
+    """The question, or what is to be approved (`call write_file: {...}`)."""
+    key: str = ""
+    """The pause's key: one per question or approval."""
+
+    def commands(self) -> str:
+        """The terminal commands that answer it."""
+        if self.kind == "question":
+            return f"toka agent answer {self.flow_run_id} 'ANSWER'"
+        return (
+            f"toka agent approve {self.flow_run_id}, "
+            f"or toka agent reject {self.flow_run_id} --comment 'WHY'"
+        )
+
+
 _ONE_AT_A_TIME = threading.Lock()
+_Form = TypeVar("_Form", Answer, Approval)
 
 
 def ask_person(timeout: float, cancel: threading.Event, task: PlannedTask, question: str) -> str:
     """Pause the flow run until a person answers `question` of `task`; return the answer.
     Raises `NoAnswer` past `timeout` seconds, `LlmCancelled` when the run is cancelled."""
-    context = FlowRunContext.get()
-    assert context is not None and context.flow_run is not None, "asks inside a flow run"
-    flow_run_id = context.flow_run.id
+    flow_run_id = _flow_run_id()
     description = (
         f"**{shown_literally(task.agent)}** asks, in its task `{task.name}`:\n\n"
         + fenced(question)
         + "\n\nAnswer below, then Resume; or from a terminal: "
         + f"`toka agent answer {flow_run_id} 'ANSWER'`"
     )
+    waiting = Waiting(
+        kind="question", flow_run_id=flow_run_id, agent=task.agent, task=task.name, text=question
+    )
     with _ONE_AT_A_TIME:
-        reporting.person_event("asked", task, question)
-        answer = _wait_for_answer(flow_run_id, description, timeout, cancel)
-        reporting.person_event("answered", task, answer)
-        return answer
+        reporting.person_event("asked", task, {"question": question})
+        reply = _wait(Answer, waiting, description, timeout, cancel)
+        reporting.person_event("answered", task, {"answer": reply.answer})
+        return reply.answer
 
 
-def _wait_for_answer(
-    flow_run_id: UUID, description: str, timeout: float, cancel: threading.Event
-) -> str:
-    paused = Paused(timeout_seconds=int(timeout), reschedule=False, pause_key=f"toka-{uuid4().hex[:12]}")
+def ask_approval(timeout: float, cancel: threading.Event, task: PlannedTask, proposal: Proposal) -> None:
+    """Pause the flow run until a person approves `proposal` of `task`. Raises `Rejected` with
+    their comment, `NoAnswer` past `timeout` seconds, `LlmCancelled` when the run is cancelled."""
+    flow_run_id = _flow_run_id()
+    description = (
+        f"**{shown_literally(task.agent)}** waits for your approval to {proposal.what}, "
+        f"in its task `{task.name}`:\n\n"
+        + fenced(proposal.detail, proposal.syntax)
+        + "\n\nChoose approve or reject (a comment says why), then Resume; or from a terminal: "
+        + f"`toka agent approve {flow_run_id}` or `toka agent reject {flow_run_id} --comment 'WHY'`"
+    )
+    waiting = Waiting(
+        kind="approval",
+        flow_run_id=flow_run_id,
+        agent=task.agent,
+        task=task.name,
+        text=f"{proposal.what}: {proposal.detail}",
+    )
+    asked = {"what": proposal.what, "detail": proposal.detail}
+    with _ONE_AT_A_TIME:
+        reporting.person_event("approval-requested", task, asked)
+        decision = _wait(Approval, waiting, description, timeout, cancel)
+        said = {**asked, "comment": decision.comment}
+        if decision.decision == "reject":
+            reporting.person_event("rejected", task, said)
+            raise Rejected(decision.comment)
+        reporting.person_event("approved", task, said)
+
+
+def _flow_run_id() -> UUID:
+    context = FlowRunContext.get()
+    assert context is not None and context.flow_run is not None, "asks inside a flow run"
+    return context.flow_run.id
+
+
+def _wait(
+    form_type: type[_Form], waiting: Waiting, description: str, timeout: float, cancel: threading.Event
+) -> _Form:
+    flow_run_id = waiting.flow_run_id
+    pause_key = f"toka-{waiting.kind}-{uuid4().hex[:12]}"
+    waiting = waiting.model_copy(update={"key": pause_key})
+    paused = Paused(timeout_seconds=int(timeout), reschedule=False, pause_key=pause_key)
     keyset = keyset_from_paused_state(paused)
     paused.state_details.run_input_keyset = keyset
-    form = Answer.with_initial_data(description=description)
+    form = form_type.with_initial_data(description=description)
     with get_client(sync_client=True) as client:
+        client.create_flow_run_input(flow_run_id, _waiting_key(pause_key), waiting.model_dump_json())
         state = propose_state_sync(client=client, state=paused, flow_run_id=flow_run_id)
         if not state.is_paused():
             raise NoAnswer(f"the run could not wait for a person: Prefect set it {state.name}")
@@ -81,13 +167,34 @@ def _wait_for_answer(
             flow_run = client.read_flow_run(flow_run_id)
             now = flow_run.state
             if now is not None and now.is_running():
-                return form.load(keyset, flow_run_id=flow_run_id).answer
+                return form.load(keyset, flow_run_id=flow_run_id)
             # A cancel is the run's cancel watcher's to see: it sets `cancel`, and the run then
             # ends Cancelled (seen here first, the run would not know it was cancelled).
             if time.monotonic() > deadline:
                 client.set_flow_run_state(flow_run_id, Running(message="no answer came"), force=True)
-                raise NoAnswer(f"no answer within {format_seconds(timeout)}")
-    raise LlmCancelled("cancelled while waiting for a person's answer")
+                verb = "no answer" if waiting.kind == "question" else "not approved"
+                raise NoAnswer(f"{verb} within {format_seconds(timeout)}")
+    raise LlmCancelled("cancelled while waiting for a person")
+
+
+def _waiting_key(pause_key: str) -> str:
+    return f"{pause_key}-waiting"
+
+
+def waiting_on(client: Any, flow_run: FlowRun) -> Waiting | None:
+    """What `flow_run` waits for, when a toka agent's question or approval paused it."""
+    state = flow_run.state
+    if state is None or not state.is_paused():
+        return None
+    pause_key = state.state_details.pause_key or ""
+    if not pause_key.startswith("toka-"):
+        return None
+    try:
+        return Waiting.model_validate_json(
+            client.read_flow_run_input(flow_run.id, _waiting_key(pause_key))
+        )
+    except (httpx.HTTPStatusError, ValidationError):
+        return None
 
 
 def answer(flow_run_id: UUID | str, text: str) -> None:
@@ -95,6 +202,25 @@ def answer(flow_run_id: UUID | str, text: str) -> None:
     in one line when the text is empty, the run does not exist or waits for no answer."""
     if not text.strip():
         raise TokaError("the answer is empty: give the text the agent should read")
+    _resume(flow_run_id, "question", {"answer": text})
+
+
+def approve(flow_run_id: UUID | str, comment: str = "") -> None:
+    """Approve what a paused run waits to do: the task starts, or the tool call runs. Raises
+    `TokaError` in one line when the run does not exist or waits for no approval."""
+    _resume(flow_run_id, "approval", {"decision": "approve", "comment": comment})
+
+
+def reject(flow_run_id: UUID | str, comment: str) -> None:
+    """Reject what a paused run waits to do, saying why: the task fails with `comment` (for a
+    tool call, the model reads it). Raises `TokaError` in one line as `approve` does, and when
+    the comment is empty."""
+    if not comment.strip():
+        raise TokaError("a rejection needs a comment: say why, for the agent and the run's record")
+    _resume(flow_run_id, "approval", {"decision": "reject", "comment": comment})
+
+
+def _resume(flow_run_id: UUID | str, kind: WaitKind, run_input: dict[str, str]) -> None:
     try:
         run_id = UUID(str(flow_run_id))
     except ValueError:
@@ -104,11 +230,18 @@ def answer(flow_run_id: UUID | str, text: str) -> None:
             flow_run = client.read_flow_run(run_id)
         except ObjectNotFound:
             raise TokaError(f"no flow run {run_id} on this Prefect server") from None
-    state = flow_run.state
-    if state is None or not state.is_paused() or state.state_details.run_input_keyset is None:
-        shown = state.name if state is not None else "no state"
-        raise TokaError(f"flow run {run_id} waits for no answer: it is {shown}")
+        waiting = waiting_on(client, flow_run)
+    if waiting is None:
+        shown = flow_run.state.name if flow_run.state is not None else "no state"
+        wanted = "answer" if kind == "question" else "approval"
+        raise TokaError(f"flow run {run_id} waits for no {wanted}: it is {shown}")
+    if waiting.kind != kind:
+        raise TokaError(f"flow run {run_id} waits for {_wanted(waiting.kind)}: {waiting.commands()}")
     try:
-        resume_flow_run(run_id, run_input={"answer": text})
+        resume_flow_run(run_id, run_input=run_input)
     except (FlowPauseTimeout, NotPausedError, RuntimeError) as exc:
-        raise TokaError(f"Prefect did not take the answer: {exc}") from None
+        raise TokaError(f"Prefect did not take the reply: {exc}") from None
+
+
+def _wanted(kind: WaitKind) -> str:
+    return "an answer to a question" if kind == "question" else "an approval"

@@ -80,6 +80,13 @@ def step_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     return f"toka-{_flow_run_id(context)}-step-{digest}"
 
 
+def approval_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """A person's approval's result key: its flow run, its label (what it holds: the task or
+    the tool call's step, `writer/compute · run_code 2 · approval`) and what was proposed."""
+    digest = fingerprint(parameters["label"], _plain(parameters["proposal"]))
+    return f"toka-{_flow_run_id(context)}-approval-{digest}"
+
+
 def keep_only_if(completed: bool) -> None:
     """Store the running task's result only when it completed: a skipped or cancelled task
     (Prefect stores those results too) must run on resume. Failed ones are never stored."""

@@ -25,7 +25,7 @@ from toka_agents.llm.tools import ToolResult
 from toka_agents.orchestration.reporting import RunLogger
 from toka_agents.sandbox import SandboxCancelled
 
-TOKA_TASKS = frozenset({"agent-task", "agent-step"})
+TOKA_TASKS = frozenset({"agent-task", "agent-step", "agent-approval"})
 """The Prefect task names of toka-agents' task runs (`orchestration.tasks`)."""
 EXPECTED_ERRORS = (TokaError, SandboxCancelled)
 """Errors that end a toka task run as toka-agents means them to: their message is the reason."""

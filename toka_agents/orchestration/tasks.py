@@ -1,5 +1,6 @@
-"""The two Prefect tasks of a run: an agent task (`agent/task`), and a step of an LLM task (a
-model call or a tool call, `agent/task · model 3`) nested under it.
+"""The Prefect tasks of a run: an agent task (`agent/task`), a step of an LLM task (a model call
+or a tool call, `agent/task · model 3`) nested under it, and a person's approval of either
+(`agent/task · approval`, `agent/task · run_code 2 · approval`).
 
 An agent task runs its `PlannedTask` through the executor and ends in the state reporting
 makes of its outcome; it runs only if the agent's task before it completed (or, under the
@@ -14,12 +15,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from prefect import Task, get_run_logger
+from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture
 from prefect.states import State
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel
 
 from toka_agents import executor, text
+from toka_agents.approvals import AskApproval, Proposal
 from toka_agents.errors import MalformedKind, MalformedReply
 from toka_agents.executor import ExecutionContext, TaskOutcome
 from toka_agents.llm.loop import StepRunner, redact_message
@@ -156,3 +159,35 @@ agent_task: Task[..., State[TaskOutcome]] = Task(
 @functools.cache
 def with_retries(retries: int) -> Task[..., State[TaskOutcome]]:
     return agent_task.with_options(retries=retries)
+
+
+def _hold_for_approval(label: str, planned: PlannedTask, proposal: Proposal, ask: AskApproval) -> bool:
+    ask(planned, proposal)  # raises when not approved: the task run fails saying why
+    return True
+
+
+approval_task: Task[..., bool] = Task(
+    _hold_for_approval,
+    name="agent-approval",
+    task_run_name="{label}",
+    cache_key_fn=resuming.approval_key,  # a resumed run does not ask for an approval given
+    persist_result=True,
+    retries=0,
+    description="A person's approval of a task before it starts, or of one tool call.",
+)
+
+
+def approvals_kept(ask: AskApproval) -> AskApproval:
+    """`ask` as a task run of its own under the task run it holds (the agent task, or a tool
+    call's step), whose approval is stored as soon as it is given: a resumed run does not ask
+    for it again. A rejection, no answer or a cancel is not stored."""
+
+    def hold(planned: PlannedTask, proposal: Proposal) -> None:
+        context = TaskRunContext.get()
+        within = context.task_run.name if context is not None else planned.id
+        with resuming.steps_kept_as_they_end():
+            approval_task(
+                label=f"{within} · approval", planned=planned, proposal=proposal, ask=quote(ask)
+            )
+
+    return hold

@@ -28,10 +28,12 @@ from prefect.client.schemas.filters import (
     FlowFilterName,
     FlowRunFilter,
     FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
     TaskRunFilter,
     TaskRunFilterName,
 )
-from prefect.client.schemas.objects import FlowRun, TaskRun
+from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
 from prefect.client.schemas.sorting import TaskRunSort
 from prefect.exceptions import ObjectNotFound
 from rich.console import Console, Group, RenderableType
@@ -42,6 +44,7 @@ from rich.text import Text
 
 from toka_agents import text
 from toka_agents.errors import TokaError, one_line
+from toka_agents.orchestration.people import Waiting, waiting_on
 from toka_agents.planning import Plan
 
 TaskStatus = Literal["waiting", "running", "completed", "failed", "skipped", "cancelled"]
@@ -105,6 +108,8 @@ class RunView:
     flow_run: FlowRun
     tasks: list[TaskView]
     agents: dict[str, AgentView] = field(default_factory=dict)
+    waiting: Waiting | None = None
+    """What the run waits for while a person is asked."""
 
     @property
     def state_name(self) -> str:
@@ -196,7 +201,7 @@ def read_run(client: Any, flow_run_id: UUID, totals: Mapping[str, int] | None = 
         if task.status in ("completed", "failed", "skipped", "cancelled"):
             counter = "done" if task.status == "completed" else task.status
             setattr(agent, counter, getattr(agent, counter) + 1)
-    return RunView(flow_run=flow_run, tasks=tasks, agents=agents)
+    return RunView(flow_run=flow_run, tasks=tasks, agents=agents, waiting=waiting_on(client, flow_run))
 
 
 def _totals_from_artifacts(client: Any, flow_run_id: UUID) -> dict[str, int]:
@@ -237,7 +242,9 @@ def render(view: RunView) -> RenderableType:
         (f" ({view.flow_run.id}): ", "dim"),
         (_name(view.state_name), "bold"),
     )
-    return Group(title, table)
+    if view.waiting is None:
+        return Group(title, table)
+    return Group(title, table, Text(waiting_line(view.waiting), style="yellow"))
 
 
 def _name(name: str) -> str:
@@ -255,6 +262,13 @@ def task_line(task: TaskView) -> str:
         f": {text.one_line(task.message)}" if task.status in ("failed", "skipped", "cancelled") else ""
     )
     return f"{_name(task.name)}: {_name(task.state_name)}{reason}"
+
+
+def waiting_line(waiting: Waiting) -> str:
+    """What a paused run waits for, and the command that answers it: one visible line."""
+    asks = "asks" if waiting.kind == "question" else "waits for approval to"
+    said = text.one_line(waiting.text, 300)
+    return f"? {_name(waiting.agent)}/{_name(waiting.task)} {asks}: {said} → {waiting.commands()}"
 
 
 def end_line(view: RunView) -> str:
@@ -290,6 +304,7 @@ class Watch:
         self._found = threading.Event()
         self._stop = threading.Event()
         self._seen: dict[UUID, str] = {}
+        self._waiting: Waiting | None = None
         if flow_run_id is not None:
             self._found.set()
 
@@ -349,7 +364,7 @@ class Watch:
                 for task in self._changed(view):
                     if task.status == "failed":
                         live.console.print(Text(failure_line(task), style="red"))  # Text: no markup
-                live.update(render(view))
+                live.update(render(view))  # a question waiting is drawn under the bars
 
             yield show
 
@@ -367,6 +382,9 @@ class Watch:
                 continue
             line = failure_line(task) if task.status == "failed" else task_line(task)
             self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        if view.waiting is not None and view.waiting != self._waiting:
+            self.console.print(waiting_line(view.waiting), markup=False, highlight=False, soft_wrap=True)
+        self._waiting = view.waiting
 
 
 class FlowRunSpotter(logging.Handler):
@@ -451,3 +469,16 @@ def latest_task_runs(plan: Plan, flow_names: Sequence[str]) -> dict[str, LatestR
             )
             latest[agent.name] = LatestRun(found[0]) if found else None
     return latest
+
+
+def waiting_runs(flow_names: Sequence[str]) -> list[Waiting]:
+    """What the paused runs of the flows `flow_names` wait for: a person's answer or approval."""
+    with get_client(sync_client=True) as client:
+        paused = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=list(flow_names))),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+            ),
+            limit=50,
+        )
+        return [waiting for run in paused if (waiting := waiting_on(client, run)) is not None]

@@ -42,7 +42,11 @@ class PlannedTask(_Frozen):
     instruction: str | None = None
     expected_output: str | None = None
     asks_human: bool = False
-    """An LLM task whose agent may ask a person (`human: ask`): it has the tool ask_human."""
+    """An LLM task that may ask a person (`human: ask`): it has the tool ask_human."""
+    needs_approval: bool = False
+    """It waits for a person's approval before it starts (`approval: required`)."""
+    approval_tools: tuple[str, ...] = ()
+    """The tools each of whose calls waits for a person's approval (`approval: {tools: ...}`)."""
     limits: TaskLimits
     image: str
     capabilities: tuple[str, ...] = ()

@@ -69,7 +69,7 @@ def plan_agent(
     # An allowed unsandboxed agent gets the least restricted sandbox there is.
     access = capabilities.network_access(granted, agent.network_allow) if agent.sandbox else "full"
     network = access != "none"
-    asks_human = (agent.human or defaults.human) == "ask"
+    human = agent.human or defaults.human
     tasks = []
     fixed_limits: dict[Limits, TaskLimits] = {}
     for task in agent.tasks:
@@ -95,7 +95,9 @@ def plan_agent(
                 code=task.code if isinstance(task, CodeTask) else None,
                 instruction=None if isinstance(task, CodeTask) else task.instruction,
                 expected_output=None if isinstance(task, CodeTask) else task.expected_output,
-                asks_human=not isinstance(task, CodeTask) and asks_human,
+                asks_human=not isinstance(task, CodeTask) and (task.human or human) == "ask",
+                needs_approval=task.approval == "required",
+                approval_tools=tuple(getattr(task.approval, "tools", ())),
                 limits=fixed_limits[limits],
                 image=task.image or image,
                 capabilities=granted,

@@ -263,12 +263,13 @@ TASK_FIGURES = (
 """What a task event's payload carries: bytes, seconds and counts as plain numbers."""
 
 
-def person_event(kind: str, task: PlannedTask, text: str) -> None:
-    """`toka.human.asked` (the question) or `toka.human.answered` (the answer) of a task."""
+def person_event(kind: str, task: PlannedTask, said: dict[str, str]) -> None:
+    """`toka.human.<kind>` of a task: `asked` (the question), `answered` (the answer),
+    `approval-requested` (what and its detail), `approved` or `rejected` (and the comment)."""
     emit_event(
         event=f"toka.human.{kind}",
         resource={"prefect.resource.id": f"toka.task.{task.id}", "toka.agent": task.agent},
-        payload={"task": task.id, "question" if kind == "asked" else "answer": text},
+        payload={"task": task.id, **said},
     )
 
 

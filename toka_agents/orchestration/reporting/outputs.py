@@ -153,10 +153,12 @@ def shown_literally(name: str) -> str:
     return _MARKDOWN_PUNCTUATION.sub(r"\\\1", text.visible(name, newlines=False))
 
 
-def fenced(content: str) -> str:
-    """`content` as a code block whose fence no backtick run inside it can close."""
+def fenced(content: str, syntax: str = "") -> str:
+    """`content` as a code block (highlighted as `syntax`, a plain word) whose fence no
+    backtick run inside it can close."""
     fence = "`" * max(3, max((len(run) for run in re.findall(r"`+", content)), default=0) + 1)
-    return f"{fence}\n{content}\n{fence}"
+    info = syntax if re.fullmatch(r"[A-Za-z0-9_+-]*", syntax) else ""
+    return f"{fence}{info}\n{content}\n{fence}"
 
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
