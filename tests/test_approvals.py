@@ -24,6 +24,8 @@ from test_people import paused_run, run_in_background
 from test_resume import agent_task_runs
 
 from toka_agents import TokaError, answer, approve, reject, run
+from toka_agents.orchestration.flow import RUN_LABEL
+from toka_agents.sandbox import LABEL_MANAGED
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
 
@@ -58,6 +60,12 @@ def next_pause(flow_run_id: UUID, after: str | None = None, within: float = 60) 
                         return str(state.state_details.pause_key), description
             time.sleep(0.3)
     raise AssertionError(f"flow run {flow_run_id} did not pause again within {within}s")
+
+
+def running_containers(docker_client, flow_run_id: UUID) -> list[str]:
+    labels = [f"{LABEL_MANAGED}=1", f"{RUN_LABEL}={flow_run_id}"]
+    found = docker_client.api.containers(filters={"label": labels, "status": "running"})
+    return [c["Names"][0] for c in found]
 
 
 def human_events(since: datetime, count: int, within: float = 30) -> list[tuple[str, dict]]:
@@ -177,7 +185,7 @@ CODER = """
 
 
 def test_each_call_of_a_held_tool_waits_and_a_rejected_call_is_an_error_the_model_reads(
-    tmp_path, workspace_root, api_key
+    tmp_path, workspace_root, api_key, docker_client
 ):
     script = (
         tool_call("run_code", language="python", source="open('a.txt', 'w').write('a')"),
@@ -194,6 +202,12 @@ def test_each_call_of_a_held_tool_waits_and_a_rejected_call_is_an_error_the_mode
         first, description = next_pause(flow_run_id)
         assert "waits for your approval to call run_code (python), in its task `build`" in description
         assert "```python\nopen('a.txt', 'w').write('a')\n```" in description
+        # While the call waits for a person, the run keeps no container (its warm pool is
+        # emptied within seconds of the pause).
+        deadline = time.monotonic() + 15
+        while running_containers(docker_client, flow_run_id):
+            assert time.monotonic() < deadline, running_containers(docker_client, flow_run_id)
+            time.sleep(0.5)
         reject(flow_run_id, "not a.txt")
         _, description = next_pause(flow_run_id, after=first)
         assert "open('b.txt', 'w').write('b')" in description

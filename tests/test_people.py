@@ -162,3 +162,53 @@ def test_a_run_cancelled_while_a_question_waits_ends_at_once(
     assert result.state.is_cancelled(), result.state
     [outcome] = result.outcomes
     assert (outcome.status, outcome.message) == ("cancelled", "cancelled: the run was cancelled")
+
+
+TWO_ASKERS = """
+- name: alpha
+  human: ask
+  tasks: [{name: pick, instruction: Pick a colour.}]
+- name: beta
+  human: ask
+  tasks: [{name: pick, instruction: Pick a shape.}]
+- name: worker
+  capabilities: [filesystem-write]
+  tasks: [{name: work, code: {language: shell, source: "echo worked > worked.txt"}}]
+"""
+
+
+def test_two_agents_asking_at_once_are_asked_one_after_the_other_while_others_run(
+    tmp_path, workspace_root, api_key
+):
+    from test_approvals import next_pause
+
+    script = (
+        tool_call("ask_human", question="First question?"),
+        tool_call("ask_human", question="Second question?"),
+        tool_call("finish", success=True, summary="Done with the first answer."),
+        tool_call("finish", success=True, summary="Done with the second answer."),
+    )
+    with scripted_server(*script, api_key=api_key) as server:
+        config = llm_config(tmp_path, server, TWO_ASKERS, name="two-askers")
+        thread, results = run_in_background(config, workspace_root)
+        flow_run_id = paused_run("two-askers")
+        first, description = next_pause(flow_run_id)
+        # While the first question waits, the agent that asks nothing runs to its end.
+        deadline = time.monotonic() + 60
+        while not list(workspace_root.glob("two-askers-*/workspace/worked.txt")):
+            assert time.monotonic() < deadline, "the worker did not run while a question waited"
+            time.sleep(0.5)
+        with get_client(sync_client=True) as client:
+            assert client.read_flow_run(flow_run_id).state.is_paused()  # type: ignore[union-attr]
+        asked = [description]
+        answer(flow_run_id, "Answer one")
+        _, description = next_pause(flow_run_id, after=first)
+        asked.append(description)
+        answer(flow_run_id, "Answer two")
+        thread.join(120)
+    [result] = results
+    assert result.ok, result.state.message
+    # One form per agent, each naming its own agent and question.
+    named = sorted(("**alpha** asks" in d, "**beta** asks" in d) for d in asked)
+    assert named == [(False, True), (True, False)]
+    assert "First question?" in asked[0] and "Second question?" in asked[1]

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 from uuid import UUID, uuid4
 
@@ -91,9 +93,9 @@ _ONE_AT_A_TIME = threading.Lock()
 _Form = TypeVar("_Form", Answer, Approval)
 
 
-def ask_person(timeout: float, cancel: threading.Event, task: PlannedTask, question: str) -> str:
+def ask_person(wait: Wait, task: PlannedTask, question: str) -> str:
     """Pause the flow run until a person answers `question` of `task`; return the answer.
-    Raises `NoAnswer` past `timeout` seconds, `LlmCancelled` when the run is cancelled."""
+    Raises `NoAnswer` past the wait's timeout, `LlmCancelled` when the run is cancelled."""
     flow_run_id = _flow_run_id()
     description = (
         f"**{shown_literally(task.agent)}** asks, in its task `{task.name}`:\n\n"
@@ -106,14 +108,14 @@ def ask_person(timeout: float, cancel: threading.Event, task: PlannedTask, quest
     )
     with _ONE_AT_A_TIME:
         reporting.person_event("asked", task, {"question": question})
-        reply = _wait(Answer, waiting, description, timeout, cancel)
+        reply = wait.until_replied(Answer, waiting, description)
         reporting.person_event("answered", task, {"answer": reply.answer})
         return reply.answer
 
 
-def ask_approval(timeout: float, cancel: threading.Event, task: PlannedTask, proposal: Proposal) -> None:
+def ask_approval(wait: Wait, task: PlannedTask, proposal: Proposal) -> None:
     """Pause the flow run until a person approves `proposal` of `task`. Raises `Rejected` with
-    their comment, `NoAnswer` past `timeout` seconds, `LlmCancelled` when the run is cancelled."""
+    their comment, `NoAnswer` past the wait's timeout, `LlmCancelled` when the run is cancelled."""
     flow_run_id = _flow_run_id()
     description = (
         f"**{shown_literally(task.agent)}** waits for your approval to {proposal.what}, "
@@ -132,7 +134,7 @@ def ask_approval(timeout: float, cancel: threading.Event, task: PlannedTask, pro
     asked = {"what": proposal.what, "detail": proposal.detail}
     with _ONE_AT_A_TIME:
         reporting.person_event("approval-requested", task, asked)
-        decision = _wait(Approval, waiting, description, timeout, cancel)
+        decision = wait.until_replied(Approval, waiting, description)
         said = {**asked, "comment": decision.comment}
         if decision.decision == "reject":
             reporting.person_event("rejected", task, said)
@@ -146,35 +148,43 @@ def _flow_run_id() -> UUID:
     return context.flow_run.id
 
 
-def _wait(
-    form_type: type[_Form], waiting: Waiting, description: str, timeout: float, cancel: threading.Event
-) -> _Form:
-    flow_run_id = waiting.flow_run_id
-    pause_key = f"toka-{waiting.kind}-{uuid4().hex[:12]}"
-    waiting = waiting.model_copy(update={"key": pause_key})
-    paused = Paused(timeout_seconds=int(timeout), reschedule=False, pause_key=pause_key)
-    keyset = keyset_from_paused_state(paused)
-    paused.state_details.run_input_keyset = keyset
-    form = form_type.with_initial_data(description=description)
-    with get_client(sync_client=True) as client:
-        client.create_flow_run_input(flow_run_id, _waiting_key(pause_key), waiting.model_dump_json())
-        state = propose_state_sync(client=client, state=paused, flow_run_id=flow_run_id)
-        if not state.is_paused():
-            raise NoAnswer(f"the run could not wait for a person: Prefect set it {state.name}")
-        form.save(keyset, flow_run_id=flow_run_id)
-        deadline = time.monotonic() + timeout
-        while not cancel.wait(POLL_SECONDS):
-            flow_run = client.read_flow_run(flow_run_id)
-            now = flow_run.state
-            if now is not None and now.is_running():
-                return form.load(keyset, flow_run_id=flow_run_id)
-            # A cancel is the run's cancel watcher's to see: it sets `cancel`, and the run then
-            # ends Cancelled (seen here first, the run would not know it was cancelled).
-            if time.monotonic() > deadline:
-                client.set_flow_run_state(flow_run_id, Running(message="no answer came"), force=True)
-                verb = "no answer" if waiting.kind == "question" else "not approved"
-                raise NoAnswer(f"{verb} within {format_seconds(timeout)}")
-    raise LlmCancelled("cancelled while waiting for a person")
+@dataclass(frozen=True)
+class Wait:
+    """How a run waits for a person: at most `timeout` seconds, ended early by `cancel`;
+    `on_wait` runs once the run is paused (it empties the sandbox's warm pools)."""
+
+    timeout: float
+    cancel: threading.Event
+    on_wait: Callable[[], None] = lambda: None
+
+    def until_replied(self, form_type: type[_Form], waiting: Waiting, description: str) -> _Form:
+        """Pause the run with the form `form_type` showing `description`; return the reply."""
+        flow_run_id, timeout = waiting.flow_run_id, self.timeout
+        pause_key = f"toka-{waiting.kind}-{uuid4().hex[:12]}"
+        waiting = waiting.model_copy(update={"key": pause_key})
+        paused = Paused(timeout_seconds=int(timeout), reschedule=False, pause_key=pause_key)
+        keyset = keyset_from_paused_state(paused)
+        paused.state_details.run_input_keyset = keyset
+        form = form_type.with_initial_data(description=description)
+        with get_client(sync_client=True) as client:
+            client.create_flow_run_input(flow_run_id, _waiting_key(pause_key), waiting.model_dump_json())
+            state = propose_state_sync(client=client, state=paused, flow_run_id=flow_run_id)
+            if not state.is_paused():
+                raise NoAnswer(f"the run could not wait for a person: Prefect set it {state.name}")
+            form.save(keyset, flow_run_id=flow_run_id)
+            self.on_wait()
+            deadline = time.monotonic() + timeout
+            while not self.cancel.wait(POLL_SECONDS):
+                now = client.read_flow_run(flow_run_id).state
+                if now is not None and now.is_running():
+                    return form.load(keyset, flow_run_id=flow_run_id)
+                # A cancel is the run's cancel watcher's to see: it sets `cancel`, and the run
+                # then ends Cancelled (seen here first, the run would not know it was cancelled).
+                if time.monotonic() > deadline:
+                    client.set_flow_run_state(flow_run_id, Running(message="no answer came"), force=True)
+                    verb = "no answer" if waiting.kind == "question" else "not approved"
+                    raise NoAnswer(f"{verb} within {format_seconds(timeout)}")
+        raise LlmCancelled("cancelled while waiting for a person")
 
 
 def _waiting_key(pause_key: str) -> str:

@@ -144,6 +144,15 @@ class Sandbox:
         for pool in pools:
             pool.close()
 
+    def empty_pools(self) -> None:
+        """Destroy the warm containers waiting in the pools, as a run that waits for a person
+        does: it holds none while it waits. A later `run` starts its pool again."""
+        with self._lock:
+            pools = list(self._pools.values())
+            self._pools.clear()
+        for pool in pools:
+            pool.close()
+
     def close(self) -> None:
         """Cancel (see `cancel`) and remove every container carrying this sandbox's labels."""
         self.cancel()
