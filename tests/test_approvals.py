@@ -97,7 +97,8 @@ def test_a_task_waits_for_approval_shown_in_the_form_and_listed_and_the_cli_appr
     config = shipping(tmp_path, name)
     thread, results = run_in_background(config, workspace_root)
     flow_run_id = paused_run(name)
-    _, description = next_pause(flow_run_id)
+    key, description = next_pause(flow_run_id)
+    pause = key.rpartition("-")[2]
     with get_client(sync_client=True) as client:
         keyset = client.read_flow_run(flow_run_id).state.state_details.run_input_keyset  # type: ignore[union-attr]
     schema = read_flow_run_input(keyset["schema"], flow_run_id)
@@ -105,6 +106,7 @@ def test_a_task_waits_for_approval_shown_in_the_form_and_listed_and_the_cli_appr
         "**deployer** waits for your approval to run its shell code, in its task `ship`" in description
     )
     assert "```shell\necho shipped > shipped.txt\n```" in description
+    assert f"`toka agent approve {flow_run_id} --pause {pause}`" in description
     assert list(schema["properties"]) == ["decision", "comment"]
 
     # `toka agent list` names what waits, and the commands that answer it.
@@ -112,25 +114,29 @@ def test_a_task_waits_for_approval_shown_in_the_form_and_listed_and_the_cli_appr
     assert listed.returncode == 0, listed.stderr
     assert (
         f"flow run {flow_run_id}: ? deployer/ship waits for approval to: run its shell code: "
-        f"echo shipped > shipped.txt → toka agent approve {flow_run_id}, "
-        f"or toka agent reject {flow_run_id} --comment 'WHY'"
+        f"echo shipped > shipped.txt → toka agent approve {flow_run_id} --pause {pause}, "
+        f"or toka agent reject {flow_run_id} --pause {pause} --comment 'WHY'"
     ) in listed.stdout
 
     # The wrong reply, or a rejection without a reason: one line, exit 1, the run still waits.
     wrong = run_toka("agent", "answer", str(flow_run_id), "yes", env=api)
     assert (wrong.returncode, wrong.stderr.strip()) == (
         1,
-        f"error: flow run {flow_run_id} waits for an approval: toka agent approve {flow_run_id}, "
-        f"or toka agent reject {flow_run_id} --comment 'WHY'",
+        f"error: flow run {flow_run_id} waits for an approval: toka agent approve {flow_run_id} "
+        f"--pause {pause}, or toka agent reject {flow_run_id} --pause {pause} --comment 'WHY'",
     )
     blank = run_toka("agent", "reject", str(flow_run_id), "--comment", " ", env=api)
     assert blank.returncode == 1
     assert blank.stderr.strip().startswith("error: a rejection needs a comment")
     assert run_toka("agent", "reject", str(flow_run_id), env=api).returncode != 0  # --comment required
 
-    approved = run_toka("agent", "approve", str(flow_run_id), "--comment", "ship it", env=api)
+    approve_it = ("agent", "approve", str(flow_run_id), "--pause", pause, "--comment", "ship it")
+    approved = run_toka(*approve_it, env=api)
     assert approved.returncode == 0, approved.stderr
-    assert approved.stdout.strip() == f"Approved for flow run {flow_run_id}: it resumes"
+    assert approved.stdout.strip() == (
+        f"Approved deployer/ship: run its shell code: echo shipped > shipped.txt; "
+        f"flow run {flow_run_id} resumes"
+    )
     thread.join(120)
     [result] = results
     assert result.ok, result.state.message
@@ -140,8 +146,8 @@ def test_a_task_waits_for_approval_shown_in_the_form_and_listed_and_the_cli_appr
     assert events[1][1]["comment"] == "ship it"
     assert events[0][1]["detail"] == "echo shipped > shipped.txt"
 
-    # Answered, the run waits for nothing: a reply now is refused in one line.
-    late = run_toka("agent", "approve", str(flow_run_id), env=api)
+    # Answered, the run waits for nothing: a reply now (the same command again) is refused.
+    late = run_toka(*approve_it, env=api)
     assert (late.returncode, late.stderr.strip()) == (
         1,
         f"error: flow run {flow_run_id} waits for no approval: it is Completed",
@@ -174,6 +180,12 @@ def test_an_approval_nobody_gives_fails_its_task_after_human_timeout(tmp_path, w
     assert not (result.workspace / "shipped.txt").exists()
 
 
+SECOND = (
+    "access = 'user'\n"
+    "flag = access != 'user'  # \u202e admin only\n" + "# padding\n" * 1_500 + "open('b.txt', 'w').write('b')"
+)
+"""A second program with a bidi override in it, longer than an event carries."""
+
 CODER = """
 - name: coder
   capabilities: [filesystem-write]
@@ -189,11 +201,12 @@ def test_each_call_of_a_held_tool_waits_and_a_rejected_call_is_an_error_the_mode
 ):
     script = (
         tool_call("run_code", language="python", source="open('a.txt', 'w').write('a')"),
-        tool_call("run_code", language="python", source="open('b.txt', 'w').write('b')"),
+        tool_call("run_code", language="python", source=SECOND),
         tool_call("list_files"),  # not held: runs without asking
         tool_call("finish", success=True, summary="Wrote b.txt."),
     )
     name = f"held-calls-{uuid.uuid4().hex[:8]}"
+    since = datetime.now(UTC)
     with scripted_server(*script, api_key=api_key) as server:
         thread, results = run_in_background(
             llm_config(tmp_path, server, CODER, name=name), workspace_root
@@ -210,7 +223,12 @@ def test_each_call_of_a_held_tool_waits_and_a_rejected_call_is_an_error_the_mode
             time.sleep(0.5)
         reject(flow_run_id, "not a.txt")
         _, description = next_pause(flow_run_id, after=first)
-        assert "open('b.txt', 'w').write('b')" in description
+        # Shown as it runs: the bidi override visible, the whole source (its event has a part).
+        assert "access != 'user'  # \\u202e admin only" in description
+        assert SECOND.splitlines()[-1] in description
+        # A reply bound to the first pause cannot land on this one, unseen.
+        with pytest.raises(TokaError, match=f"no longer waits on pause {first.rpartition('-')[2]}"):
+            approve(flow_run_id, pause=first.rpartition("-")[2])
         approve(flow_run_id)
         thread.join(120)
         sent = prompts(server)
@@ -221,6 +239,13 @@ def test_each_call_of_a_held_tool_waits_and_a_rejected_call_is_an_error_the_mode
     # The model read the rejection as the first call's result.
     rejected = [m for m in sent[1] if m.get("role") == "tool"]
     assert "rejected by a person: not a.txt" in rejected[-1]["content"]
+    # The events carry the first 10,000 characters of a long proposal, the cut named.
+    [second] = [
+        p
+        for kind, p in human_events(since, 4)
+        if kind.endswith("approval-requested") and "padding" in p["detail"]
+    ]
+    assert second["detail"].startswith(SECOND[:10_000]) and second["detail"].endswith("more characters)")
 
 
 ASKS_AFTER_APPROVAL = """
@@ -333,3 +358,57 @@ def test_orchestrate_watch_shows_what_the_run_waits_for_and_how_to_answer(tmp_pa
         watching.kill()
     assert watching.returncode == 0, errors
     assert "Run: Completed" in rest
+
+
+def test_a_run_set_running_without_a_reply_fails_the_waiting_task_in_one_line(tmp_path, workspace_root):
+    """As the UI's "change state" does: the run goes on, the task that waited does not start."""
+    from prefect.states import Running
+
+    name = f"forced-{uuid.uuid4().hex[:8]}"
+    thread, results = run_in_background(shipping(tmp_path, name), workspace_root)
+    flow_run_id = paused_run(name)
+    next_pause(flow_run_id)
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run_id, Running(), force=True)
+    thread.join(120)
+    [result] = results
+    [outcome] = result.outcomes
+    assert (outcome.status, outcome.message) == ("failed", "the run was set Running without a reply")
+    assert not (result.workspace / "shipped.txt").exists()
+
+
+def test_bad_approval_settings_get_one_line_each(tmp_path):
+    config = write_config(
+        tmp_path,
+        """
+name: bad-approvals
+agents:
+  - name: a
+    tasks:
+      - {name: t1, instruction: x, approval: yes}
+      - {name: t2, instruction: x, approval: {tools: []}}
+      - {name: t3, instruction: x, approval: {tools: [run_cod]}}
+      - {name: t4, instruction: x, approval: {tools: [run_code, run_code]}}
+      - {name: t5, code: {language: shell, source: "true"}, approval: {tools: [run_code]}}
+      - {name: t6, instruction: x, approval: required}
+      - {name: t7, instruction: x, approval: {tools: [run_code, time__get_current_time]}}
+""",
+    )
+    checked = run_toka("validate", str(config))
+    forms = (
+        "`approval` is `required` (the task waits for a person before it starts) or, on an LLM "
+        "task, `{tools: [run_code, ...]}` (each call of those tools waits)"
+    )
+    assert checked.returncode == 1
+    assert checked.stderr.splitlines() == [
+        f"{config}: agents.0.tasks.0.approval: {forms} (got True)",
+        f"{config}: agents.0.tasks.1.approval.tools: List should have at least 1 item after "
+        "validation, not 0",
+        f"{config}: agents.0.tasks.2.approval.tools.0: 'run_cod' is not a tool an approval can "
+        "hold: one of run_code, list_files, read_file, write_file, or an MCP server's tool as "
+        "SERVER__TOOL",
+        f"{config}: agents.0.tasks.3.approval.tools: run_code named more than once",
+        f"{config}: agents.0.tasks.4.approval: a code task waits before it starts (`approval: "
+        "required`); tool approvals are for LLM tasks",
+        "5 problem(s) found",
+    ]

@@ -85,7 +85,9 @@ def test_an_agent_asks_a_person_who_answers_and_the_model_reads_the_answer(
             answer(flow_run_id, "  ")
         answered = run_toka("agent", "answer", str(flow_run_id), "Blue, please.", env=api)
         assert answered.returncode == 0, answered.stderr
-        assert answered.stdout.strip() == f"Answered flow run {flow_run_id}: it resumes"
+        assert answered.stdout.strip() == (
+            f"Answered asker/choose: Which colour, <b>red</b> or blue?; flow run {flow_run_id} resumes"
+        )
         thread.join(120)
         sent = prompts(server)
     [result] = results

@@ -205,22 +205,14 @@ def stop(flow_run_id: FlowRunId, /) -> int:
     return 0
 
 
-@agent_app.command
-def answer(flow_run_id: FlowRunId, text_: Annotated[str, Parameter(name="TEXT")], /) -> int:
-    """Answer the question a run waits on (an agent's `ask_human`): the run resumes, and the
-    agent reads TEXT as the answer. For example:
-
-        toka agent answer 0a1b2c3d-1111-2222-3333-444455556666 "Use the March data"
-    """
-    from toka_agents.orchestration.people import answer as answer_question
-
-    run_id = flow_run_id_of(flow_run_id)
-    with prefect_api():
-        answer_question(run_id, text_)
-    out.print(f"Answered flow run {run_id}: it resumes", markup=False)
-    return 0
-
-
+Pause = Annotated[
+    str | None,
+    Parameter(
+        name="--pause",
+        help="Reply only if the run still waits on this pause (the id `toka agent list` and "
+        "--watch show): a second reply cannot land on the next question or call unseen.",
+    ),
+]
 Comment = Annotated[str, Parameter(name="--comment", help="Why: the run's record keeps it.")]
 RequiredComment = Annotated[
     str,
@@ -229,23 +221,41 @@ RequiredComment = Annotated[
 
 
 @agent_app.command
-def approve(flow_run_id: FlowRunId, /, *, comment: Comment = "") -> int:
+def answer(
+    flow_run_id: FlowRunId, text_: Annotated[str, Parameter(name="TEXT")], /, *, pause: Pause = None
+) -> int:
+    """Answer the question a run waits on (an agent's `ask_human`): the run resumes, and the
+    agent reads TEXT as the answer. For example:
+
+        toka agent answer 0a1b2c3d-1111-2222-3333-444455556666 "Use the March data" --pause 3f9c2a1b7d0e
+    """
+    from toka_agents.orchestration.people import answer as answer_question
+
+    run_id = flow_run_id_of(flow_run_id)
+    with prefect_api():
+        answered = answer_question(run_id, text_, pause)
+    out.print(f"Answered {answered.subject()}; flow run {run_id} resumes", markup=False)
+    return 0
+
+
+@agent_app.command
+def approve(flow_run_id: FlowRunId, /, *, comment: Comment = "", pause: Pause = None) -> int:
     """Approve what a run waits to do (a task with `approval: required`, or a tool call its
     task holds): it runs now. For example:
 
-        toka agent approve 0a1b2c3d-1111-2222-3333-444455556666 --comment "looks right"
+        toka agent approve 0a1b2c3d-1111-2222-3333-444455556666 --pause 3f9c2a1b7d0e
     """
     from toka_agents.orchestration.people import approve as approve_it
 
     run_id = flow_run_id_of(flow_run_id)
     with prefect_api():
-        approve_it(run_id, comment)
-    out.print(f"Approved for flow run {run_id}: it resumes", markup=False)
+        approved = approve_it(run_id, comment, pause)
+    out.print(f"Approved {approved.subject()}; flow run {run_id} resumes", markup=False)
     return 0
 
 
 @agent_app.command
-def reject(flow_run_id: FlowRunId, /, *, comment: RequiredComment) -> int:
+def reject(flow_run_id: FlowRunId, /, *, comment: RequiredComment, pause: Pause = None) -> int:
     """Reject what a run waits to do: the task fails with your comment, or, for a tool call,
     the model reads it as the call's error. For example:
 
@@ -255,6 +265,6 @@ def reject(flow_run_id: FlowRunId, /, *, comment: RequiredComment) -> int:
 
     run_id = flow_run_id_of(flow_run_id)
     with prefect_api():
-        reject_it(run_id, comment)
-    out.print(f"Rejected for flow run {run_id}: it resumes without it", markup=False)
+        rejected = reject_it(run_id, comment, pause)
+    out.print(f"Rejected {rejected.subject()}; flow run {run_id} resumes", markup=False)
     return 0

@@ -23,25 +23,25 @@ from pydantic import (
 )
 
 from toka_agents.config.base import ConfigModel as _Model
+from toka_agents.config.base import Duration, Name
 from toka_agents.config.inputs import Inputs
 from toka_agents.config.limits import (
     at_most_cpu,
     at_most_memory,
     at_most_pids,
-    at_most_timeout,
     at_most_workspace,
     format_bytes,
-    format_seconds,
     parse_cpu,
-    parse_duration,
     parse_memory,
 )
 from toka_agents.config.people import (
     APPROVAL_HELP,
+    APPROVAL_TAGS,
     HUMAN_HELP,
     TOOL_APPROVAL_HELP,
+    Approval,
+    CodeApproval,
     HumanRole,
-    ToolApproval,
 )
 from toka_agents.config.sandbox_settings import SandboxSettings
 from toka_agents.config.workspace import OutputEntry, WorkspaceSeed
@@ -49,16 +49,6 @@ from toka_agents.config.workspace import OutputEntry, WorkspaceSeed
 Priority = Literal["critical", "high", "medium", "low"]
 PRIORITY_RANK: dict[str, int] = {"critical": 0, "high": 1, "medium": 2, "low": 3}
 FailurePolicy = Literal["stop", "continue"]
-
-_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-Name = Annotated[
-    str,
-    Field(
-        pattern=_NAME_PATTERN,
-        max_length=100,
-        description="Letters, digits, '-', '_' and '.', starting with a letter or digit.",
-    ),
-]
 
 # Docker refuses memory limits below 6MB.
 _MIN_MEMORY = 6 * 1024**2
@@ -92,13 +82,6 @@ CpuShare = Annotated[
     Field(json_schema_extra={"type": "string", "examples": ["50%", "0.5", "2 cores"]}),
 ]
 ProcessCount = Annotated[int, Field(gt=0), AfterValidator(at_most_pids)]
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    AfterValidator(at_most_timeout),
-    PlainSerializer(format_seconds, return_type=str, when_used="json"),
-    Field(json_schema_extra={"type": "string", "examples": ["30s", "5m", "2h", "1800"]}),
-]
 
 
 DEFAULT_IMAGE = "toka-sandbox:1"
@@ -158,7 +141,7 @@ class CodeTask(_Model):
     condition: str | None = Field(
         None, description="Run this task only when the run names this condition."
     )
-    approval: Literal["required"] | None = Field(None, description=APPROVAL_HELP)
+    approval: CodeApproval = Field(None, description=APPROVAL_HELP)
 
 
 class LlmTask(_Model):
@@ -177,7 +160,7 @@ class LlmTask(_Model):
     condition: str | None = Field(
         None, description="Run this task only when the run names this condition."
     )
-    approval: Literal["required"] | ToolApproval | None = Field(None, description=TOOL_APPROVAL_HELP)
+    approval: Approval | None = Field(None, description=TOOL_APPROVAL_HELP)
     human: HumanRole | None = Field(None, description=HUMAN_HELP + " Default: its agent's.")
 
 
@@ -202,7 +185,7 @@ AgentTask = Annotated[
     ),
 ]
 # Pydantic puts union tags into error locations; the loader drops them.
-TASK_TAGS = frozenset({"code-task", "llm-task"})
+TASK_TAGS = frozenset({"code-task", "llm-task"}) | APPROVAL_TAGS
 
 
 class TokenPrice(_Model):

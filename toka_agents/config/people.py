@@ -4,9 +4,9 @@ waits for a person's approval (`approval:` of a task)."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, Tag, field_validator
 
 from toka_agents.config.base import ConfigModel
 
@@ -34,6 +34,47 @@ class ToolApproval(ConfigModel):
     """Each call of these tools waits for a person's approval, its arguments shown."""
 
     tools: list[Annotated[str, AfterValidator(_approvable)]] = Field(min_length=1)
+
+    @field_validator("tools")
+    @classmethod
+    def _each_once(cls, tools: list[str]) -> list[str]:
+        twice = sorted({tool for tool in tools if tools.count(tool) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} named more than once")
+        return tools
+
+
+def _approval_kind(value: Any) -> str | None:
+    if isinstance(value, (dict, ToolApproval)):
+        return "tool-approval"
+    return "task-approval" if value == "required" else None
+
+
+APPROVAL_TAGS = frozenset({"task-approval", "tool-approval"})
+"""The union tags of `Approval` that pydantic puts into error locations (the loader drops them)."""
+_APPROVAL_FORMS = (
+    "`approval` is `required` (the task waits for a person before it starts) or, on an LLM "
+    "task, `{tools: [run_code, ...]}` (each call of those tools waits)"
+)
+Approval = Annotated[
+    Annotated[Literal["required"], Tag("task-approval")] | Annotated[ToolApproval, Tag("tool-approval")],
+    Discriminator(_approval_kind, custom_error_type="approval", custom_error_message=_APPROVAL_FORMS),
+]
+"""An LLM task's `approval:`."""
+
+
+def _task_approval(value: Any) -> Any:
+    if value is None or value == "required":
+        return value
+    if isinstance(value, dict):
+        raise ValueError(
+            "a code task waits before it starts (`approval: required`); tool approvals are for LLM tasks"
+        )
+    raise ValueError(_APPROVAL_FORMS)
+
+
+CodeApproval = Annotated[Literal["required"] | None, BeforeValidator(_task_approval)]
+"""A code task's `approval:`."""
 
 
 APPROVAL_HELP = (

@@ -32,6 +32,7 @@ READ_LIMIT = 100_000
 LIST_LIMIT = 500
 """Entries `list_files` lists."""
 
+FILE_TOOLS = ("list_files", "read_file", "write_file")
 Language = Literal["python", "shell"]
 RunCode = Callable[[str, str], SandboxResult]
 """Runs `source` in `language` in the agent's sandbox, as a code task would."""
@@ -176,6 +177,10 @@ class Toolbox:
         call of a held tool runs only once a person approves it; rejected, the model reads why.
         """
         args = call.arguments
+        if call.name in FILE_TOOLS:  # refused before a person is asked to approve it
+            refusal = self.path_refusal(args.get("path", "."))
+            if refusal is not None:
+                return ToolResult(content=refusal, is_error=True)
         if call.name in self.held and self.approve is not None:
             try:
                 self.approve(call)
@@ -189,10 +194,6 @@ class Toolbox:
         if call.name == "ask_human" and self.ask is not None:
             return ToolResult(content=self.ask(args["question"]))
         if call.name in ("list_files", "read_file") or (call.name == "write_file" and self.may_write):
-            path = args.get("path", ".")
-            refusal = self.path_refusal(path)
-            if refusal is not None:
-                return ToolResult(content=refusal, is_error=True)
             return self._file_tool(call.name, args)
         return ToolResult(content=f"there is no tool {call.name!r}", is_error=True)
 

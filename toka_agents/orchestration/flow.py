@@ -146,9 +146,9 @@ def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.Run
         sandbox_user=user,
     )
     context.rate_limits = functools.partial(rate_limit_hook, cancel=context.cancel)
-    wait = people.Wait(plan.human_timeout, context.cancel)
+    wait = people.Wait(plan.name, plan.human_timeout, context.cancel)
     if sandbox is not None:  # a run that waits for a person keeps no warm container
-        wait = people.Wait(plan.human_timeout, context.cancel, on_wait=sandbox.empty_pools)
+        wait = people.Wait(plan.name, plan.human_timeout, context.cancel, on_wait=sandbox.empty_pools)
     if any(task.asks_human for task in plan.tasks):
         context.ask_person = functools.partial(people.ask_person, wait)
     if any(task.needs_approval or task.approval_tools for task in plan.tasks):

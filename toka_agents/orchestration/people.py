@@ -37,6 +37,7 @@ from prefect.states import Paused, Running
 from prefect.utilities.engine import propose_state_sync
 from pydantic import BaseModel, Field, ValidationError
 
+from toka_agents import text
 from toka_agents.approvals import Proposal
 from toka_agents.config.limits import format_seconds
 from toka_agents.errors import LlmCancelled, NoAnswer, Rejected, TokaError
@@ -79,14 +80,24 @@ class Waiting(BaseModel):
     key: str = ""
     """The pause's key: one per question or approval."""
 
+    @property
+    def pause(self) -> str:
+        """The pause's short id, which binds a reply to it (`--pause`)."""
+        return self.key.rpartition("-")[2]
+
     def commands(self) -> str:
-        """The terminal commands that answer it."""
+        """The terminal commands that answer it, and only it."""
+        run, pause = self.flow_run_id, self.pause
         if self.kind == "question":
-            return f"toka agent answer {self.flow_run_id} 'ANSWER'"
+            return f"toka agent answer {run} 'ANSWER' --pause {pause}"
         return (
-            f"toka agent approve {self.flow_run_id}, "
-            f"or toka agent reject {self.flow_run_id} --comment 'WHY'"
+            f"toka agent approve {run} --pause {pause}, "
+            f"or toka agent reject {run} --pause {pause} --comment 'WHY'"
         )
+
+    def subject(self) -> str:
+        """What waits, in one visible line: `deployer/ship: run its shell code: echo ...`."""
+        return text.one_line(f"{self.agent}/{self.task}: {self.text}", 200)
 
 
 _ONE_AT_A_TIME = threading.Lock()
@@ -99,17 +110,16 @@ def ask_person(wait: Wait, task: PlannedTask, question: str) -> str:
     flow_run_id = _flow_run_id()
     description = (
         f"**{shown_literally(task.agent)}** asks, in its task `{task.name}`:\n\n"
-        + fenced(question)
+        + fenced(text.visible(question))
         + "\n\nAnswer below, then Resume; or from a terminal: "
-        + f"`toka agent answer {flow_run_id} 'ANSWER'`"
     )
     waiting = Waiting(
         kind="question", flow_run_id=flow_run_id, agent=task.agent, task=task.name, text=question
     )
     with _ONE_AT_A_TIME:
-        reporting.person_event("asked", task, {"question": question})
+        reporting.person_event("asked", wait.run_name, task, {"question": question})
         reply = wait.until_replied(Answer, waiting, description)
-        reporting.person_event("answered", task, {"answer": reply.answer})
+        reporting.person_event("answered", wait.run_name, task, {"answer": reply.answer})
         return reply.answer
 
 
@@ -120,9 +130,8 @@ def ask_approval(wait: Wait, task: PlannedTask, proposal: Proposal) -> None:
     description = (
         f"**{shown_literally(task.agent)}** waits for your approval to {proposal.what}, "
         f"in its task `{task.name}`:\n\n"
-        + fenced(proposal.detail, proposal.syntax)
+        + fenced(text.visible(proposal.detail), proposal.syntax)
         + "\n\nChoose approve or reject (a comment says why), then Resume; or from a terminal: "
-        + f"`toka agent approve {flow_run_id}` or `toka agent reject {flow_run_id} --comment 'WHY'`"
     )
     waiting = Waiting(
         kind="approval",
@@ -133,13 +142,13 @@ def ask_approval(wait: Wait, task: PlannedTask, proposal: Proposal) -> None:
     )
     asked = {"what": proposal.what, "detail": proposal.detail}
     with _ONE_AT_A_TIME:
-        reporting.person_event("approval-requested", task, asked)
+        reporting.person_event("approval-requested", wait.run_name, task, asked)
         decision = wait.until_replied(Approval, waiting, description)
         said = {**asked, "comment": decision.comment}
         if decision.decision == "reject":
-            reporting.person_event("rejected", task, said)
+            reporting.person_event("rejected", wait.run_name, task, said)
             raise Rejected(decision.comment)
-        reporting.person_event("approved", task, said)
+        reporting.person_event("approved", wait.run_name, task, said)
 
 
 def _flow_run_id() -> UUID:
@@ -150,9 +159,10 @@ def _flow_run_id() -> UUID:
 
 @dataclass(frozen=True)
 class Wait:
-    """How a run waits for a person: at most `timeout` seconds, ended early by `cancel`;
+    """How the run `run_name` waits for a person: at most `timeout` seconds, ended early by `cancel`;
     `on_wait` runs once the run is paused (it empties the sandbox's warm pools)."""
 
+    run_name: str
     timeout: float
     cancel: threading.Event
     on_wait: Callable[[], None] = lambda: None
@@ -165,7 +175,8 @@ class Wait:
         paused = Paused(timeout_seconds=int(timeout), reschedule=False, pause_key=pause_key)
         keyset = keyset_from_paused_state(paused)
         paused.state_details.run_input_keyset = keyset
-        form = form_type.with_initial_data(description=description)
+        terminal = " or ".join(f"`{command}`" for command in waiting.commands().split(", or "))
+        form = form_type.with_initial_data(description=description + terminal)
         with get_client(sync_client=True) as client:
             client.create_flow_run_input(flow_run_id, _waiting_key(pause_key), waiting.model_dump_json())
             state = propose_state_sync(client=client, state=paused, flow_run_id=flow_run_id)
@@ -177,7 +188,10 @@ class Wait:
             while not self.cancel.wait(POLL_SECONDS):
                 now = client.read_flow_run(flow_run_id).state
                 if now is not None and now.is_running():
-                    return form.load(keyset, flow_run_id=flow_run_id)
+                    try:
+                        return form.load(keyset, flow_run_id=flow_run_id)
+                    except (ValidationError, httpx.HTTPStatusError):
+                        raise NoAnswer("the run was set Running without a reply") from None
                 # A cancel is the run's cancel watcher's to see: it sets `cancel`, and the run
                 # then ends Cancelled (seen here first, the run would not know it was cancelled).
                 if time.monotonic() > deadline:
@@ -207,30 +221,34 @@ def waiting_on(client: Any, flow_run: FlowRun) -> Waiting | None:
         return None
 
 
-def answer(flow_run_id: UUID | str, text: str) -> None:
-    """Answer the question a paused run waits on: resume it with `text`. Raises `TokaError`
-    in one line when the text is empty, the run does not exist or waits for no answer."""
+def answer(flow_run_id: UUID | str, text: str, pause: str | None = None) -> Waiting:
+    """Answer the question a paused run waits on (the pause `pause`, when given): resume it
+    with `text`, and return what was answered. Raises `TokaError` in one line when the text is
+    empty, the run does not exist, or waits for no answer (or for another than `pause`)."""
     if not text.strip():
         raise TokaError("the answer is empty: give the text the agent should read")
-    _resume(flow_run_id, "question", {"answer": text})
+    return _resume(flow_run_id, "question", {"answer": text}, pause)
 
 
-def approve(flow_run_id: UUID | str, comment: str = "") -> None:
-    """Approve what a paused run waits to do: the task starts, or the tool call runs. Raises
-    `TokaError` in one line when the run does not exist or waits for no approval."""
-    _resume(flow_run_id, "approval", {"decision": "approve", "comment": comment})
+def approve(flow_run_id: UUID | str, comment: str = "", pause: str | None = None) -> Waiting:
+    """Approve what a paused run waits to do (the pause `pause`, when given): the task starts,
+    or the tool call runs; return what was approved. Raises `TokaError` in one line when the
+    run does not exist or waits for no approval (or for another than `pause`)."""
+    return _resume(flow_run_id, "approval", {"decision": "approve", "comment": comment}, pause)
 
 
-def reject(flow_run_id: UUID | str, comment: str) -> None:
+def reject(flow_run_id: UUID | str, comment: str, pause: str | None = None) -> Waiting:
     """Reject what a paused run waits to do, saying why: the task fails with `comment` (for a
-    tool call, the model reads it). Raises `TokaError` in one line as `approve` does, and when
-    the comment is empty."""
+    tool call, the model reads it); return what was rejected. Raises `TokaError` in one line
+    as `approve` does, and when the comment is empty."""
     if not comment.strip():
         raise TokaError("a rejection needs a comment: say why, for the agent and the run's record")
-    _resume(flow_run_id, "approval", {"decision": "reject", "comment": comment})
+    return _resume(flow_run_id, "approval", {"decision": "reject", "comment": comment}, pause)
 
 
-def _resume(flow_run_id: UUID | str, kind: WaitKind, run_input: dict[str, str]) -> None:
+def _resume(
+    flow_run_id: UUID | str, kind: WaitKind, run_input: dict[str, str], pause: str | None
+) -> Waiting:
     try:
         run_id = UUID(str(flow_run_id))
     except ValueError:
@@ -245,12 +263,18 @@ def _resume(flow_run_id: UUID | str, kind: WaitKind, run_input: dict[str, str]) 
         shown = flow_run.state.name if flow_run.state is not None else "no state"
         wanted = "answer" if kind == "question" else "approval"
         raise TokaError(f"flow run {run_id} waits for no {wanted}: it is {shown}")
+    if pause is not None and pause != waiting.pause:
+        raise TokaError(
+            f"flow run {run_id} no longer waits on pause {pause}: it waits for "
+            f"{_wanted(waiting.kind)} of {waiting.subject()}: {waiting.commands()}"
+        )
     if waiting.kind != kind:
         raise TokaError(f"flow run {run_id} waits for {_wanted(waiting.kind)}: {waiting.commands()}")
     try:
         resume_flow_run(run_id, run_input=run_input)
     except (FlowPauseTimeout, NotPausedError, RuntimeError) as exc:
         raise TokaError(f"Prefect did not take the reply: {exc}") from None
+    return waiting
 
 
 def _wanted(kind: WaitKind) -> str:

@@ -181,15 +181,7 @@ class RunReport:
         self, kind: str, name: str, status: str, *, payload: dict[str, Any], labels: dict[str, str]
     ) -> None:
         """The event `toka.<kind>.<status>` about the resource `toka.<kind>.<plan>.<name>`."""
-        emit_event(
-            event=f"toka.{kind}.{status}",
-            resource={
-                "prefect.resource.id": f"toka.{kind}.{self.plan.name}.{name}",
-                "prefect.resource.name": name,
-                **labels,
-            },
-            payload=payload,
-        )
+        toka_event(f"toka.{kind}.{status}", kind, self.plan.name, name, payload, labels)
 
     def finish(self, outcomes: Iterable[TaskOutcome], warnings: Iterable[str] = ()) -> None:
         """Wait for the progress writes, then write the run's table artifact: every task with
@@ -263,13 +255,39 @@ TASK_FIGURES = (
 """What a task event's payload carries: bytes, seconds and counts as plain numbers."""
 
 
-def person_event(kind: str, task: PlannedTask, said: dict[str, str]) -> None:
-    """`toka.human.<kind>` of a task: `asked` (the question), `answered` (the answer),
-    `approval-requested` (what and its detail), `approved` or `rejected` (and the comment)."""
+def person_event(kind: str, run_name: str, task: PlannedTask, said: dict[str, str]) -> None:
+    """`toka.human.<kind>` about a task of the run `run_name`: `asked` (the question),
+    `answered` (the answer), `approval-requested` (what and its detail), `approved` or
+    `rejected` (and the comment). Its resource is the task's, as in the task's own events."""
+    payload = {"task": task.id, **{key: _cut(value) for key, value in said.items()}}
+    toka_event(f"toka.human.{kind}", "task", run_name, task.id, payload, {"toka.agent": task.agent})
+
+
+EVENT_TEXT = 10_000
+"""Characters of a question, an answer or a proposal an event carries (Prefect refuses
+events over 1.5 MB); the form and the conversation keep them whole."""
+
+
+def _cut(value: str) -> str:
+    return (
+        value
+        if len(value) <= EVENT_TEXT
+        else value[:EVENT_TEXT] + f" ... (cut: {len(value) - EVENT_TEXT:,} more characters)"
+    )
+
+
+def toka_event(
+    event: str, kind: str, run_name: str, name: str, payload: dict[str, Any], labels: dict[str, str]
+) -> None:
+    """`event` about the resource `toka.<kind>.<run_name>.<name>` (a task, an agent)."""
     emit_event(
-        event=f"toka.human.{kind}",
-        resource={"prefect.resource.id": f"toka.task.{task.id}", "toka.agent": task.agent},
-        payload={"task": task.id, **said},
+        event=event,
+        resource={
+            "prefect.resource.id": f"toka.{kind}.{run_name}.{name}",
+            "prefect.resource.name": name,
+            **labels,
+        },
+        payload=payload,
     )
 
 
