@@ -33,12 +33,14 @@ from toka_agents.config.models import (
 from toka_agents.errors import ConfigError, LlmCancelled, LlmError, NoAnswer, Rejected, SandboxError
 from toka_agents.llm.gateway import Acquire, Gateway, api_key_from_env, from_environment
 from toka_agents.llm.loop import LoopResult, StepRunner, TaskBrief, run_directly, run_loop
-from toka_agents.llm.messages import Message
+from toka_agents.llm.mcp import McpServerError
+from toka_agents.llm.messages import Message, ToolSpec
 from toka_agents.llm.tools import Toolbox
 from toka_agents.planning import PlannedAgent, PlannedTask, plan
 from toka_agents.sandbox import Sandbox, SandboxCancelled, SandboxResult, SandboxSpec
 from toka_agents.sandbox.output import OutputCallback
 from toka_agents.sandbox.spec import SANDBOX_USER
+from toka_agents.tool_servers import task_servers
 
 Status = Literal["completed", "failed", "skipped", "cancelled", "dry-run"]
 NO_SUMMARY = "(no summary given)"
@@ -150,6 +152,8 @@ class LlmRun:
 
     outcome: TaskOutcome
     conversation: list[Message] = field(default_factory=list)
+    served: list[ToolSpec] = field(default_factory=list)
+    """The tools its MCP servers offered, as the model saw them."""
 
 
 def run_llm_task(
@@ -176,29 +180,42 @@ def run_llm_task(
     ask = functools.partial(context.ask_person, task) if task.asks_human and context.ask_person else None
     hook = context.ask_approval
     approve = functools.partial(approve_call, hook, task) if hook and task.approval_tools else None
-    toolbox = Toolbox(
-        usage.run_code,
-        may_write=task.workspace_writable,
-        ask=ask,
-        approve=approve,
-        held=frozenset(task.approval_tools),
-    )
     acquire = context.rate_limits(settings) if context.rate_limits is not None else None
     started = time.monotonic()
-    with Gateway(settings, api_key=key, acquire=acquire, cancel=context.cancel) as gateway:
-        result = run_loop(
-            task_brief(task, agent, upstream or {}),
-            gateway.complete,
-            toolbox,
-            max_steps=settings.max_steps,
-            max_tokens=settings.max_tokens_per_task,
-            timeout=task.limits.timeout,
-            runner=runner,
-            secrets=[key.get_secret_value()] if key is not None else [],
-            cancel=context.cancel,
-        )
+    try:
+        servers = task_servers(context.sandbox, usage.spec, agent.mcp_servers)
+        with (
+            servers as started_servers,
+            Gateway(settings, api_key=key, acquire=acquire, cancel=context.cancel) as gateway,
+        ):
+            toolbox = Toolbox(
+                usage.run_code,
+                may_write=task.workspace_writable,
+                ask=ask,
+                approve=approve,
+                held=frozenset(task.approval_tools),
+                servers=started_servers,
+            )
+            served = [tool.spec for tool in started_servers.tools.values()] if started_servers else []
+            result = run_loop(
+                task_brief(task, agent, upstream or {}),
+                gateway.complete,
+                toolbox,
+                max_steps=settings.max_steps,
+                max_tokens=settings.max_tokens_per_task,
+                timeout=task.limits.timeout,
+                runner=runner,
+                secrets=[key.get_secret_value()] if key is not None else [],
+                cancel=context.cancel,
+            )
+    except SandboxCancelled:
+        return LlmRun(cancelled(task, "cancelled before it started"))
+    except McpServerError as exc:
+        return LlmRun(failed(task, str(exc)))
+    except SandboxError as exc:
+        return LlmRun(failed(task, f"sandbox error: {exc}"))
     outcome = outcome_from_loop(task, result, settings, usage, time.monotonic() - started)
-    return LlmRun(outcome, result.transcript)
+    return LlmRun(outcome, result.transcript, served)
 
 
 def not_approved(task: PlannedTask, context: ExecutionContext) -> TaskOutcome | None:

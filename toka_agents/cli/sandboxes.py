@@ -30,7 +30,7 @@ from toka_agents.sandbox import (
     remove_orphans,
 )
 from toka_agents.sandbox.egress import remove_networks
-from toka_agents.sandbox.images import build_images
+from toka_agents.sandbox.images import build_images, build_mcp_image
 
 
 @workspace_app.command(name="get")
@@ -77,10 +77,33 @@ def build(
     force: Annotated[
         bool, Parameter(negative="", help="Rebuild even when the image is current.")
     ] = False,
+    mcp: Annotated[
+        str | None,
+        Parameter(
+            help="Build instead an image with this MCP server package installed "
+            "(PACKAGE[==VERSION], from the package index of this machine's pip), for "
+            "`image:` of an `mcp_servers` entry."
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, Parameter(help="With --mcp: the image's name (default toka-mcp-PACKAGE:1).")
+    ] = None,
 ) -> int:
     """Build the sandbox images (Python and shell): from a registry when one answers, otherwise
-    offline from Debian."""
-    build_images(connect(), force=force, log=lambda line: out.print(text.visible(line), markup=False))
+    offline from Debian. With --mcp, an image for an MCP server. For example:
+
+        toka sandbox build --mcp mcp-server-time==2026.10.19
+    """
+
+    def log(line: str) -> None:
+        out.print(text.visible(line), markup=False)
+
+    if mcp is not None:
+        build_mcp_image(connect(), mcp, name, log=log)
+        return 0
+    if name is not None:
+        raise TokaError("--name names the image of --mcp")
+    build_images(connect(), force=force, log=log)
     return 0
 
 

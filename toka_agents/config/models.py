@@ -34,6 +34,7 @@ from toka_agents.config.limits import (
     parse_cpu,
     parse_memory,
 )
+from toka_agents.config.mcp import McpServer
 from toka_agents.config.people import (
     APPROVAL_HELP,
     APPROVAL_TAGS,
@@ -350,6 +351,9 @@ class Agent(_Model):
         [], description="Files it writes: named to the agents after it, and the run's artifacts."
     )
     human: HumanRole | None = Field(None, description=HUMAN_HELP + " Default: `defaults.human`.")
+    mcp_servers: list[McpServer] = Field(
+        [], description="MCP servers its LLM tasks use, and the orchestration's (by name, its own win)."
+    )
     extra: dict[str, Any] = Field(
         {}, description="Keys of the source spec that toka-agents keeps but does not act on."
     )
@@ -413,6 +417,9 @@ class Settings(_Model):
         le=1,
         description="With `continue`: the least share of an agent's attempted tasks that must be "
         "done for it to complete, 0 to 1. Default: 1; for agents from Toka's specs, 0.8.",
+    )
+    mcp_servers: list[McpServer] = Field(
+        [], description="MCP servers every agent's LLM tasks use; an agent may add its own."
     )
     human_timeout: Duration = Field(
         3600.0, description="How long a question to a person waits for its answer (default 1h)."

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from toka_agents.errors import Rejected
+from toka_agents.llm.mcp import McpServers
 from toka_agents.llm.messages import ToolCall, ToolMessage, ToolSpec
 from toka_agents.sandbox import Sandbox, SandboxResult, SandboxSpec
 
@@ -119,11 +120,13 @@ ASK_HUMAN = ToolSpec(
 )
 
 
-def tool_specs(*, may_write: bool, may_ask: bool = False) -> list[ToolSpec]:
+def tool_specs(
+    *, may_write: bool, may_ask: bool = False, served: Sequence[ToolSpec] = ()
+) -> list[ToolSpec]:
     """The tools of an agent; `write_file` only for one that may write the workspace,
-    `ask_human` for one whose agent may ask a person."""
+    `ask_human` for one whose agent may ask a person, and its MCP servers' tools (`served`)."""
     optional = [*([WRITE_FILE] if may_write else []), *([ASK_HUMAN] if may_ask else [])]
-    return [RUN_CODE, LIST_FILES, READ_FILE, *optional, FINISH]
+    return [RUN_CODE, LIST_FILES, READ_FILE, *optional, *served, FINISH]
 
 
 class Verdict(BaseModel):
@@ -159,6 +162,7 @@ class Toolbox:
         ask: AskPerson | None = None,
         approve: Approve | None = None,
         held: frozenset[str] = frozenset(),
+        servers: McpServers | None = None,
     ) -> None:
         self.run_code = run_code
         self.may_write = may_write
@@ -167,7 +171,9 @@ class Toolbox:
         self.approve = approve
         self.held = held
         """The tools each of whose calls waits for `approve`."""
-        self.specs = tool_specs(may_write=may_write, may_ask=ask is not None)
+        self.servers = servers
+        served = [tool.spec for tool in servers.tools.values()] if servers is not None else []
+        self.specs = tool_specs(may_write=may_write, may_ask=ask is not None, served=served)
 
     def run(self, call: ToolCall) -> ToolResult:
         """Run one call whose name and arguments the gateway has checked against `specs`.
@@ -193,6 +199,9 @@ class Toolbox:
             return _code_result(self.run_code(args["language"], args["source"]))
         if call.name == "ask_human" and self.ask is not None:
             return ToolResult(content=self.ask(args["question"]))
+        if self.servers is not None and call.name in self.servers.tools:
+            content, is_error = self.servers.call(call.name, args)
+            return ToolResult(content=content, is_error=is_error)
         if call.name in ("list_files", "read_file") or (call.name == "write_file" and self.may_write):
             return self._file_tool(call.name, args)
         return ToolResult(content=f"there is no tool {call.name!r}", is_error=True)

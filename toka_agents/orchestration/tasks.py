@@ -29,6 +29,7 @@ from toka_agents.llm.loop import StepRunner, redact_message
 from toka_agents.llm.messages import Message, ModelReply, ToolCall
 from toka_agents.llm.tools import ToolResult
 from toka_agents.orchestration import reporting, resuming, task_logs
+from toka_agents.orchestration.reporting import served_tools
 from toka_agents.orchestration.tagging import add_deferred_tags
 from toka_agents.planning import PlannedTask
 
@@ -61,6 +62,9 @@ def _run_agent_task(
         with resuming.steps_kept_as_they_end():
             run = executor.run_llm_task(planned, context, upstream_results, runner)
         reporting.conversation_artifact(planned, run.outcome, run.conversation)
+        if run.served:
+            key = reporting.artifact_key(planned.id, "tools")
+            served_tools.served_tools_artifact(planned, run.served, key)
         outcome = run.outcome
     else:
         with task_logs.OutputLog(get_run_logger()) as output:

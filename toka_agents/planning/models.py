@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from toka_agents.config.inputs import InputDeclaration
 from toka_agents.config.limits import DEFAULT_WORKSPACE_LIMIT, format_bytes, format_seconds
+from toka_agents.config.mcp import McpServer
 from toka_agents.config.models import CodeSource, FailurePolicy, LlmSettings, Priority
 from toka_agents.config.workspace import Output, WorkspaceSeed
 
@@ -79,6 +80,8 @@ class PlannedAgent(_Frozen):
     tasks: tuple[PlannedTask, ...]
     outputs: tuple[Output, ...] = ()
     """The files it declares it writes, named to the agents after it."""
+    mcp_servers: tuple[McpServer, ...] = ()
+    """The MCP servers its LLM tasks use: the orchestration's and its own, by name."""
     source: str = ""
     extra: dict[str, Any] = {}
 

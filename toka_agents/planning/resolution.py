@@ -124,6 +124,7 @@ def plan_agent(
         min_success_ratio=ratio,
         tasks=tuple(tasks),
         outputs=tuple(agent.outputs),
+        mcp_servers=tuple({m.name: m for m in orchestration.mcp_servers + agent.mcp_servers}.values()),
         source=agent.origin.file,
         extra=agent.extra,
     )

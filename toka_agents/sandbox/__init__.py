@@ -3,7 +3,7 @@ used, and removes every container it made. It knows nothing of Prefect.
 """
 
 from toka_agents.sandbox.cleanup import LABEL_MANAGED, remove_labeled, remove_orphans
-from toka_agents.sandbox.containers import Sandbox, SandboxCancelled
+from toka_agents.sandbox.containers import AttachedProcess, Sandbox, SandboxCancelled
 from toka_agents.sandbox.engine import connect
 from toka_agents.sandbox.images import build_image, image_status
 from toka_agents.sandbox.pool import WarmPool, pool_key
@@ -12,6 +12,7 @@ from toka_agents.sandbox.workspace import create_workspace
 
 __all__ = [
     "LABEL_MANAGED",
+    "AttachedProcess",
     "Sandbox",
     "SandboxCancelled",
     "SandboxResult",

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,13 +47,27 @@ from toka_agents.sandbox.pool import PoolKey, WarmPool, pool_key
 from toka_agents.sandbox.sanitize import clean_in_place
 from toka_agents.sandbox.spec import SandboxResult, SandboxSpec
 
-__all__ = ["LABEL_MANAGED", "Sandbox", "SandboxCancelled"]
+__all__ = ["LABEL_MANAGED", "AttachedProcess", "Sandbox", "SandboxCancelled"]
 
 logger = logging.getLogger(__name__)
 
 
 class SandboxCancelled(SandboxError):
     """The sandbox was cancelled: it starts no more containers."""
+
+
+_CLI_ENV = ("PATH", "HOME")
+"""What the `docker` command needs of this process's environment, beside DOCKER_*."""
+
+
+@dataclass(frozen=True)
+class AttachedProcess:
+    """A host process (`argv`, with `env`) whose stdin and stdout are a sandbox container's."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    container: str
+    """The container, as people read it: its name and short id."""
 
 
 @dataclass(frozen=True)
@@ -326,7 +342,31 @@ class Sandbox:
                 raise
             logger.warning("%s", exc)
 
-    def _create(self, spec: SandboxSpec, warm: bool = False) -> Container:
+    @contextlib.contextmanager
+    def process(self, spec: SandboxSpec, command: list[str]) -> Iterator[AttachedProcess]:
+        """A container of its own that runs `command` (a server speaking on its stdin and
+        stdout) as the spec's user, with its limits, network, workspace and env, and no
+        capability. Yields how a host process becomes its stdin and stdout (`docker start
+        --attach --interactive`, reaching the engine as this process does); a cancel of the
+        sandbox kills it, and it is removed when the block ends."""
+        spec = self._with_disk(self._with_egress(spec))
+        if self.cancelled:
+            raise SandboxCancelled("the run was cancelled")
+        container = self._create(spec, command=command)
+        with self._lock:
+            self._live.add(container.id)
+        try:
+            yield AttachedProcess(
+                argv=("docker", "start", "--attach", "--interactive", container.id),
+                env={k: v for k, v in os.environ.items() if k.startswith("DOCKER_") or k in _CLI_ENV},
+                container=str(container),
+            )
+        finally:
+            self._discard(container, quietly=True)
+
+    def _create(
+        self, spec: SandboxSpec, warm: bool = False, command: list[str] | None = None
+    ) -> Container:
         """Create a container with `spec`'s settings. `warm`: one for a pool, which may serve
         any task of the same creation settings, so it carries only this sandbox's labels and
         a name of its own (labels cannot change after creation)."""
@@ -335,7 +375,7 @@ class Sandbox:
         else:
             labels = {**self.labels, **spec.labels}
             name = f"{spec.name}-{secrets.token_hex(4)}" if spec.name else None
-        return create_container(self.client, self._image_id(spec.image), spec, labels, name)
+        return create_container(self.client, self._image_id(spec.image), spec, labels, name, command)
 
     def _start(self, container_id: str) -> None:
         """Start a created container, unless the sandbox is cancelled (then it never runs)."""

@@ -53,20 +53,27 @@ def create_container(
     spec: SandboxSpec,
     labels: dict[str, str],
     name: str | None,
+    command: list[str] | None = None,
 ) -> Container:
     """Create (not start) a container of `image_id` with `spec`'s settings; `SandboxError` in
-    one line when the engine refuses."""
+    one line when the engine refuses. Its process is the supervisor, or `command` (a server
+    that speaks on its stdin and stdout) run as the spec's user with the spec's env and no
+    capability at all."""
+    own = command is not None
     try:
         created = client.api.create_container(
             image_id,
-            command=["python3", "-c", BOOTSTRAP, str(IDLE_LIMIT)],
-            user=SUPERVISOR_USER,
+            command=command if own else ["python3", "-c", BOOTSTRAP, str(IDLE_LIMIT)],
+            user=spec.user if own else SUPERVISOR_USER,
+            environment=spec.env if own else None,
             stdin_open=True,  # with detach=False the SDK also sets StdinOnce
             labels=labels,
             name=name,
             working_dir="/workspace" if spec.workspace else "/tmp",
             network_disabled=spec.network is None,
-            host_config=client.api.create_host_config(**host_settings(spec)),
+            host_config=client.api.create_host_config(
+                **host_settings(spec, capabilities=[] if own else SUPERVISOR_CAPABILITIES)
+            ),
         )
     except ImageNotFound as exc:
         raise SandboxError(image_missing(spec.image)) from exc
@@ -97,7 +104,9 @@ def engine_errors(doing: str, container: Container) -> Iterator[None]:
         ) from exc
 
 
-def host_settings(spec: SandboxSpec) -> dict[str, Any]:
+def host_settings(
+    spec: SandboxSpec, capabilities: list[str] = SUPERVISOR_CAPABILITIES
+) -> dict[str, Any]:
     """The Docker host config of a spec: where every limit and permission reaches the container."""
     mounts = []
     if spec.workspace is not None:
@@ -118,7 +127,7 @@ def host_settings(spec: SandboxSpec) -> dict[str, Any]:
         "read_only": True,
         "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={spec.tmp_size},mode=1777"},
         "cap_drop": ["ALL"],
-        "cap_add": SUPERVISOR_CAPABILITIES,
+        "cap_add": capabilities,
         "security_opt": ["no-new-privileges"],
         "mounts": mounts,
         **(LIMITED_SANDBOX if spec.refuse_dns else {}),

@@ -19,17 +19,21 @@ image current and does nothing, and a changed definition rebuilds it.
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import docker
 from docker.errors import BuildError, DockerException, ImageNotFound
+from packaging.requirements import InvalidRequirement, Requirement
 from requests.exceptions import RequestException
 
 from toka_agents.config.models import DEFAULT_IMAGE
-from toka_agents.errors import SandboxError
+from toka_agents.errors import SandboxError, one_line
 
 
 def _definitions() -> Path:
@@ -47,6 +51,8 @@ IMAGES = {DEFAULT_IMAGE: DEFINITION, SHELL_IMAGE: SANDBOXES / "shell"}
 OFFLINE_BUILD = SANDBOXES / "build-offline.sh"
 """The offline build of a definition without a `build-offline.sh` of its own."""
 LABEL_DIGEST = "org.toka-agents.definition"
+LABEL_MCP = "org.toka-agents.mcp"
+"""The requirement an MCP image was built with."""
 
 ImageStatus = Literal["current", "stale", "missing"]
 
@@ -120,3 +126,88 @@ def build_image(
         )
     log(run.stdout.strip())
     return "built offline"
+
+
+MCP_SITE = "/opt/toka-mcp/site"
+"""Where an MCP image keeps the packages it adds (on the image's PYTHONPATH)."""
+_ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+def mcp_image_name(requirement: str) -> str:
+    """The image `toka sandbox build --mcp REQUIREMENT` makes by default: `toka-mcp-PACKAGE:1`
+    (`mcp-server-time`: `toka-mcp-server-time:1`)."""
+    package = re.sub(r"[^a-z0-9.-]+", "-", Requirement(requirement).name.lower()).removeprefix("mcp-")
+    return f"toka-mcp-{package}:1"
+
+
+def build_mcp_image(
+    client: docker.DockerClient,
+    requirement: str,
+    name: str | None = None,
+    *,
+    log: Callable[[str], None] = print,
+) -> str:
+    """Build an image of the sandbox's (its supervisor, its user) with `requirement` (a pip
+    requirement, `PACKAGE[==VERSION]`) installed for the image's Python; return its name.
+
+    The wheels are fetched and unpacked on this machine (`pip install --target`, for the
+    image's Python and the engine's platform), so the engine itself needs no package index;
+    the image is `FROM` the sandbox image, which is built first if it is missing.
+    Raises `SandboxError` in one line."""
+    try:
+        wanted = Requirement(requirement)
+    except InvalidRequirement as exc:
+        said = one_line(str(exc).splitlines()[0])
+        raise SandboxError(f"{requirement!r} is not a package to install: {said}") from None
+    name = name or mcp_image_name(requirement)
+    build_image(client, log=log)
+    arch = _ARCHES.get(str(client.version().get("Arch")), "x86_64")
+    version = client.containers.run(
+        DEFAULT_IMAGE,
+        ["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        remove=True,
+        network_disabled=True,
+    )
+    python = version.decode().strip()
+    with tempfile.TemporaryDirectory(prefix="toka-mcp-") as work:
+        log(f"fetching {wanted} and what it needs, for Python {python} on {arch}")
+        fetched = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+                f"{work}/site",
+                "--only-binary=:all:",
+                "--implementation",
+                "cp",
+                "--python-version",
+                python,
+                "--platform",
+                f"manylinux_2_28_{arch}",
+                "--platform",
+                f"manylinux_2_17_{arch}",
+                "--platform",
+                f"manylinux2014_{arch}",
+                str(wanted),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if fetched.returncode != 0:
+            said = [line for line in fetched.stderr.splitlines() if line.startswith("ERROR")]
+            raise SandboxError(
+                f"could not fetch {wanted}: {(said or [fetched.stderr.strip()])[-1][-400:]}"
+            )
+        Path(work, "Dockerfile").write_text(
+            f"FROM {DEFAULT_IMAGE}\nCOPY site {MCP_SITE}\nENV PYTHONPATH={MCP_SITE}\n"
+        )
+        try:
+            client.images.build(path=work, tag=name, rm=True, labels={LABEL_MCP: str(wanted)})
+        except (BuildError, DockerException, RequestException) as exc:
+            raise SandboxError(f"could not build {name}: {str(exc).strip()[-400:]}") from None
+    log(f"built {name} with {wanted}")
+    return name
