@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from uuid import UUID
 
 import pytest
@@ -16,12 +16,10 @@ from conftest import EXAMPLES, run_toka, start_toka, write_config
 from llm_server import scripted_server, server_error, tool_call
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
-from prefect.events.worker import EventsWorker
 from prefect.input.actions import read_flow_run_input
-from test_llm_runs import llm_config, prompts
-from test_people import paused_run, run_in_background
+from test_llm_runs import llm_config, model_from_environment, prompts
 from test_resume import agent_task_runs
+from waiting import human_events, next_pause, paused_run, run_in_background
 
 from toka_agents import TokaError, answer, approve, reject, run
 from toka_agents.orchestration.flow import RUN_LABEL
@@ -43,49 +41,10 @@ def shipping(tmp_path, name: str, extra: str = ""):
     )
 
 
-def next_pause(flow_run_id: UUID, after: str | None = None, within: float = 60) -> tuple[str, str]:
-    """The pause key and the form's description of the run's next pause after `after`."""
-    deadline = time.monotonic() + within
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            state = client.read_flow_run(flow_run_id).state
-            if state is not None and state.is_paused() and state.state_details.pause_key != after:
-                keyset = state.state_details.run_input_keyset
-                if keyset is not None:
-                    try:
-                        description = read_flow_run_input(keyset["description"], flow_run_id)
-                    except Exception:  # saved a moment after the pause
-                        description = None
-                    if description is not None:
-                        return str(state.state_details.pause_key), description
-            time.sleep(0.3)
-    raise AssertionError(f"flow run {flow_run_id} did not pause again within {within}s")
-
-
 def running_containers(docker_client, flow_run_id: UUID) -> list[str]:
     labels = [f"{LABEL_MANAGED}=1", f"{RUN_LABEL}={flow_run_id}"]
     found = docker_client.api.containers(filters={"label": labels, "status": "running"})
     return [c["Names"][0] for c in found]
-
-
-def human_events(since: datetime, count: int, within: float = 30) -> list[tuple[str, dict]]:
-    """The `toka.human.*` events since `since`, once the server has stored `count` of them."""
-    EventsWorker.drain_all(timeout=10)
-    deadline = time.monotonic() + within
-    with get_client(sync_client=True) as client:
-        while True:
-            page = client.read_events(
-                filter=EventFilter(
-                    occurred=EventOccurredFilter(
-                        since=since, until=datetime.now(UTC) + timedelta(minutes=1)
-                    ),
-                    event=EventNameFilter(prefix=["toka.human."]),
-                ),
-                limit=50,
-            )
-            if len(page.events) >= count or time.monotonic() > deadline:
-                return sorted(((e.event, e.payload) for e in page.events), key=lambda pair: pair[0])
-            time.sleep(0.5)
 
 
 def test_a_task_waits_for_approval_shown_in_the_form_and_listed_and_the_cli_approves(
@@ -182,7 +141,9 @@ def test_an_approval_nobody_gives_fails_its_task_after_human_timeout(tmp_path, w
 
 SECOND = (
     "access = 'user'\n"
-    "flag = access != 'user'  # \u202e admin only\n" + "# padding\n" * 1_500 + "open('b.txt', 'w').write('b')"
+    "flag = access != 'user'  # \u202e admin only\n"
+    + "# padding\n" * 1_500
+    + "open('b.txt', 'w').write('b')"
 )
 """A second program with a bidi override in it, longer than an event carries."""
 
@@ -311,9 +272,7 @@ def test_the_approve_and_ask_example_asks_one_question_and_needs_one_approval(
         tool_call("finish", success=True, summary="Release Aurora: notes written."),
     )
     with scripted_server(*script, api_key=api_key) as server:
-        monkeypatch.setenv("OPENAI_BASE_URL", server.openai_base_url)
-        monkeypatch.setenv("OPENAI_API_KEY", api_key)
-        monkeypatch.setenv("TOKA_LLM_MODEL", "model-from-env")
+        model_from_environment(monkeypatch, server, api_key)
         thread, results = run_in_background(EXAMPLES / "approve-and-ask.yaml", workspace_root)
         flow_run_id = paused_run("approve-and-ask")
         question, description = next_pause(flow_run_id)

@@ -61,6 +61,14 @@ def llm_config(directory: Path, server, agents: str, name: str = "llm-run", **ll
     return write_config(directory, body)
 
 
+def model_from_environment(monkeypatch, server, api_key: str) -> None:
+    """The model of an example config (which leaves `llm.model` and `base_url` unset) from the
+    environment, as the official SDKs read it: the scripted server."""
+    monkeypatch.setenv("OPENAI_BASE_URL", server.openai_base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", api_key)
+    monkeypatch.setenv("TOKA_LLM_MODEL", "model-from-env")
+
+
 def prompts(server) -> list[list[dict]]:
     """The messages of each request the model server received, in order."""
     return [r.body["messages"] for r in server.requests_to(OPENAI_PATH)]
@@ -604,9 +612,7 @@ def test_the_llm_team_example_reads_its_endpoint_from_the_environment_and_does_r
         tool_call("finish", success=True, summary="report.md describes three sensors and two outliers."),
     )
     with scripted_server(*script, api_key=api_key) as server:
-        monkeypatch.setenv("OPENAI_BASE_URL", server.openai_base_url)
-        monkeypatch.setenv("OPENAI_API_KEY", api_key)
-        monkeypatch.setenv("TOKA_LLM_MODEL", "model-from-env")
+        model_from_environment(monkeypatch, server, api_key)
         result = run(EXAMPLES / "llm-team.yaml", workspace_root=workspace_root)
         sent = server.requests_to(OPENAI_PATH)
     assert result.ok, result.state.message

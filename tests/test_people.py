@@ -5,24 +5,19 @@ on 127.0.0.1."""
 
 from __future__ import annotations
 
-import contextvars
-import threading
 import time
-from datetime import UTC, datetime, timedelta
-from uuid import UUID
+from datetime import UTC, datetime
 
 import pytest
 from conftest import run_toka
 from llm_server import scripted_server, tool_call
 from prefect import get_client
-from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
-from prefect.events.worker import EventsWorker
 from prefect.input.actions import read_flow_run_input
 from test_flows import artifacts
 from test_llm_runs import llm_config, prompts
+from waiting import human_events, next_pause, paused_run, run_in_background
 
-from toka_agents import RunResult, TokaError, answer, run
+from toka_agents import TokaError, answer, run
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
 
@@ -31,30 +26,6 @@ ASKER = """
   human: ask
   tasks: [{name: choose, instruction: Choose a colour for the report.}]
 """
-
-
-def run_in_background(config, workspace_root) -> tuple[threading.Thread, list[RunResult]]:
-    results: list[RunResult] = []
-    context = contextvars.copy_context()
-    thread = threading.Thread(  # a daemon: a failed test's waiting run cannot hold the session
-        target=lambda: context.run(lambda: results.append(run(config, workspace_root=workspace_root))),
-        daemon=True,
-    )
-    thread.start()
-    return thread, results
-
-
-def paused_run(flow_name: str, within: float = 60) -> UUID:
-    """The id of the flow run of `flow_name` once it is Paused."""
-    deadline = time.monotonic() + within
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])))
-            for flow_run in runs:
-                if flow_run.state is not None and flow_run.state.is_paused():
-                    return flow_run.id
-            time.sleep(0.3)
-    raise AssertionError(f"no run of {flow_name} paused within {within}s")
 
 
 def test_an_agent_asks_a_person_who_answers_and_the_model_reads_the_answer(
@@ -102,18 +73,7 @@ def test_an_agent_asks_a_person_who_answers_and_the_model_reads_the_answer(
     versions = [a for a in artifacts(result.flow_run_id) if a.key == "asker-choose-conversation"]
     conversation = max(versions, key=lambda a: a.created)
     assert "ask_human" in conversation.data and "Blue, please." in conversation.data
-    EventsWorker.drain_all(timeout=10)
-    with get_client(sync_client=True) as client:
-        page = client.read_events(
-            filter=EventFilter(
-                occurred=EventOccurredFilter(
-                    since=since, until=datetime.now(UTC) + timedelta(minutes=1)
-                ),
-                event=EventNameFilter(prefix=["toka.human."]),
-            ),
-            limit=50,
-        )
-    payloads = {event.event: event.payload for event in page.events}
+    payloads = dict(human_events(since, 2))
     assert payloads["toka.human.asked"]["question"] == "Which colour, <b>red</b> or blue?"
     assert payloads["toka.human.answered"]["answer"] == "Blue, please."
 
@@ -182,8 +142,6 @@ TWO_ASKERS = """
 def test_two_agents_asking_at_once_are_asked_one_after_the_other_while_others_run(
     tmp_path, workspace_root, api_key
 ):
-    from test_approvals import next_pause
-
     script = (
         tool_call("ask_human", question="First question?"),
         tool_call("ask_human", question="Second question?"),

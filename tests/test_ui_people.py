@@ -20,9 +20,10 @@ from llm_server import scripted_server, tool_call
 from playwright.sync_api import expect
 from prefect import get_client
 from test_llm_runs import llm_config, prompts
-from test_people import ASKER, paused_run, run_in_background
+from test_people import ASKER
 from test_ui_browser import browser, page, shot, ui_of  # noqa: F401
 from test_ui_task_pages import in_a_thread
+from waiting import paused_run, run_in_background
 
 from toka_agents import TokaError, answer
 
