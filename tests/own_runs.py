@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import time
 import uuid
@@ -124,7 +125,8 @@ def signal_mid_run(
     with stdout.open("w") as out, stderr.open("w") as err:
         process = subprocess.Popen(
             [TOKA, "orchestrate", str(config), "--workspace-dir", str(workspace_root)],
-            env={**os.environ, "PREFECT_API_URL": prefect_api},
+            # A process that does not end is made to say where each thread is (SIGABRT).
+            env={**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONFAULTHANDLER": "1"},
             stdout=out,
             stderr=err,
             cwd=REPO,
@@ -135,7 +137,15 @@ def signal_mid_run(
         wait_for_running_container(docker_client, flow_run_id)
         process.send_signal(sig)
         took = seconds_until_gone(docker_client, flow_run_id, bound)
-        process.wait(timeout=60)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            process.wait(timeout=10)
+            raise AssertionError(
+                f"toka orchestrate did not end within 60 s of signal {sig}; its threads:\n"
+                + stderr.read_text()[-20_000:]
+            ) from None
     finally:
         process.kill()
         process.wait()
