@@ -130,6 +130,9 @@ def signal_mid_run(
             stdout=out,
             stderr=err,
             cwd=REPO,
+            # As in a terminal, whatever started the tests: a shell's background job (`cmd &`
+            # without job control) hands its children SIGINT ignored, and Python keeps it so.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     flow_run_id = None
     try:
