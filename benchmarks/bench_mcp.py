@@ -19,6 +19,7 @@ container, `initialize` and `tools/list`), measured over a few starts.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -32,7 +33,7 @@ from bench_sandbox import percentile, print_table, wait_for_pool  # noqa: E402
 from support import sandbox_spec  # noqa: E402
 
 from toka_agents.config.mcp import McpServer  # noqa: E402
-from toka_agents.llm.mcp import McpServers  # noqa: E402
+from toka_agents.llm.mcp import Launch, McpServers  # noqa: E402
 from toka_agents.sandbox import Sandbox, connect  # noqa: E402
 from toka_agents.sandbox.images import build_mcp_image  # noqa: E402
 from toka_agents.tool_servers import server_spec  # noqa: E402
@@ -60,22 +61,20 @@ def main() -> None:
     print(f"MCP tool call against run_code of the same work, {args.calls} calls each, alternating\n")
     times: dict[str, list[float]] = {"mcp": [], "run_code (warm)": [], "run_code (cold)": []}
     starts: list[float] = []
+
+    def launch(sandbox: Sandbox) -> Launch:
+        return functools.partial(sandbox.process, server_spec(spec, server), list(server.command))
+
     with Sandbox(client, LABELS, pool_size=1) as pooled, Sandbox(client, LABELS) as cold:
         for _ in range(args.starts):
             began = time.perf_counter()
-            with (
-                pooled.process(server_spec(spec, server), server.command) as process,
-                McpServers() as servers,
-            ):
-                servers.start("time", process.argv, process.env, timeout=60)
+            with McpServers() as servers:
+                servers.start("time", launch(pooled), timeout=60)
             starts.append(time.perf_counter() - began)
         pooled.run(spec)  # the pool's first container
         cold.run(spec)  # the image's first start
-        with (
-            pooled.process(server_spec(spec, server), server.command) as process,
-            McpServers() as servers,
-        ):
-            servers.start("time", process.argv, process.env, timeout=60)
+        with McpServers() as servers:
+            servers.start("time", launch(pooled), timeout=60)
             servers.call("time__get_current_time", {"timezone": "Europe/Berlin"})  # first call
             for _ in range(args.calls):
                 began = time.perf_counter()

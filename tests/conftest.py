@@ -165,6 +165,19 @@ def sandbox_image(docker_client) -> str:
     return DEFAULT_IMAGE
 
 
+TIME_SERVER = "mcp-server-time==2026.10.19"
+"""The reference MCP server from the package index that MCP tests run (and whose image, which
+has the `mcp` SDK, runs their probe servers)."""
+
+
+@pytest.fixture(scope="session")
+def time_image(docker_client, sandbox_image) -> str:
+    """`toka-mcp-server-time:1`, built once per session (as `toka sandbox build --mcp` does)."""
+    from toka_agents.sandbox.images import build_mcp_image
+
+    return build_mcp_image(docker_client, TIME_SERVER, log=lambda line: None)
+
+
 def toka_containers(client) -> list[str]:
     return [c["Id"] for c in client.api.containers(all=True, filters={"label": [LABEL]})]
 

@@ -15,17 +15,10 @@ from test_flows import artifacts, task_runs
 from test_llm_runs import llm_config, model_from_environment, prompts
 
 from toka_agents import run
-from toka_agents.sandbox.images import build_mcp_image
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
 
-TIME_SERVER = "mcp-server-time==2026.10.19"
 REPO_README = REPO / "README.md"
-
-
-@pytest.fixture(scope="session")
-def time_image(docker_client, sandbox_image) -> str:
-    return build_mcp_image(docker_client, TIME_SERVER, log=lambda line: None)
 
 
 def clock_agent(image: str, tools: str = "") -> str:

@@ -1,13 +1,19 @@
 """MCP servers as an agent's tools, spoken to through the official `mcp` SDK.
 
-A server is a process whose stdin and stdout the SDK's stdio transport speaks to: for
-toka-agents, a host process attached to a sandbox container (`Sandbox.process`). At its start:
-`initialize`, then `tools/list` once. The tools are pinned for the task: a later
-`tools/list_changed` changes nothing (it is logged). Each tool is offered to the model as
-`SERVER__TOOL` with its description and input schema; a call goes to the server's `tools/call`,
-and the result's text and structured content come back as the tool's result (`isError`: a
-tool error the model reads). A server that fails or does not answer within its timeout fails
-the call with a named reason, its last line of stderr included.
+A server is either a process whose stdin and stdout toka-agents' bounded stdio transport
+(`mcp_stdio`) speaks to: for toka-agents, a host process attached to a sandbox container
+(`Sandbox.process`); or an HTTP endpoint the SDK's streamable HTTP client speaks to, from the
+runner. At its start: `initialize`, then `tools/list` once. The tools are pinned for the task:
+a later `tools/list_changed` changes nothing (it is logged). Each tool is offered to the model
+as `SERVER__TOOL` with its description and input schema; a call goes to the server's
+`tools/call`, and the result's text and structured content come back as the tool's result
+(`isError`: a tool error the model reads). A server that fails or does not answer within its
+timeout fails the call with a named reason, its last line of stderr included.
+
+A stdio server whose process ended (it exited, or was cut off for what it wrote) fails the
+call that saw it, and the next call starts it again, once: a new process (container), then
+`initialize` and `tools/list`; the task keeps the tools it was offered (a changed list is
+logged) and calls only those the new process still has. After a second end it stays down.
 
 The SDK is async; `McpServers` runs the sessions in a thread of their own (an anyio blocking
 portal), so that the agent loop calls them as plain functions.
@@ -20,29 +26,47 @@ import functools
 import json
 import logging
 import re
-import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import IO, Any
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
+import httpx2
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from mcp import ClientSession, StdioServerParameters, types
-from mcp.client.stdio import stdio_client
+from mcp import ClientSession, types
+from mcp.client.streamable_http import streamable_http_client
 
-from toka_agents import text
 from toka_agents.errors import TokaError, one_line
+from toka_agents.llm.mcp_stdio import StdioConnection, bounded_stdio
 from toka_agents.llm.messages import ToolSpec
 
 RESULT_SHOWN = 8_000
 """Characters of a tool's result the model reads (the same bound as `run_code`'s output)."""
 DESCRIPTION_SHOWN = 2_000
 """Characters of a tool's description the model is offered."""
+EXIT_WAIT = 5.0
+"""Seconds a server whose output ended has to exit before its call's reason is given without
+its exit code."""
 
 logger = logging.getLogger(__name__)
 
 
 class McpServerError(TokaError):
     """An MCP server could not start, or does not have what the config names."""
+
+
+class Process(Protocol):
+    """A host process to start (`argv`, with `env`) whose stdin and stdout are a server's."""
+
+    @property
+    def argv(self) -> Sequence[str]: ...
+    @property
+    def env(self) -> Mapping[str, str]: ...
+
+
+Launch = Callable[[], contextlib.AbstractContextManager[Process]]
+"""Makes a stdio server's process (a container, for toka-agents) for as long as its block
+lasts; called again for a restart."""
 
 
 @dataclass(frozen=True)
@@ -58,18 +82,22 @@ class McpTool:
 @dataclass
 class _Server:
     name: str
-    session: ClientSession
     timeout: float
-    stderr: IO[str]
+    launch: Launch | None
+    """None for an HTTP server: it is never restarted."""
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    session: ClientSession | None = None
+    connection: StdioConnection | None = None
+    listed: frozenset[str] = frozenset()
+    """The tools its current process has."""
+    restarts: int = 0
+    down: str | None = None
+    """Why it stays out of service, once it does."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def last_words(self) -> str:
-        return _last_words(self.stderr)
-
-
-def _last_words(stderr: IO[str]) -> str:
-    stderr.seek(0)
-    lines = [line for line in stderr.read()[-4000:].splitlines() if line.strip()]
-    return f"; its last line of stderr: {text.one_line(lines[-1], 300)}" if lines else ""
+        said = self.connection.last_line() if self.connection is not None else ""
+        return f"; its last line of stderr: {said}" if said else ""
 
 
 def offered_name(server: str, tool: str, taken: Sequence[str]) -> str:
@@ -85,7 +113,8 @@ def offered_name(server: str, tool: str, taken: Sequence[str]) -> str:
 
 
 class McpServers:
-    """The MCP servers of one task, started with `start` and all stopped when the block ends."""
+    """The MCP servers of one task, started with `start` or `start_http` and all stopped when
+    the block ends."""
 
     def __init__(self) -> None:
         self._stack = contextlib.ExitStack()
@@ -99,47 +128,87 @@ class McpServers:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        for server in reversed(self._servers.values()):
+            _close(server)
         try:
             self._stack.close()
-        except Exception as exc:  # a server that died takes its transport with it
+        except Exception as exc:
             logger.warning("stopping MCP servers: %s", one_line(exc))
 
     def start(
+        self, name: str, launch: Launch, *, timeout: float, allowed: Sequence[str] | None = None
+    ) -> list[McpTool]:
+        """Start the stdio server `name` (the process `launch` makes), list its tools once and
+        offer them (only `allowed`, when given); return them. Raises `McpServerError` in one
+        line (and `launch`'s own errors)."""
+        server = self._servers[name] = _Server(name, timeout, launch)
+        listed = self._open(server)
+        return self._offer(server, listed, allowed)
+
+    def start_http(
         self,
         name: str,
-        argv: Sequence[str],
-        env: Mapping[str, str],
+        url: str,
+        headers: Mapping[str, str],
         *,
         timeout: float,
         allowed: Sequence[str] | None = None,
     ) -> list[McpTool]:
-        """Start server `name` (the process `argv`), list its tools once and offer them (only
-        `allowed`, when given); return them. Raises `McpServerError` in one line."""
+        """Connect to the HTTP server `name` at `url` (streamable HTTP, sending `headers`,
+        whose values are never shown), list its tools once and offer them (only `allowed`,
+        when given); return them. Raises `McpServerError` in one line."""
         portal = self._portal
         assert portal is not None, "start inside the `with` block"
-        stderr = self._stack.enter_context(tempfile.TemporaryFile("w+"))  # noqa: SIM115
-        params = StdioServerParameters(command=argv[0], args=list(argv[1:]), env=dict(env))
+        server = self._servers[name] = _Server(name, timeout, None)
+        client = httpx2.AsyncClient(headers=dict(headers), timeout=httpx2.Timeout(timeout))
         try:
-            read, write = self._stack.enter_context(
-                portal.wrap_async_context_manager(stdio_client(params, errlog=stderr))
+            stack = server.stack
+            stack.enter_context(portal.wrap_async_context_manager(client))
+            read, write = stack.enter_context(
+                portal.wrap_async_context_manager(streamable_http_client(url, http_client=client))
             )
-            session = self._stack.enter_context(
-                portal.wrap_async_context_manager(
-                    ClientSession(
-                        read,
-                        write,
-                        read_timeout_seconds=timeout,
-                        message_handler=functools.partial(_notice, name),
-                    )
+            listed = self._initialize(server, read, write)
+        except Exception as exc:
+            # The transport's own failure (a refused connection, say) comes out as it closes.
+            said = _close(server, quietly=True) or _reason(exc, timeout)
+            raise McpServerError(f"mcp server {name!r} did not start at {url}: {said}") from None
+        return self._offer(server, listed, allowed)
+
+    def _open(self, server: _Server) -> list[types.Tool]:
+        """Start a stdio server's process and session; its tools. Raises `McpServerError`."""
+        portal = self._portal
+        assert portal is not None and server.launch is not None, "start inside the `with` block"
+        server.stack = contextlib.ExitStack()
+        server.connection = connection = StdioConnection(server.name)
+        process = server.stack.enter_context(server.launch())
+        try:
+            read, write = server.stack.enter_context(
+                portal.wrap_async_context_manager(bounded_stdio(connection, process.argv, process.env))
+            )
+            return self._initialize(server, read, write)
+        except Exception as exc:
+            ended = portal.call(connection.ended, 2.0)
+            said = ended or f"{_reason(exc, server.timeout)}{server.last_words()}"
+            _close(server, quietly=True)
+            raise McpServerError(f"mcp server {server.name!r} did not start: {said}") from None
+
+    def _initialize(self, server: _Server, read: Any, write: Any) -> list[types.Tool]:
+        portal = self._portal
+        assert portal is not None
+        session = server.stack.enter_context(
+            portal.wrap_async_context_manager(
+                ClientSession(
+                    read,
+                    write,
+                    read_timeout_seconds=server.timeout,
+                    message_handler=functools.partial(_notice, server.name),
                 )
             )
-            server = self._servers[name] = _Server(name, session, timeout, stderr)
-            portal.call(session.initialize)
-            listed = portal.call(session.list_tools)
-        except Exception as exc:
-            said = f"{_reason(exc, timeout)}{_last_words(stderr)}"
-            raise McpServerError(f"mcp server {name!r} did not start: {said}") from None
-        return self._offer(server, listed.tools, allowed)
+        )
+        portal.call(session.initialize)
+        tools = portal.call(session.list_tools).tools
+        server.session, server.listed = session, frozenset(tool.name for tool in tools)
+        return tools
 
     def _offer(
         self, server: _Server, tools: Sequence[types.Tool], allowed: Sequence[str] | None
@@ -172,13 +241,22 @@ class McpServers:
 
     def call(self, name: str, arguments: dict[str, Any]) -> tuple[str, bool]:
         """Call the offered tool `name`; return what the model reads and whether it is an
-        error. A failed or silent server is an error too, named."""
+        error. A failed, silent or ended server is an error too, named; an ended stdio
+        server is started again for the call after the one that saw it end, once."""
         tool = self.tools[name]
         server = self._servers[tool.server]
-        assert self._portal is not None
+        portal = self._portal
+        assert portal is not None
+        refused = self._ready(server, tool)
+        if refused is not None:
+            return refused, True
+        assert server.session is not None
         try:
-            result = self._portal.call(functools.partial(server.session.call_tool, tool.name, arguments))
+            result = portal.call(functools.partial(server.session.call_tool, tool.name, arguments))
         except Exception as exc:
+            ended = portal.call(server.connection.ended, EXIT_WAIT) if server.connection else None
+            if ended is not None:
+                return f"mcp server {server.name!r} {ended}", True
             return (
                 f"mcp server {server.name!r}: {_reason(exc, server.timeout)}{server.last_words()}",
                 True,
@@ -189,6 +267,59 @@ class McpServers:
                 True,
             )
         return shown_result(result), result.is_error
+
+    def _ready(self, server: _Server, tool: McpTool) -> str | None:
+        """None when `server` may take a call of `tool`, restarting it once if its process
+        ended; else why not."""
+        portal = self._portal
+        assert portal is not None
+        with server.lock:
+            if server.down is None and server.connection is not None:
+                ended = portal.call(server.connection.ended, 0)
+                if ended is not None and server.restarts:
+                    server.down = (
+                        f"mcp server {server.name!r} {ended}; it ended once before and is not "
+                        "started again"
+                    )
+                elif ended is not None:
+                    server.restarts += 1
+                    self._restart(server, ended)
+            if server.down is not None:
+                return server.down
+        if tool.name not in server.listed:
+            return f"mcp server {server.name!r} no longer has tool {tool.name!r} (since its restart)"
+        return None
+
+    def _restart(self, server: _Server, ended: str) -> None:
+        logger.warning("mcp server %r %s: starting it again (once)", server.name, ended)
+        before = server.listed
+        _close(server)
+        try:
+            listed = {tool.name for tool in self._open(server)}
+        except Exception as exc:
+            server.down = f"{one_line(exc)} (starting it again after it {ended})"
+            return
+        if listed != before:
+            logger.warning(
+                "mcp server %r lists other tools since its restart (%s): the task keeps the tools "
+                "it was offered and calls only those it still has",
+                server.name,
+                ", ".join(sorted(listed)) or "none",
+            )
+
+
+def _close(server: _Server, *, quietly: bool = False) -> str | None:
+    """End a server's session, transport and process (its container), whatever state it is in;
+    return why that failed (logged, unless `quietly`), if it did."""
+    stack, server.stack, server.session = server.stack, contextlib.ExitStack(), None
+    try:
+        stack.close()
+    except Exception as exc:  # a server that died takes its transport with it
+        said = _reason(exc, server.timeout)
+        if not quietly:
+            logger.warning("stopping mcp server %r: %s", server.name, said)
+        return said
+    return None
 
 
 def shown_result(result: types.CallToolResult) -> str:
@@ -222,7 +353,7 @@ def _says(said: str, structured: Any) -> bool:
 
 
 def _reason(exc: BaseException, timeout: float) -> str:
-    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     said = one_line(exc)
     if isinstance(exc, TimeoutError) or "timed out" in said.lower():

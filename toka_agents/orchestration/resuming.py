@@ -43,6 +43,7 @@ from toka_agents.executor import ExecutionContext, model_of
 from toka_agents.llm.loop import redact
 from toka_agents.planning import PlannedTask
 from toka_agents.sandbox.workspace import default_root
+from toka_agents.tool_servers import header_values
 
 ATTEMPT_KEY_SPAN = 1_000_000
 """Task runs an attempt may make of one Prefect task before its dynamic keys meet the next's."""
@@ -128,15 +129,17 @@ def glob_escape(text: str) -> str:
 
 
 def task_secrets(task: PlannedTask, context: ExecutionContext) -> list[str]:
-    """The API key an LLM task's model is called with, to redact from its stored steps."""
+    """The API key an LLM task's model is called with and the header values its HTTP MCP
+    servers are sent, to redact from its stored steps."""
     agent = context.agents.get(task.agent)
     if agent is None or agent.llm is None:
         return []
+    headers = header_values(agent.mcp_servers)
     try:
         _, key = model_of(agent.llm, context.api_keys)
     except LlmError:
-        return []
-    return [key.get_secret_value()] if key is not None else []
+        return headers
+    return [key.get_secret_value(), *headers] if key is not None else headers
 
 
 def redacting(fn: Callable[..., Any], secrets: Sequence[str]) -> Callable[..., Any]:

@@ -35,12 +35,27 @@ def parse_allow(entries: list[str]) -> tuple[set[str], set[tuple[str, int]]]:
     return any_port, pairs
 
 
-ANY_PORT, PAIRS = parse_allow(json.loads(sys.argv[1]) if len(sys.argv) > 1 else [])
+def allows(entries: list[str], host: str, port: int) -> bool:
+    """Whether the allow list `entries` lets `host:port` through: the matching of the proxy,
+    and of toka-agents on the host for what it reaches on an agent's behalf (an MCP server
+    over HTTP)."""
+    any_port, pairs = parse_allow(entries)
+    return _matches(any_port, pairs, host, port)
+
+
+def _matches(any_port: set[str], pairs: set[tuple[str, int]], host: str, port: int) -> bool:
+    host = host.lower().rstrip(".")
+    return host in any_port or (host, port) in pairs
+
+
+# Run as the proxy (`python3 -c SOURCE ALLOW_JSON`), the allow list is its first argument.
+ANY_PORT, PAIRS = parse_allow(
+    json.loads(sys.argv[1]) if __name__ == "__main__" and len(sys.argv) > 1 else []
+)
 
 
 def allowed(host: str, port: int) -> bool:
-    host = host.lower().rstrip(".")
-    return host in ANY_PORT or (host, port) in PAIRS
+    return _matches(ANY_PORT, PAIRS, host, port)
 
 
 def relay(one: socket.socket, other: socket.socket) -> None:
