@@ -1,9 +1,10 @@
 """Benchmark of the sandbox's warm pool against a cold container per task, in one run.
 
-Part 1, latency: `print(1)` run through `Sandbox.run` N times from a pool whose container is
-ready (the pool refills between calls, untimed), alternating with N runs in a fresh
-container each (`pool_size=0`), so both see the same machine load. It prints p50 and p95 of
-each and the ratio cold / warm (targets: warm p50 <= 25 ms, and at least 8x faster than cold).
+Part 1, latency: `print(1)` run N times in a task's live session (one container serving every
+call, `Sandbox.session`), through `Sandbox.run` from a pool whose container is ready (the pool
+refills between calls, untimed), and in a fresh container each (`pool_size=0`), the three
+alternating so all see the same machine load. It prints p50 and p95 of each and the ratios
+(targets: session p50 <= 10 ms; warm p50 <= 25 ms, and at least 8x faster than cold).
 
 Part 2, throughput: T small code tasks (a few lines of Python that write and read a file in
 /tmp) with C at once, through a pool of C and through cold containers; tasks per second of
@@ -31,9 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # suppor
 from support import sandbox_spec  # noqa: E402
 
 from toka_agents.sandbox import Sandbox, SandboxResult, SandboxSpec, connect, create_workspace  # noqa: E402
+from toka_agents.sandbox.session import SandboxSession  # noqa: E402
 
 MB = 1024**2
 WARM_P50_TARGET_MS = 25.0
+SESSION_P50_TARGET_MS = 10.0
 RATIO_TARGET = 8.0
 LABELS = {"org.toka-agents.bench": "sandbox"}
 SMALL_TASK = """
@@ -60,7 +63,7 @@ def percentile(values: Sequence[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
-def timed(sandbox: Sandbox, spec: SandboxSpec) -> tuple[float, SandboxResult]:
+def timed(sandbox: Sandbox | SandboxSession, spec: SandboxSpec) -> tuple[float, SandboxResult]:
     began = time.perf_counter()
     result = sandbox.run(spec)
     took = time.perf_counter() - began
@@ -78,16 +81,23 @@ def wait_for_pool(sandbox: Sandbox, size: int, bound: float = 60.0) -> None:
 
 
 def part_latency(client, workspace: Path, calls: int) -> None:
-    print(f"Part 1: latency of print(1), {calls} calls each, warm and cold alternating\n")
+    print(f"Part 1: latency of print(1), {calls} calls each, session, warm and cold alternating\n")
     spec = spec_of("print(1)", workspace)
+    session_times: list[float] = []
     warm_times: list[float] = []
     cold_times: list[float] = []
     missed = 0
-    with Sandbox(client, LABELS, pool_size=1) as pooled, Sandbox(client, LABELS) as cold:
-        # (Both carry LABELS: the first to close removes the other's leftovers too; none run then.)
+    with (
+        Sandbox(client, LABELS, pool_size=1) as pooled,
+        Sandbox(client, LABELS) as cold,
+        cold.session(spec) as session,
+    ):
+        # (All carry LABELS: the first to close removes the others' leftovers too; none run then.)
         timed(pooled, spec)  # creates the pool
         timed(cold, spec)  # the image's first start is not measured either
+        timed(session, spec)  # the session's container starts at its first call
         for _ in range(calls):
+            session_times.append(timed(session, spec)[0])
             wait_for_pool(pooled, 1)
             took, result = timed(pooled, spec)
             if result.warm:
@@ -95,24 +105,30 @@ def part_latency(client, workspace: Path, calls: int) -> None:
             else:
                 missed += 1
             cold_times.append(timed(cold, spec)[0])
+    kinds = {"live session": session_times, "warm (pool)": warm_times, "cold": cold_times}
     stats = {
         name: (statistics.median(times) * 1000, percentile(times, 0.95) * 1000)
-        for name, times in (("warm (pool)", warm_times), ("cold", cold_times))
+        for name, times in kinds.items()
     }
     print_table(
         ["sandbox", "calls", "p50 ms", "p95 ms"],
         [
-            [name, str(len(times)), f"{p50:.1f}", f"{p95:.1f}"]
-            for (name, (p50, p95)), times in zip(stats.items(), (warm_times, cold_times), strict=True)
+            [name, str(len(kinds[name])), f"{p50:.1f}", f"{p95:.1f}"]
+            for name, (p50, p95) in stats.items()
         ],
     )
-    (warm_p50, warm_p95), (cold_p50, cold_p95) = stats.values()
+    (session_p50, session_p95), (warm_p50, warm_p95), (cold_p50, cold_p95) = stats.values()
     ratio = cold_p50 / warm_p50
     print(f"\ncold / warm: p50 {ratio:.1f}x, p95 {cold_p95 / warm_p95:.1f}x")
+    print(f"warm / session: p50 {warm_p50 / session_p50:.1f}x, p95 {warm_p95 / session_p95:.1f}x")
     print(
         f"warm p50 {warm_p50:.1f} ms (target <= {WARM_P50_TARGET_MS:.0f} ms: "
         f"{'met' if warm_p50 <= WARM_P50_TARGET_MS else 'MISSED'}); "
         f"p50 ratio {ratio:.1f}x (target >= {RATIO_TARGET:.0f}x: {'met' if ratio >= RATIO_TARGET else 'MISSED'})"
+    )
+    print(
+        f"session p50 {session_p50:.1f} ms (target <= {SESSION_P50_TARGET_MS:.0f} ms: "
+        f"{'met' if session_p50 <= SESSION_P50_TARGET_MS else 'MISSED'})"
     )
     if missed:
         print(

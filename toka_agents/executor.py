@@ -40,7 +40,8 @@ from toka_agents.planning import PlannedAgent, PlannedTask, plan
 from toka_agents.sandbox import Sandbox, SandboxCancelled, SandboxResult, SandboxSpec
 from toka_agents.sandbox.output import OutputCallback
 from toka_agents.sandbox.spec import SANDBOX_USER
-from toka_agents.tool_servers import task_servers
+from toka_agents.tool_sandbox import SandboxUsage
+from toka_agents.tool_servers import header_values, task_servers
 
 Status = Literal["completed", "failed", "skipped", "cancelled", "dry-run"]
 NO_SUMMARY = "(no summary given)"
@@ -186,6 +187,7 @@ def run_llm_task(
         servers = task_servers(context.sandbox, usage.spec, agent.mcp_servers)
         with (
             servers as started_servers,
+            usage.session_for(task.sandbox_session),
             Gateway(settings, api_key=key, acquire=acquire, cancel=context.cancel) as gateway,
         ):
             toolbox = Toolbox(
@@ -195,6 +197,8 @@ def run_llm_task(
                 approve=approve,
                 held=frozenset(task.approval_tools),
                 servers=started_servers,
+                session=usage.session is not None,
+                run_file_tool=usage.run_file_tool,
             )
             served = [tool.spec for tool in started_servers.tools.values()] if started_servers else []
             result = run_loop(
@@ -205,7 +209,10 @@ def run_llm_task(
                 max_tokens=settings.max_tokens_per_task,
                 timeout=task.limits.timeout,
                 runner=runner,
-                secrets=[key.get_secret_value()] if key is not None else [],
+                secrets=[
+                    *([key.get_secret_value()] if key is not None else []),
+                    *header_values(agent.mcp_servers),
+                ],
                 cancel=context.cancel,
             )
     except SandboxCancelled:
@@ -245,40 +252,6 @@ def model_of(
     if key is None:
         raise LlmError(f"the Prefect Secret block {settings.api_key_secret!r} was not read")
     return settings, key
-
-
-class SandboxUsage:
-    """`run_code` for an agent's toolbox that adds up what its containers used."""
-
-    def __init__(self, sandbox: Sandbox, spec: SandboxSpec) -> None:
-        self.sandbox = sandbox
-        self.spec = spec
-        self.peak_memory: int | None = None
-        self.peak_pids: int | None = None
-        self.cpu_seconds: float | None = None
-        self.stdout_bytes: int | None = None
-        self.stderr_bytes: int | None = None
-        self.disk_written: int | None = None
-        self.image_digest: str | None = None
-
-    def run_code(self, language: str, source: str) -> SandboxResult:
-        result = self.sandbox.run(self.spec.model_copy(update={"language": language, "source": source}))
-        self.peak_memory = _most(self.peak_memory, result.peak_memory)
-        self.peak_pids = _most(self.peak_pids, result.peak_pids)
-        self.cpu_seconds = _sum(self.cpu_seconds, result.cpu_seconds)
-        self.stdout_bytes = _sum(self.stdout_bytes, result.stdout_bytes)
-        self.stderr_bytes = _sum(self.stderr_bytes, result.stderr_bytes)
-        self.disk_written = _sum(self.disk_written, result.disk_written)
-        self.image_digest = result.image_digest or self.image_digest
-        return result
-
-
-def _most(so_far: int | None, new: int | None) -> int | None:
-    return so_far if new is None else max(so_far or 0, new)
-
-
-def _sum(so_far: Any, new: Any) -> Any:
-    return so_far if new is None else (so_far or 0) + new
 
 
 def outcome_from_loop(

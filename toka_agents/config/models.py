@@ -145,6 +145,13 @@ class CodeTask(_Model):
     approval: CodeApproval = Field(None, description=APPROVAL_HELP)
 
 
+SESSION_HELP = (
+    "Whether an LLM task's tool calls share one live container for the task's life (Python "
+    "variables, /tmp and processes persist between `run_code` calls); false: a fresh container "
+    "for every call."
+)
+
+
 class LlmTask(_Model):
     """A task an LLM agent loop carries out from an instruction."""
 
@@ -163,6 +170,7 @@ class LlmTask(_Model):
     )
     approval: Approval | None = Field(None, description=TOOL_APPROVAL_HELP)
     human: HumanRole | None = Field(None, description=HUMAN_HELP + " Default: its agent's.")
+    sandbox_session: bool | None = Field(None, description=SESSION_HELP + " Default: its agent's.")
 
 
 def _task_kind(value: Any) -> str | None:
@@ -354,6 +362,7 @@ class Agent(_Model):
     mcp_servers: list[McpServer] = Field(
         [], description="MCP servers its LLM tasks use, and the orchestration's (by name, its own win)."
     )
+    sandbox_session: bool = Field(True, description=SESSION_HELP)
     extra: dict[str, Any] = Field(
         {}, description="Keys of the source spec that toka-agents keeps but does not act on."
     )

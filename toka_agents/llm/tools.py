@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import secrets
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -59,6 +60,17 @@ RUN_CODE = ToolSpec(
         "required": ["language", "source"],
         "additionalProperties": False,
     },
+)
+RUN_CODE_IN_SESSION = RUN_CODE.model_copy(
+    update={
+        "description": (
+            "Run a Python 3 program or a POSIX shell script in your sandbox: one container kept "
+            "for this task, with your limits, whose working directory is the shared workspace "
+            "/workspace. Python calls share one interpreter, as cells of a notebook do: "
+            "variables, imports and functions of one call are there in the next. /tmp persists "
+            "for the task too. Returns the exit code, stdout and stderr."
+        )
+    }
 )
 _PATH = {"type": "string", "description": "A path in /workspace, relative to it or absolute."}
 LIST_FILES = ToolSpec(
@@ -121,12 +133,18 @@ ASK_HUMAN = ToolSpec(
 
 
 def tool_specs(
-    *, may_write: bool, may_ask: bool = False, served: Sequence[ToolSpec] = ()
+    *,
+    may_write: bool,
+    may_ask: bool = False,
+    served: Sequence[ToolSpec] = (),
+    session: bool = False,
 ) -> list[ToolSpec]:
     """The tools of an agent; `write_file` only for one that may write the workspace,
-    `ask_human` for one whose agent may ask a person, and its MCP servers' tools (`served`)."""
+    `ask_human` for one whose agent may ask a person, and its MCP servers' tools (`served`).
+    `session`: its calls share one live container, and `run_code` says so."""
     optional = [*([WRITE_FILE] if may_write else []), *([ASK_HUMAN] if may_ask else [])]
-    return [RUN_CODE, LIST_FILES, READ_FILE, *optional, *served, FINISH]
+    run_code = RUN_CODE_IN_SESSION if session else RUN_CODE
+    return [run_code, LIST_FILES, READ_FILE, *optional, *served, FINISH]
 
 
 class Verdict(BaseModel):
@@ -163,8 +181,13 @@ class Toolbox:
         approve: Approve | None = None,
         held: frozenset[str] = frozenset(),
         servers: McpServers | None = None,
+        session: bool = False,
+        run_file_tool: RunCode | None = None,
     ) -> None:
         self.run_code = run_code
+        self.run_file_tool = run_file_tool or run_code
+        """Where the file tools' programs run: they see only /workspace, so they need no
+        session, and use one only once the code has started it."""
         self.may_write = may_write
         self.root = root
         self.ask = ask
@@ -173,7 +196,9 @@ class Toolbox:
         """The tools each of whose calls waits for `approve`."""
         self.servers = servers
         served = [tool.spec for tool in servers.tools.values()] if servers is not None else []
-        self.specs = tool_specs(may_write=may_write, may_ask=ask is not None, served=served)
+        self.specs = tool_specs(
+            may_write=may_write, may_ask=ask is not None, served=served, session=session
+        )
 
     def run(self, call: ToolCall) -> ToolResult:
         """Run one call whose name and arguments the gateway has checked against `specs`.
@@ -217,7 +242,7 @@ class Toolbox:
         return None
 
     def _file_tool(self, name: str, args: dict[str, Any]) -> ToolResult:
-        result = self.run_code("python", file_tool_source(name, args, self.root))
+        result = self.run_file_tool("shell", file_tool_script(name, args, self.root))
         if not result.ok:
             return ToolResult(content=f"{name} failed in the sandbox: {result.failure}", is_error=True)
         try:
@@ -241,6 +266,8 @@ def sandbox_runner(sandbox: Sandbox, spec: SandboxSpec) -> RunCode:
 def _code_result(result: SandboxResult) -> ToolResult:
     failure = result.failure
     lines = [f"exit code {result.exit_code}" if failure is None else failure]
+    if result.note:
+        lines.insert(0, f"note: {result.note}")
     for name, text in (("stdout", result.stdout), ("stderr", result.stderr)):
         if text:
             cut = len(text) - OUTPUT_SHOWN
@@ -250,6 +277,14 @@ def _code_result(result: SandboxResult) -> ToolResult:
             )
             lines.append(shown.rstrip("\n"))
     return ToolResult(content="\n".join(lines), is_error=failure is not None)
+
+
+def file_tool_script(name: str, args: dict[str, Any], root: str = WORKSPACE) -> str:
+    """The shell script that carries out one file tool call inside the sandbox: its Python
+    program (`file_tool_source`) as a process of its own, so that it never runs in, or sees,
+    the Python namespace a live session's calls share."""
+    end = f"TOKA_FILE_TOOL_{secrets.token_hex(8)}"
+    return f"exec python3 - <<'{end}'\n{file_tool_source(name, args, root)}\n{end}\n"
 
 
 def file_tool_source(name: str, args: dict[str, Any], root: str = WORKSPACE) -> str:

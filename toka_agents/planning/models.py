@@ -48,6 +48,8 @@ class PlannedTask(_Frozen):
     """It waits for a person's approval before it starts (`approval: required`)."""
     approval_tools: tuple[str, ...] = ()
     """The tools each of whose calls waits for a person's approval (`approval: {tools: ...}`)."""
+    sandbox_session: bool = True
+    """An LLM task whose tool calls share one live container (`sandbox_session`)."""
     limits: TaskLimits
     image: str
     capabilities: tuple[str, ...] = ()

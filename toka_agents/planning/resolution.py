@@ -98,6 +98,10 @@ def plan_agent(
                 asks_human=not isinstance(task, CodeTask) and (task.human or human) == "ask",
                 needs_approval=task.approval == "required",
                 approval_tools=tuple(getattr(task.approval, "tools", ())),
+                sandbox_session=not isinstance(task, CodeTask)
+                and (
+                    task.sandbox_session if task.sandbox_session is not None else agent.sandbox_session
+                ),
                 limits=fixed_limits[limits],
                 image=task.image or image,
                 capabilities=granted,

@@ -82,8 +82,8 @@ def run_attached(
                 start(container.id)
         started = time.monotonic()
         timer.start()
-        _send(stream, payload)
-        for number, chunk in _frames(stream, container):
+        send(stream, payload)
+        for number, chunk in frames(stream, container):
             if number in _STREAMS:
                 capture.add(_STREAMS[number], chunk)
                 # A warm container's result is in: the task is done, and the container,
@@ -108,7 +108,7 @@ def run_attached(
         raise SandboxError(f"container {container} was removed while its task ran")
     output = capture.finish()
     killed_at_limit = timed_out.is_set() or bool(output.report and output.report.timed_out)
-    return _result(
+    return result_of(
         spec,
         container.id,
         output,
@@ -122,23 +122,26 @@ def run_attached(
     )
 
 
-def _frames(stream: Any, container: Container) -> Iterator[tuple[int, bytes]]:
+def frames(stream: Any, container: Container) -> Iterator[tuple[int, bytes]]:
     """The attach stream's (stream number, bytes) frames, failing as `engine_errors` does."""
     with engine_errors("reading the output of", container):
         yield from frames_iter(stream, tty=False)
 
 
-def _send(stream: Any, payload: bytes) -> None:
+def send(stream: Any, payload: bytes, *, close: bool = True) -> None:
+    """Write `payload` to the container's stdin; `close`: then close it (a one-shot call's
+    code ends there)."""
     raw = getattr(stream, "_sock", stream)
     raw.settimeout(None)  # quiet code may print nothing for long; the timer enforces the limit
     try:
         raw.sendall(payload)
-        raw.shutdown(socket.SHUT_WR)  # closes the container's stdin (StdinOnce)
+        if close:
+            raw.shutdown(socket.SHUT_WR)  # closes the container's stdin (StdinOnce)
     except OSError:
         pass  # the container is already gone (killed, or no python3 in the image): its result says why
 
 
-def _result(
+def result_of(
     spec: SandboxSpec,
     container_id: str,
     output: Captured,
@@ -153,7 +156,7 @@ def _result(
 ) -> SandboxResult:
     report = output.report
     stderr_text = output.stderr.decode("utf-8", "replace")
-    error = output.report_error
+    error = output.report_error or (report.error if report else None)
     if report is None and error is None and not (timed_out or cancelled or oom_killed):
         last = stderr_text.strip().splitlines()[-1:] or ["no output"]
         error = f"the sandbox supervisor did not report (container exit code {status}): {last[0][:300]}"
@@ -187,6 +190,7 @@ def _result(
         image_digest=image_digest,
         container_id=container_id,
         warm=warm,
+        note=report.note if report else None,
     )
 
 

@@ -187,9 +187,9 @@ def task_user(text):
     return int(uid), int(gid or uid)
 
 
-def start_task(argv, cwd, user, env):
+def start_task(argv, cwd, user, env, pass_fds=(), own_group=False):
     """Start the code as `user`, in no supplementary group, with `env` added to this
-    process's environment."""
+    process's environment; `own_group`: in a process group of its own, to be killed whole."""
     uid, gid = user
     environment = dict(os.environ)
     environment.update({str(key): str(value) for key, value in env.items()})
@@ -198,6 +198,8 @@ def start_task(argv, cwd, user, env):
         "stdout": subprocess.PIPE,
         "stderr": subprocess.PIPE,
         "env": environment,
+        "pass_fds": pass_fds,
+        "start_new_session": own_group,
     }
     if sys.version_info >= (3, 9):  # noqa: UP036 (it runs on the image's Python, 3.8 included)
         options.update(user=uid, group=gid, extra_groups=[])
@@ -234,7 +236,9 @@ class Output:
 
     def __init__(self, child, cap):
         self.cap = cap
-        self.names = {child.stdout.fileno(): "stdout", child.stderr.fileno(): "stderr"}
+        self.names = {}  # a call that never started has no pipes
+        if child is not None:
+            self.names = {child.stdout.fileno(): "stdout", child.stderr.fileno(): "stderr"}
         self.sinks = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
         self.total = {"stdout": 0, "stderr": 0}
         self.tails = {"stdout": b"", "stderr": b""}
@@ -283,39 +287,93 @@ def wait_for_header(stdin, idle_limit):
     return json.loads(line) if json is not None else ast.literal_eval(line.decode())
 
 
-def main():
-    os.umask(0o022)  # the code, another user, must be able to read the file it runs
-    stdin = sys.stdin.buffer
-    header = wait_for_header(stdin, float(sys.argv[1]) if len(sys.argv) > 1 else None)
-    if header is None:
-        return 0  # nobody came for this container: nothing ran, nothing to report
-    code = stdin.read()
-    cap = int(header["output_limit"])
+def limits(header):
+    """(deadline, time limit) of a call, counted from now, its header's arrival."""
     arrived = time.monotonic()
     deadline = arrived + float(header["deadline"]) if header.get("deadline") else None
     time_limit = arrived + float(header["timeout"]) if header.get("timeout") else None
-    before = {
+    return deadline, time_limit
+
+
+def counts():
+    """The counters a call's report gives the growth of."""
+    return {
         "cpu": cpu_nanoseconds(),
         "forks": refused_forks(),
         "oom": oom_kills(),
         "disk": disk_written(),
     }
 
+
+def write_code(path, code):
     os.makedirs("/tmp/toka", mode=0o755, exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(code)
+
+
+def task_env(header):
+    """The code's environment: the header's, and the run's inputs as one JSON file too, which
+    the code may not change."""
+    env = dict(header.get("env") or {})
+    if "TOKA_INPUTS" in env:
+        os.makedirs("/tmp/toka", mode=0o755, exist_ok=True)
+        with open("/tmp/toka/inputs.json", "w") as handle:
+            handle.write(env["TOKA_INPUTS"])
+        env["TOKA_INPUTS_FILE"] = "/tmp/toka/inputs.json"
+    return env
+
+
+def report(header, result):
+    line = "\0" + header["marker"] + " " + to_json(result) + "\n"
+    sys.stderr.buffer.write(line.encode())
+    sys.stderr.buffer.flush()
+
+
+def usage_report(before, output, timed_out, status, disk=True):
+    """The report's measures of a call that ended with `status` (negative: a signal)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN) if resource is not None else None
+    cpu = since(cpu_nanoseconds(), before["cpu"])
+    return {
+        "exit_code": status if status >= 0 else 128 - status,
+        "signal": -status if status < 0 else None,
+        "timed_out": timed_out,
+        "peak_memory": peak_memory() or (usage.ru_maxrss * 1024 if usage else None),
+        "cpu_seconds": cpu / 1e9
+        if cpu is not None
+        else (usage.ru_utime + usage.ru_stime if usage else None),
+        "peak_pids": peak_pids(),
+        "refused_forks": since(refused_forks(), before["forks"]),
+        "disk_written": since(disk_written(), before["disk"]) if disk else None,
+        "stdout_bytes": output.total["stdout"],
+        "stderr_bytes": output.total["stderr"],
+        "stdout_tail": output.tails["stdout"].decode("utf-8", "replace"),
+        "stderr_tail": output.tails["stderr"].decode("utf-8", "replace"),
+        "oom_kills": since(oom_kills(), before["oom"]),
+        "tmp_full": is_full("/tmp"),
+        "workspace_full": is_full("/workspace") if os.path.ismount("/workspace") else None,
+    }
+
+
+def main():
+    os.umask(0o022)  # the code, another user, must be able to read the file it runs
+    stdin = sys.stdin.buffer
+    header = wait_for_header(stdin, float(sys.argv[1]) if len(sys.argv) > 1 else None)
+    if header is None:
+        return 0  # nobody came for this container: nothing ran, nothing to report
+    if header.get("session"):  # the session's part of the supervisor comes with its first header
+        exec(header["session"], globals())
+        return globals()["serve_session"](stdin, header)
+    code = stdin.read()
+    cap = int(header["output_limit"])
+    deadline, time_limit = limits(header)
+    before = counts()
     if header["language"] == "python":
         path, argv = "/tmp/toka/task.py", [sys.executable, "/tmp/toka/task.py"]
     else:
         path, argv = "/tmp/toka/task.sh", ["/bin/sh", "/tmp/toka/task.sh"]
-    with open(path, "wb") as handle:
-        handle.write(code)
-
-    env = dict(header.get("env") or {})
-    if "TOKA_INPUTS" in env:  # the run's inputs as one JSON file too, which the code may not change
-        with open("/tmp/toka/inputs.json", "w") as handle:
-            handle.write(env["TOKA_INPUTS"])
-        env["TOKA_INPUTS_FILE"] = "/tmp/toka/inputs.json"
+    write_code(path, code)
     cwd = header.get("cwd") or "/tmp"
-    child = start_task(argv, cwd, task_user(header["user"]), env)
+    child = start_task(argv, cwd, task_user(header["user"]), task_env(header))
     output = Output(child, cap)
     pipes = list(output.names)
     selector = selectors.DefaultSelector()
@@ -349,31 +407,7 @@ def main():
         output.drain(fd)
     status = child.returncode
     kill_and_reap(child)  # what the code left running; as PID 1 its exit would end them anyway
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN) if resource is not None else None
-    cpu = since(cpu_nanoseconds(), before["cpu"])
-
-    result = {
-        "exit_code": status if status >= 0 else 128 - status,
-        "signal": -status if status < 0 else None,
-        "timed_out": timed_out,
-        "peak_memory": peak_memory() or (usage.ru_maxrss * 1024 if usage else None),
-        "cpu_seconds": cpu / 1e9
-        if cpu is not None
-        else (usage.ru_utime + usage.ru_stime if usage else None),
-        "peak_pids": peak_pids(),
-        "refused_forks": since(refused_forks(), before["forks"]),
-        "disk_written": since(disk_written(), before["disk"]),
-        "stdout_bytes": output.total["stdout"],
-        "stderr_bytes": output.total["stderr"],
-        "stdout_tail": output.tails["stdout"].decode("utf-8", "replace"),
-        "stderr_tail": output.tails["stderr"].decode("utf-8", "replace"),
-        "oom_kills": since(oom_kills(), before["oom"]),
-        "tmp_full": is_full("/tmp"),
-        "workspace_full": is_full("/workspace") if os.path.ismount("/workspace") else None,
-    }
-    line = "\0" + header["marker"] + " " + to_json(result) + "\n"
-    sys.stderr.buffer.write(line.encode())
-    sys.stderr.buffer.flush()
+    report(header, usage_report(before, output, timed_out, status))
     return 124 if timed_out else 0  # as timeout(1): the engine's exit code says why it ended
 
 

@@ -45,6 +45,7 @@ from toka_agents.sandbox.output import OutputCallback
 from toka_agents.sandbox.owners import LABEL_OWNER, current_owner
 from toka_agents.sandbox.pool import PoolKey, WarmPool, pool_key
 from toka_agents.sandbox.sanitize import clean_in_place
+from toka_agents.sandbox.session import SandboxSession
 from toka_agents.sandbox.spec import SandboxResult, SandboxSpec
 
 __all__ = ["LABEL_MANAGED", "AttachedProcess", "Sandbox", "SandboxCancelled"]
@@ -341,6 +342,48 @@ class Sandbox:
             if not quietly:
                 raise
             logger.warning("%s", exc)
+
+    @contextlib.contextmanager
+    def session(self, spec: SandboxSpec) -> Iterator[SandboxSession]:
+        """One live container for the calls of one task (`session.SandboxSession`), made like
+        `spec`'s at its first call and removed when the block ends."""
+        session = SandboxSession(self)
+        try:
+            yield session
+        finally:
+            session.close()
+
+    def start_attached(self, spec: SandboxSpec) -> tuple[Container, Any, SandboxSpec]:
+        """A started container of `spec`'s settings, its supervisor waiting on the attach
+        socket returned with it, and the spec it was made with (egress and disk applied); a
+        cancel kills it. `discard` removes it."""
+        spec = self._with_disk(self._with_egress(spec))
+        container = self._create(spec)
+        with self._lock:
+            self._live.add(container.id)
+        try:
+            with engine_errors("attaching to", container):
+                stream = self.client.api.attach_socket(
+                    container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+                )
+            with engine_errors("starting", container):
+                self._start(container.id)
+        except BaseException:
+            self._discard(container, quietly=True)
+            raise
+        return container, stream, spec
+
+    def discard(self, container: Container, stream: Any = None) -> None:
+        """Close `stream` and remove `container` (its errors logged, not raised)."""
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+        self._discard(container, quietly=True)
+
+    def image_digest(self, name: str) -> str | None:
+        """The id of image `name` this sandbox created containers from, if it did."""
+        with self._lock:
+            return self._image_ids.get(name)
 
     @contextlib.contextmanager
     def process(self, spec: SandboxSpec, command: list[str]) -> Iterator[AttachedProcess]:

@@ -48,6 +48,10 @@ class SupervisorReport(BaseModel):
     oom_kills: int | None = None
     tmp_full: bool | None = None
     workspace_full: bool | None = None
+    note: str | None = None
+    """What a session's supervisor says of the session: that its kernel was restarted."""
+    error: str | None = None
+    """Why a session's call could not start (a full /tmp, the pids limit)."""
 
 
 class CappedBuffer:

@@ -94,6 +94,11 @@ class SandboxResult(BaseModel):
     container_id: str = ""
     warm: bool = Field(False, description="It ran in a container of the warm pool, started ahead of it.")
     error: str | None = Field(None, description="Why the sandbox itself could not report.")
+    note: str | None = Field(
+        None,
+        description="What a live session says of itself with this call: that it was restarted, "
+        "and what was lost.",
+    )
 
     @property
     def stdout_truncated(self) -> bool:
