@@ -1,20 +1,31 @@
-"""Benchmark of the LLM agent loop's own cost per step, against a model that answers at once.
+"""Benchmark of the LLM agent loop's own cost per step, against a model that answers at once,
+with the task's sandbox session on (the default) and off, side by side.
 
-A scripted model (tests/llm_server.py, on 127.0.0.1) asks for `run_code(python, "print(1)")`
-S times and then calls `finish`. One step is one model call and the tool call it asks for,
+A scripted model (tests/llm_server.py, on 127.0.0.1, sending with TCP_NODELAY) asks for
+`run_code(python, "print(1)")` S times and then calls `finish`. One step is one model call and the tool call it asks for,
 so a task is S + 1 steps: S + 1 model calls and S + 1 sandbox runs (the S programs and the
-workspace listing that opens the prompt; `finish` runs nothing). Three ways, alternating R
-rounds so all see the same machine load:
+workspace listing that opens the prompt; `finish` runs nothing). Six ways, alternating R
+rounds so all see the same machine load; each loop is set against the bare calls of its own
+mode (its floor):
 
-- **bare sandbox**: S + 1 `Sandbox.run` of `print(1)` in the task's own container settings,
-  one after another: what the steps cannot cost less than.
-- **loop, plain runner**: `run_loop` with `run_directly`: the gateway over HTTP, the tools,
-  the sandbox; no Prefect.
-- **loop in Prefect**: the same task run by `toka_agents.run` against a `prefect server
-  start` of its own, each model call and tool call a nested task run. Its time is the task's
-  loop time (`TaskOutcome.duration`), not the flow's start and end.
+- **bare, single-use**: S + 1 `Sandbox.run` of `print(1)` in the task's own container
+  settings and the run's sandbox pool, one after another: the floor with sessions off.
+- **bare, session**: S + 1 `session.run` of the same in one `Sandbox.session` of the same
+  sandbox, from its opening (the container starts at the first call) to its close (the
+  container removed): the floor with sessions on.
+- **loop, plain runner, session / single-use**: `run_loop` with `run_directly`, the gateway
+  over HTTP, the tools, and `run_code` through `SandboxUsage.run_code` within
+  `session_for(True)` (one live container, opened and closed inside the timing, as a task's
+  is) or `session_for(False)` (a container a call); no Prefect.
+- **loop in Prefect, session / single-use**: the same task run by `toka_agents.run` against a
+  `prefect server start` of its own, each model call and tool call a nested task run; the
+  config as it is (sessions on, the default) or with `sandbox_session: false` on the agent.
+  Its time is the task's loop time (`TaskOutcome.duration`, which holds the session's opening
+  and close), not the flow's start and end.
 
-It prints the medians, ms per step, and the ratio of each loop to the bare sandbox calls.
+It prints the medians, ms per step, the ratio of each loop to its floor and its ms per step
+over it, and whether the loop in Prefect meets the target of each mode: at most +25 ms a step
+over its floor (sessions on: over the bare session calls; off: over the bare single-use ones).
 
     .venv/bin/python benchmarks/bench_llm_loop.py [--steps 20] [--repeat 3] [--database postgresql]
 """
@@ -35,22 +46,30 @@ import shutil  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 
 # Imported before Prefect is: it keeps Prefect's state in a temporary home.
 import bench_orchestration as servers  # noqa: E402
-from llm_server import scripted_server, tool_call  # noqa: E402
+from llm_server import ScriptedServer, scripted_server, tool_call  # noqa: E402
+from support import postgres_binaries, postgres_cluster  # noqa: E402
 
 import toka_agents  # noqa: E402
 from toka_agents.config.models import LlmSettings  # noqa: E402
 from toka_agents.executor import ExecutionContext, tool_spec  # noqa: E402
-from toka_agents.llm import Gateway, TaskBrief, Toolbox, run_directly, run_loop, sandbox_runner  # noqa: E402
+from toka_agents.llm import Gateway, TaskBrief, Toolbox, run_directly, run_loop  # noqa: E402
 from toka_agents.planning import Plan  # noqa: E402
-from toka_agents.sandbox import Sandbox, SandboxSpec, connect, create_workspace  # noqa: E402
+from toka_agents.sandbox import Sandbox, SandboxResult, SandboxSpec, connect, create_workspace  # noqa: E402
+from toka_agents.tool_sandbox import SandboxUsage  # noqa: E402
 
 LABELS = {"org.toka-agents.bench": "llm-loop"}
 MODEL = "scripted-bench"
 INSTRUCTION = "Print 1 with Python, again and again, then finish."
+TARGET_MS = 25.0
+"""The loop in Prefect's most ms a step over the bare calls of its mode."""
+MODES = {True: "session", False: "single-use"}
+BARE = {mode: f"bare, {name}" for mode, name in MODES.items()}
+PLAIN = {mode: f"loop, plain runner, {name}" for mode, name in MODES.items()}
+PREFECT = {mode: f"loop in Prefect, {name}" for mode, name in MODES.items()}
 
 
 def script(steps: int) -> list:
@@ -59,12 +78,23 @@ def script(steps: int) -> list:
     ]
 
 
-def config_text(base_url: str, steps: int) -> str:
+@contextlib.contextmanager
+def model(steps: int) -> Iterator[ScriptedServer]:
+    """The scripted model, answering at once: its handler sends with TCP_NODELAY. With Nagle's
+    algorithm on (http.server's default), its body waits for the ACK of its headers, which the
+    client delays: about 40 ms a model call when the calls come back to back."""
+    with scripted_server(*script(steps)) as server:
+        server.httpd.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[attr-defined]
+        yield server
+
+
+def config_text(base_url: str, steps: int, session: bool = True) -> str:
     llm = {"provider": "openai", "model": MODEL, "base_url": base_url, "max_steps": steps + 1}
     return (
         f"name: bench-llm-loop\nllm: {json.dumps(llm)}\nagents:\n"
         "  - name: printer\n    capabilities: [filesystem-write]\n"
-        f"    tasks: [{{name: print, instruction: {json.dumps(INSTRUCTION)}}}]\n"
+        + ("" if session else "    sandbox_session: false\n")
+        + f"    tasks: [{{name: print, instruction: {json.dumps(INSTRUCTION)}}}]\n"
     )
 
 
@@ -74,30 +104,44 @@ def planned(directory: Path, steps: int) -> Plan:
     return toka_agents.plan(toka_agents.load(path))
 
 
+def checked(result: SandboxResult, way: str) -> None:
+    if not result.ok or result.note:
+        sys.exit(f"{way} call failed: {result.failure or result.note}")
+
+
 def bare_sandbox(plan: Plan, spec: SandboxSpec, calls: int) -> float:
     client = connect()
     with Sandbox(client, LABELS, pool_size=plan.pool_size) as sandbox:
         began = time.perf_counter()
         for _ in range(calls):
-            result = sandbox.run(spec)
-            if not result.ok:
-                sys.exit(f"bare sandbox call failed: {result.failure}")
+            checked(sandbox.run(spec), "a bare sandbox")
         return time.perf_counter() - began
 
 
-def plain_loop(plan: Plan, spec: SandboxSpec, steps: int) -> float:
-    with scripted_server(*script(steps)) as server:
+def bare_session(plan: Plan, spec: SandboxSpec, calls: int) -> float:
+    client = connect()
+    with Sandbox(client, LABELS, pool_size=plan.pool_size) as sandbox:
+        began = time.perf_counter()
+        with sandbox.session(spec) as session:
+            for _ in range(calls):
+                checked(session.run(spec), "a bare session")
+        return time.perf_counter() - began
+
+
+def plain_loop(plan: Plan, spec: SandboxSpec, steps: int, session: bool) -> float:
+    with model(steps) as server:
         settings = LlmSettings(
             provider="openai", model=MODEL, base_url=server.openai_base_url, max_steps=steps + 1
         )
         client = connect()
         with Sandbox(client, LABELS, pool_size=plan.pool_size) as sandbox:
+            usage = SandboxUsage(sandbox, spec)
             began = time.perf_counter()
-            with Gateway(settings) as gateway:
+            with usage.session_for(session), Gateway(settings) as gateway:
                 result = run_loop(
                     TaskBrief(agent="printer", task="print", instruction=INSTRUCTION, may_write=True),
                     gateway.complete,
-                    Toolbox(sandbox_runner(sandbox, spec), may_write=True),
+                    Toolbox(usage.run_code, may_write=True, session=usage.session is not None),
                     max_steps=steps + 1,
                     runner=run_directly,
                 )
@@ -109,11 +153,11 @@ def plain_loop(plan: Plan, spec: SandboxSpec, steps: int) -> float:
     return took
 
 
-def prefect_loop(directory: Path, workspaces: Path, steps: int) -> tuple[float, float]:
+def prefect_loop(directory: Path, workspaces: Path, steps: int, session: bool) -> tuple[float, float]:
     """The task's loop time and the whole flow call's time."""
-    with scripted_server(*script(steps)) as server:
+    with model(steps) as server:
         path = directory / "bench-llm-loop-run.yaml"
-        path.write_text(config_text(server.openai_base_url, steps))
+        path.write_text(config_text(server.openai_base_url, steps, session))
         began = time.perf_counter()
         result = toka_agents.run(path, workspace_root=workspaces)
         flow_seconds = time.perf_counter() - began
@@ -132,7 +176,7 @@ def main() -> None:
     parser.add_argument(
         "--database",
         choices=["sqlite", "postgresql"],
-        default="postgresql" if servers.postgres_bin() else "sqlite",
+        default="postgresql" if postgres_binaries() else "sqlite",
         help="the Prefect server's database (default: postgresql where it is installed)",
     )
     args = parser.parse_args()
@@ -141,15 +185,16 @@ def main() -> None:
     steps, calls = args.steps + 1, args.steps + 1
     database: Callable[[], contextlib.AbstractContextManager[str | None]]
     if args.database == "postgresql":
-        bin_dir = servers.postgres_bin()
-        if bin_dir is None:
+        if postgres_binaries() is None:
             parser.error("PostgreSQL is not installed (apt-get install postgresql)")
-        database = lambda: servers.postgres_database(bin_dir)  # noqa: E731
+        database = postgres_cluster
     else:
         database = lambda: contextlib.nullcontext(None)  # noqa: E731
 
-    times: dict[str, list[float]] = {"bare sandbox": [], "loop, plain runner": [], "loop in Prefect": []}
-    flow_times: list[float] = []
+    floor_of = {PLAIN[m]: BARE[m] for m in MODES} | {PREFECT[m]: BARE[m] for m in MODES}
+    names = [BARE[False], BARE[True], PLAIN[False], PLAIN[True], PREFECT[True], PREFECT[False]]
+    times: dict[str, list[float]] = {name: [] for name in names}
+    flow_times: dict[bool, list[float]] = {mode: [] for mode in MODES}
     try:
         with (
             database() as database_url,
@@ -162,8 +207,8 @@ def main() -> None:
             [task] = plan.tasks
             print(
                 f"LLM loop: {steps} steps a task ({args.steps} run_code + finish), {calls} sandbox "
-                f"runs; sandbox pool {plan.pool_size or 'off'}; {args.repeat} alternating rounds; "
-                f"Prefect server on {args.database}\n"
+                f"runs; sandbox pool {plan.pool_size or 'off'}; sessions on and off; "
+                f"{args.repeat} alternating rounds; Prefect server on {args.database}\n"
             )
             context = ExecutionContext(
                 sandbox=None, workspace=create_workspace(workspaces, "bench"), labels=LABELS
@@ -171,37 +216,68 @@ def main() -> None:
             spec = tool_spec(task, context, {}).model_copy(update={"source": "print(1)"})
             # Warm-up, unmeasured: the image's first start, Prefect's first flow and task runs.
             bare_sandbox(plan, spec, 2)
-            plain_loop(plan, spec, 1)
-            prefect_loop(directory, workspaces, 1)
+            bare_session(plan, spec, 2)
+            for mode in MODES:
+                plain_loop(plan, spec, 1, mode)
+                prefect_loop(directory, workspaces, 1, mode)
             for _ in range(args.repeat):
-                times["bare sandbox"].append(bare_sandbox(plan, spec, calls))
-                times["loop, plain runner"].append(plain_loop(plan, spec, args.steps))
-                loop_seconds, flow_seconds = prefect_loop(directory, workspaces, args.steps)
-                times["loop in Prefect"].append(loop_seconds)
-                flow_times.append(flow_seconds)
+                times[BARE[False]].append(bare_sandbox(plan, spec, calls))
+                times[BARE[True]].append(bare_session(plan, spec, calls))
+                for mode in (False, True):
+                    times[PLAIN[mode]].append(plain_loop(plan, spec, args.steps, mode))
+                for mode in (True, False):
+                    loop_seconds, flow_seconds = prefect_loop(directory, workspaces, args.steps, mode)
+                    times[PREFECT[mode]].append(loop_seconds)
+                    flow_times[mode].append(flow_seconds)
     finally:
         shutil.rmtree(os.environ["PREFECT_HOME"], ignore_errors=True)
 
     medians = {name: statistics.median(values) for name, values in times.items()}
-    bare = medians["bare sandbox"]
+
+    def over(name: str) -> float:
+        """ms per step of `name` over its floor."""
+        return 1000 * (medians[name] - medians[floor_of[name]]) / steps
+
     rows = [
         [
             name,
             " ".join(f"{v:.2f}" for v in values),
             f"{medians[name]:.2f}",
             f"{1000 * medians[name] / steps:.1f}",
-            f"{medians[name] / bare:.2f}x",
-            f"{1000 * (medians[name] - bare) / steps:+.1f}",
+            floor_of[name].removeprefix("bare, ") if name in floor_of else "(floor)",
+            f"{medians[name] / medians[floor_of[name]]:.2f}x" if name in floor_of else "",
+            f"{over(name):+.1f}" if name in floor_of else "",
         ]
         for name, values in times.items()
     ]
     servers.print_table(
-        ["way", "seconds per round", "median s", "ms per step", "/ bare", "ms per step over bare"], rows
+        [
+            "way",
+            "seconds per round",
+            "median s",
+            "ms per step",
+            "floor",
+            "/ floor",
+            "ms per step over floor",
+        ],
+        rows,
     )
     print(
-        f"\nwhole flow call (start, the task, the summary, the end): median "
-        f"{statistics.median(flow_times):.2f} s"
+        f"\nbare session / bare single-use: {medians[BARE[True]] / medians[BARE[False]]:.2f}x; "
+        f"loop in Prefect, session / single-use: "
+        f"{medians[PREFECT[True]] / medians[PREFECT[False]]:.2f}x"
     )
+    for mode in MODES:
+        ms = over(PREFECT[mode])
+        print(
+            f"target, sessions {'on' if mode else 'off'}: loop in Prefect {ms:+.1f} ms a step over "
+            f"{BARE[mode]} (<= +{TARGET_MS:.0f}): {'met' if ms <= TARGET_MS else 'MISSED'}"
+        )
+    for mode in MODES:
+        print(
+            f"whole flow call, {MODES[mode]} (start, the task, the summary, the end): median "
+            f"{statistics.median(flow_times[mode]):.2f} s"
+        )
     left = connect().api.containers(all=True, filters={"label": [f"{k}={v}" for k, v in LABELS.items()]})
     print(f"containers left: {len(left)}")
 

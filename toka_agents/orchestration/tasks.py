@@ -30,6 +30,7 @@ from toka_agents.llm.messages import Message, ModelReply, ToolCall
 from toka_agents.llm.tools import ToolResult
 from toka_agents.orchestration import reporting, resuming, task_logs
 from toka_agents.orchestration.reporting import served_tools
+from toka_agents.orchestration.reporting.running import RunningConversation
 from toka_agents.orchestration.tagging import add_deferred_tags
 from toka_agents.planning import PlannedTask
 
@@ -58,9 +59,13 @@ def _run_agent_task(
     ):
         outcome = executor.skipped(planned, after_failure_of(upstream[-1], previous.state.message))
     elif planned.kind == "llm" and not context.dry_run:
-        runner = step_runner(planned.id, resuming.task_secrets(planned, context))
-        with resuming.steps_kept_as_they_end():
-            run = executor.run_llm_task(planned, context, upstream_results, runner)
+        shown = RunningConversation(planned.id)
+        runner = step_runner(planned.id, resuming.task_secrets(planned, context), shown)
+        try:
+            with resuming.steps_kept_as_they_end():
+                run = executor.run_llm_task(planned, context, upstream_results, runner)
+        finally:
+            shown.close()
         reporting.conversation_artifact(planned, run.outcome, run.conversation)
         if run.served:
             key = reporting.artifact_key(planned.id, "tools")
@@ -119,14 +124,16 @@ step_task: Task[..., Any] = Task(
 )
 
 
-def step_runner(task_id: str, secrets: Sequence[str] = ()) -> StepRunner:
+def step_runner(
+    task_id: str, secrets: Sequence[str] = (), shown: RunningConversation | None = None
+) -> StepRunner:
     """The agent loop's step runner: each model call and tool call a task run nested under the
     agent task's run, named like `architect/design · model 3`. A step's error reaches the loop
     unchanged (Prefect re-raises it after recording the failed task run), but for a malformed
     reply, which the loop recovers from: its task run ends Completed, naming what was
     recovered, and the loop gets the error all the same. Its result, `secrets` redacted, is
-    stored for a resumed run. After each step, the conversation so far is written again as
-    the task's conversation artifact."""
+    stored for a resumed run. After each step, the conversation so far is handed to `shown`,
+    which writes it again as the task's conversation artifact."""
     conversation: list[Message] = []  # as of the latest step: what the model was sent, and since
 
     def run(kind: str, name: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -143,8 +150,8 @@ def step_runner(task_id: str, secrets: Sequence[str] = ()) -> StepRunner:
             conversation.append(result.answering(args[0]))
         else:
             return result  # the workspace listing for the first prompt: no conversation yet
-        shown = [redact_message(message, secrets) for message in conversation]
-        reporting.conversation_so_far(task_id, name, shown)
+        if shown is not None:
+            shown.show(name, [redact_message(message, secrets) for message in conversation])
         return result
 
     return run

@@ -359,8 +359,9 @@ def conversation_artifact(task: PlannedTask, outcome: TaskOutcome, conversation:
 
 
 def conversation_so_far(task_id: str, step: str, conversation: list[Message]) -> None:
-    """The conversation artifact of a running LLM task, written again after each model step so
-    the UI shows it while the task runs; the task's end writes the final one. Never raises."""
+    """The conversation artifact of a running LLM task as of `step`, so the UI shows it while
+    the task runs (`running.RunningConversation` calls it, off the task's path); the task's
+    end writes the final one. Never raises."""
     heading = [f"# {task_id}: running", "", f"after {step}"]
     try:
         create_markdown_artifact(
