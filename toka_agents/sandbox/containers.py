@@ -312,18 +312,11 @@ class Sandbox:
         if self.cancelled:
             raise SandboxCancelled("the run was cancelled")
         container = self._create(template, warm=True)
-        stream = None
         try:
-            with engine_errors("attaching to", container):
-                stream = self.client.api.attach_socket(
-                    container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-                )
-            with engine_errors("starting", container):
-                self._start(container.id)
+            return Warm(container, self._attach_and_start(container))
         except BaseException:
-            self._discard_warm(Warm(container, stream))
+            self._discard_warm(Warm(container, None))
             raise
-        return Warm(container, stream)
 
     def _discard_warm(self, warm: Warm) -> None:
         if warm.stream is not None:
@@ -362,16 +355,29 @@ class Sandbox:
         with self._lock:
             self._live.add(container.id)
         try:
-            with engine_errors("attaching to", container):
-                stream = self.client.api.attach_socket(
-                    container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-                )
-            with engine_errors("starting", container):
-                self._start(container.id)
+            return container, self._attach_and_start(container), spec
         except BaseException:
             self._discard(container, quietly=True)
             raise
-        return container, stream, spec
+
+    def _attach_and_start(self, container: Container) -> Any:
+        """Attach to a created container's stdin and output, then start it (unless the
+        sandbox is cancelled); the attach socket, which its supervisor waits on."""
+        stream = self._attach(container)
+        try:
+            with engine_errors("starting", container):
+                self._start(container.id)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                stream.close()
+            raise
+        return stream
+
+    def _attach(self, container: Container) -> Any:
+        with engine_errors("attaching to", container):
+            return self.client.api.attach_socket(
+                container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+            )
 
     def discard(self, container: Container, stream: Any = None) -> None:
         """Close `stream` and remove `container` (its errors logged, not raised)."""
@@ -436,11 +442,7 @@ class Sandbox:
     def _attach_and_run(
         self, container: Container, spec: SandboxSpec, on_output: OutputCallback | None
     ) -> SandboxResult:
-        with engine_errors("attaching to", container):
-            stream = self.client.api.attach_socket(
-                container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-            )
-        return self._run_in(container, stream, spec, on_output, warm=False)
+        return self._run_in(container, self._attach(container), spec, on_output, warm=False)
 
     def _run_in(
         self,
