@@ -1,13 +1,15 @@
 """Benchmark of an MCP tool call against `run_code` doing the same work, in one run.
 
-The work: the current time in Europe/Berlin as JSON. Three ways, calls alternating so all see
+The work: the current time in Europe/Berlin as JSON. Four ways, calls alternating so all see
 the same machine load:
 
 - `mcp`: `time__get_current_time` of the reference server `mcp-server-time`, running in a
   sandbox container of its own (`Sandbox.process`), called through the official `mcp` SDK
   (`llm.mcp.McpServers`), as an agent's task calls it;
-- `run_code (warm)`: a Python program doing the same with `zoneinfo`, through `Sandbox.run`
-  with a warm pool of one (the pool refills between calls, untimed);
+- `run_code (session)`: a Python program doing the same with `zoneinfo`, in a task's live
+  session (`Sandbox.session`: one container for every call);
+- `run_code (warm)`: the same program through `Sandbox.run` with a warm pool of one (the pool
+  refills between calls, untimed);
 - `run_code (cold)`: the same program in a fresh container each call.
 
 It prints p50 and p95 of each and the ratios, and what starting the server costs (its
@@ -59,7 +61,12 @@ def main() -> None:
     )
     spec = sandbox_spec(SAME_WORK, timeout=60)
     print(f"MCP tool call against run_code of the same work, {args.calls} calls each, alternating\n")
-    times: dict[str, list[float]] = {"mcp": [], "run_code (warm)": [], "run_code (cold)": []}
+    times: dict[str, list[float]] = {
+        "mcp": [],
+        "run_code (session)": [],
+        "run_code (warm)": [],
+        "run_code (cold)": [],
+    }
     starts: list[float] = []
 
     def launch(sandbox: Sandbox) -> Launch:
@@ -73,9 +80,10 @@ def main() -> None:
             starts.append(time.perf_counter() - began)
         pooled.run(spec)  # the pool's first container
         cold.run(spec)  # the image's first start
-        with McpServers() as servers:
+        with McpServers() as servers, cold.session(spec) as session:
             servers.start("time", launch(pooled), timeout=60)
             servers.call("time__get_current_time", {"timezone": "Europe/Berlin"})  # first call
+            session.run(spec)  # the session's container starts at its first call
             for _ in range(args.calls):
                 began = time.perf_counter()
                 said, failed = servers.call("time__get_current_time", {"timezone": "Europe/Berlin"})
@@ -83,7 +91,12 @@ def main() -> None:
                 if failed or json.loads(said)["timezone"] != "Europe/Berlin":
                     sys.exit(f"the MCP call failed: {said}")
                 wait_for_pool(pooled, 1)
-                for name, sandbox in (("run_code (warm)", pooled), ("run_code (cold)", cold)):
+                ways = (
+                    ("run_code (session)", session),
+                    ("run_code (warm)", pooled),
+                    ("run_code (cold)", cold),
+                )
+                for name, sandbox in ways:
                     began = time.perf_counter()
                     result = sandbox.run(spec)
                     times[name].append(time.perf_counter() - began)
@@ -100,7 +113,9 @@ def main() -> None:
         ],
     )
     mcp, warm, cold_ = stats["mcp"], stats["run_code (warm)"], stats["run_code (cold)"]
-    print(f"\nrun_code (warm) / mcp: p50 {warm[0] / mcp[0]:.1f}x, p95 {warm[1] / mcp[1]:.1f}x")
+    live = stats["run_code (session)"]
+    print(f"\nrun_code (session) / mcp: p50 {live[0] / mcp[0]:.1f}x, p95 {live[1] / mcp[1]:.1f}x")
+    print(f"run_code (warm) / mcp: p50 {warm[0] / mcp[0]:.1f}x, p95 {warm[1] / mcp[1]:.1f}x")
     print(f"run_code (cold) / mcp: p50 {cold_[0] / mcp[0]:.1f}x, p95 {cold_[1] / mcp[1]:.1f}x")
     print(
         f"starting the server (container, initialize, tools/list), {len(starts)} starts: "

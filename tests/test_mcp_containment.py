@@ -368,7 +368,9 @@ def test_a_servers_memory_and_processes_count_against_the_agents_limits(
     assert spawned.endswith(", then refused: Resource temporarily unavailable"), spawned
     assert small == "held 16 MB"
     # More than limits.memory: the kernel kills the server (SIGKILL, 128 + 9) and the call fails.
-    assert large.startswith("error: mcp server 'probe' exited with code 137"), large
+    assert large.startswith(
+        "error: mcp server 'probe' was killed by the memory limit (limits.memory)"
+    ), large
     # Both are the server container's cgroup limits, the agent's.
     assert limits == f"memory {160 * MB} pids 24"
 

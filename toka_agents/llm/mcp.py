@@ -62,6 +62,9 @@ class Process(Protocol):
     def argv(self) -> Sequence[str]: ...
     @property
     def env(self) -> Mapping[str, str]: ...
+    def out_of_memory(self) -> bool:
+        """Whether the memory limit killed it (asked once it has ended)."""
+        ...
 
 
 Launch = Callable[[], contextlib.AbstractContextManager[Process]]
@@ -181,6 +184,7 @@ class McpServers:
         server.stack = contextlib.ExitStack()
         server.connection = connection = StdioConnection(server.name)
         process = server.stack.enter_context(server.launch())
+        connection.out_of_memory = process.out_of_memory
         try:
             read, write = server.stack.enter_context(
                 portal.wrap_async_context_manager(bounded_stdio(connection, process.argv, process.env))

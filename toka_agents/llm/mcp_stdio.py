@@ -17,7 +17,7 @@ sees:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import anyio
 from anyio.abc import ByteReceiveStream, Process
@@ -48,6 +48,8 @@ class StdioConnection:
         self.process: Process | None = None
         self.cut_off: str | None = None
         """Why toka-agents cut the server off, when it did."""
+        self.out_of_memory: Callable[[], bool] = lambda: False
+        """Whether the memory limit killed the server (asked once it has ended)."""
         self._stderr = bytearray()
         self._stderr_done = anyio.Event()
         self._stdout_done = anyio.Event()
@@ -74,6 +76,8 @@ class StdioConnection:
         with anyio.move_on_after(1.0):  # its last words may still be on the way
             await self._stderr_done.wait()
         said = self.last_line()
+        if process.returncode == 137 and await anyio.to_thread.run_sync(self.out_of_memory):
+            return "was killed by the memory limit (limits.memory)"
         return f"exited with code {process.returncode}" + (f": {said}" if said else "")
 
     async def _keep_stderr(self, stream: ByteReceiveStream) -> None:

@@ -22,11 +22,12 @@ way only what may reach the host stays (`sanitize`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,8 @@ class AttachedProcess:
     env: dict[str, str]
     container: str
     """The container, as people read it: its name and short id."""
+    out_of_memory: Callable[[], bool]
+    """Whether the engine killed the container for want of memory (ask once it has ended)."""
 
 
 @dataclass(frozen=True)
@@ -409,9 +412,16 @@ class Sandbox:
                 argv=("docker", "start", "--attach", "--interactive", container.id),
                 env={k: v for k, v in os.environ.items() if k.startswith("DOCKER_") or k in _CLI_ENV},
                 container=str(container),
+                out_of_memory=functools.partial(self._out_of_memory, container),
             )
         finally:
             self._discard(container, quietly=True)
+
+    def _out_of_memory(self, container: Container) -> bool:
+        try:
+            return bool(self.client.api.inspect_container(container.id)["State"].get("OOMKilled"))
+        except ENGINE_ERRORS:
+            return False
 
     def _create(
         self, spec: SandboxSpec, warm: bool = False, command: list[str] | None = None
