@@ -59,7 +59,7 @@ def main() -> None:
     server = McpServer(
         name="time", image=image, command=["python3", "-m", "mcp_server_time", "--local-timezone", "UTC"]
     )
-    spec = sandbox_spec(SAME_WORK, timeout=60)
+    spec = sandbox_spec(SAME_WORK, timeout=60, image=image)  # its tzdata: the same zones
     print(f"MCP tool call against run_code of the same work, {args.calls} calls each, alternating\n")
     times: dict[str, list[float]] = {
         "mcp": [],
