@@ -2,7 +2,8 @@
 runs, and what it adds up.
 
 With `sandbox_session` (the default) the task's calls share one live container
-(`sandbox.session`), started at its first call and removed when the task ends; without, each
+(`sandbox.session`), started at its first `run_code` call and removed when the task ends (the
+file tools, which see only /workspace, use it once it runs, and start none); without, each
 call runs in a container of its own (`Sandbox.run`). Either way `SandboxUsage` adds up what
 the calls used, for the task's outcome.
 """
