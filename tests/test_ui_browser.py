@@ -152,7 +152,9 @@ def test_a_custom_run_from_the_ui_form_completes_and_shows_its_tasks_and_artifac
     field.locator("input[type=number]").fill("1")
     shot(page, tmp_path, "run-form")
     page.get_by_role("button", name="Submit").click()
-    page.wait_for_url(re.compile(r"/deployments/deployment/.*tab=Runs"))
+    # The UI goes to the Runs tab once the server made the run: late in a loaded suite its
+    # SQLite may take its retries first (a fresh clone's run once waited past 30 s).
+    page.wait_for_url(re.compile(r"/deployments/deployment/.*tab=Runs"), timeout=90_000)
     [submitted] = runs_of(deployment_id)
     flow_run = wait_final(submitted.id, 180)
     assert flow_run.state is not None and flow_run.state.is_completed(), (

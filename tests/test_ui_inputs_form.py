@@ -114,7 +114,9 @@ def test_the_run_form_asks_for_the_configs_inputs_and_the_run_gets_what_was_fill
     inputs.scroll_into_view_if_needed()
     shot(page, tmp_path, "inputs-filled")
     page.get_by_role("button", name="Submit").click()
-    page.wait_for_url(re.compile(r"/deployments/deployment/.*tab=Runs"))
+    # The UI goes to the Runs tab once the server made the run: late in a loaded suite its
+    # SQLite may take its retries first (a fresh clone's run once waited past 30 s).
+    page.wait_for_url(re.compile(r"/deployments/deployment/.*tab=Runs"), timeout=90_000)
 
     [submitted] = runs_of(deployment_id)
     assert submitted.parameters["inputs"] == {
