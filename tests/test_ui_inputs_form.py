@@ -13,7 +13,6 @@ Screenshots land in the test's tmp dir and in `test-output/ui/` (git-ignored).
 
 from __future__ import annotations
 
-import re
 import time
 from uuid import UUID
 
@@ -30,6 +29,7 @@ from test_ui_browser import (  # noqa: F401
     page,
     runs_of,
     shot,
+    submit_run_form,
     toka_deploy,
     ui_of,
     ui_worker,
@@ -113,10 +113,7 @@ def test_the_run_form_asks_for_the_configs_inputs_and_the_run_gets_what_was_fill
     expect(topic.get_by_text("'topic' is a required property")).to_have_count(0)
     inputs.scroll_into_view_if_needed()
     shot(page, tmp_path, "inputs-filled")
-    page.get_by_role("button", name="Submit").click()
-    # The UI goes to the Runs tab once the server made the run: late in a loaded suite its
-    # SQLite may take its retries first (a fresh clone's run once waited past 30 s).
-    page.wait_for_url(re.compile(r"/deployments/deployment/.*tab=Runs"), timeout=90_000)
+    submit_run_form(page, deployment_id)
 
     [submitted] = runs_of(deployment_id)
     assert submitted.parameters["inputs"] == {
