@@ -114,6 +114,7 @@ def test_each_schedule_runs_with_its_own_inputs(prefect_api, tmp_path):
             api=prefect_api, cwd=tmp_path,
         )  # fmt: skip
         assert worker.returncode == 0, worker.stdout + worker.stderr
+        workspaces = set()
         for slug, run in nexts.items():
             ran = wait_final(run.id, 60)
             assert ran.state is not None and ran.state.is_completed(), (
@@ -126,6 +127,10 @@ def test_each_schedule_runs_with_its_own_inputs(prefect_api, tmp_path):
             assert HEADLINES[slug] in logs, (slug, logs)
             other = next(topic for topic in HEADLINES if topic != slug)
             assert HEADLINES[other] not in logs, (slug, logs)
+            workspaces |= {line for line in logs if line.startswith("Workspace: ")}
+        # A workspace of its own each: the scheduler's run ids are UUIDv7, alike in their first
+        # digits (a clock), and a name made of those once gave both runs one workspace.
+        assert len(workspaces) == 2, workspaces
     finally:
         with get_client(sync_client=True) as client:
             client.delete_deployment(deployment.id)  # and its scheduled runs

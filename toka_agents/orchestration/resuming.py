@@ -115,13 +115,16 @@ def separate_attempts(context: FlowRunContext, tasks: Sequence[Task[..., Any]]) 
 
 
 def workspace_name(plan_name: str, flow_run_id: UUID, root: Path | None, started: datetime) -> str:
-    """The run's workspace directory: the first attempt's when there is one."""
+    """The run's workspace directory: the first attempt's when there is one. It ends with the
+    last 8 hex digits of the flow run's id: Prefect's ids are UUIDv7, whose first digits are a
+    clock, the same for runs a schedule makes at once."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", plan_name).strip("-") or "run"
+    suffix = flow_run_id.hex[-8:]
     base = (root or default_root()).expanduser().resolve()
-    earlier = sorted(base.glob(f"{glob_escape(safe)}-*-{flow_run_id.hex[:8]}")) if base.is_dir() else []
+    earlier = sorted(base.glob(f"{glob_escape(safe)}-*-{suffix}")) if base.is_dir() else []
     if earlier:
         return earlier[0].name
-    return f"{plan_name}-{started.strftime('%Y%m%d-%H%M%S')}-{flow_run_id.hex[:8]}"
+    return f"{plan_name}-{started.strftime('%Y%m%d-%H%M%S')}-{suffix}"
 
 
 def glob_escape(text: str) -> str:
