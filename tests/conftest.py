@@ -49,6 +49,39 @@ QUICKSTART_TASKS = [
 LABEL = "org.toka-agents.managed=1"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "alone: runs while no other test process runs a test (it counts or sweeps what every "
+        "process's runs leave on the engine)",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _engine_turn(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[None]:
+    """Under pytest-xdist, a test marked `alone` waits until no other worker runs a test, and
+    keeps them waiting while it runs; other tests share the engine. A reader-writer lock of
+    `flock`s in the workers' common folder: the turnstile makes a waiting `alone` test go
+    before tests that ask later."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    import fcntl
+
+    folder = tmp_path_factory.getbasetemp().parent
+    alone = request.node.get_closest_marker("alone") is not None
+    with open(folder / "engine-turns.lock", "a") as turnstile, open(folder / "engine.lock", "a") as lock:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[str]:
     """A real Prefect server (with its UI) for the whole session; its API URL is set for this

@@ -188,6 +188,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.alone  # its orphans must wait for its own sweep
 @pytest.mark.usefixtures("sandbox_image")
 def test_the_proxy_and_network_of_a_killed_process_are_swept(docker_client, servers):
     """A process SIGKILLed mid-run leaves its proxy and internal network: the next sweep (each

@@ -36,6 +36,7 @@ from test_flows import artifacts, task_runs
 from toka_agents import run
 from toka_agents.orchestration.flow import RUN_LABEL
 from toka_agents.sandbox import LABEL_MANAGED
+from toka_agents.sandbox.owners import LABEL_OWNER, current_owner
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image")
 
@@ -120,7 +121,8 @@ def test_an_engine_lost_mid_run_fails_the_task_and_the_run_still_reports(
         args=(lambda: holder.update(result=run(path, workspace_root=workspace_root)),),
     )
     worker.start()
-    label = {"label": [f"{LABEL_MANAGED}=1", "org.toka-agents.task=long/wait"]}
+    # This process's run's task: another test process may run a `long/wait` too.
+    label = {"label": [f"{LABEL_OWNER}={current_owner()}", "org.toka-agents.task=long/wait"]}
     deadline = time.monotonic() + 120
     while not (running := docker_client.api.containers(filters=label)):
         assert time.monotonic() < deadline, "the task's container never started"

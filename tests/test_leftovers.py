@@ -24,7 +24,8 @@ from toka_agents.sandbox import LABEL_MANAGED
 from toka_agents.sandbox.egress import LABEL_EGRESS
 from toka_agents.sandbox.owners import LABEL_OWNER, current_owner, is_orphaned
 
-pytestmark = pytest.mark.usefixtures("no_leftover_run_containers")
+# Its orphans must wait for its own sweep, and `toka sandbox clean` counts all of them.
+pytestmark = [pytest.mark.usefixtures("no_leftover_run_containers"), pytest.mark.alone]
 
 
 def dead_owner() -> str:

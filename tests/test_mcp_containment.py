@@ -420,6 +420,7 @@ KILL_BOUND = 60.0
 """Seconds the next run (its start's sweep included) may take to leave nothing of the killed one."""
 
 
+@pytest.mark.alone  # its orphans must wait for its own sweep
 def test_the_server_container_of_a_runner_killed_outright_is_removed_by_the_next_run(
     tmp_path, workspace_root, api_key, time_image, docker_client, prefect_api, monkeypatch
 ):

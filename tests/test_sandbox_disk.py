@@ -123,6 +123,7 @@ def test_the_disk_of_a_sigkilled_process_is_released_by_the_sweep(
     assert not list(workspace.parent.glob(f"*{DISK_SUFFIX}"))
 
 
+@pytest.mark.alone  # its orphans must wait for its own sweep
 def test_a_killed_runners_disk_is_released_from_another_toka_home_after_its_folder_went(
     sandbox_image, tmp_path
 ):

@@ -212,6 +212,7 @@ def test_the_task_env_reaches_the_code_and_not_the_containers_configuration(
         assert configured and not any("s3cret-value" in entry for entry in configured)
 
 
+@pytest.mark.alone  # its orphans must wait for its own sweep
 def test_pool_containers_of_a_sigkilled_process_are_swept(docker_client, sandbox_image, token):
     program = textwrap.dedent(
         f"""

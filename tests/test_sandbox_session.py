@@ -173,6 +173,7 @@ with sandbox.session(spec) as session:
 """
 
 
+@pytest.mark.alone  # its orphan must end by itself, not by another run's sweep
 def test_a_sigkilled_holder_leaves_a_container_that_ends_by_itself(docker_client):
     """Nobody is left to remove it: the session's supervisor ends the container when the
     attach socket of its holder closes (as a warm container does)."""
