@@ -25,7 +25,7 @@ from toka_agents import executor, text
 from toka_agents.approvals import AskApproval, Proposal
 from toka_agents.errors import MalformedKind, MalformedReply
 from toka_agents.executor import ExecutionContext, TaskOutcome
-from toka_agents.llm.loop import StepRunner, redact_message
+from toka_agents.llm.loop import StepRunner
 from toka_agents.llm.messages import Message, ModelReply, ToolCall
 from toka_agents.llm.tools import ToolResult
 from toka_agents.orchestration import reporting, resuming, task_logs
@@ -59,8 +59,9 @@ def _run_agent_task(
     ):
         outcome = executor.skipped(planned, after_failure_of(upstream[-1], previous.state.message))
     elif planned.kind == "llm" and not context.dry_run:
-        shown = RunningConversation(planned.id)
-        runner = step_runner(planned.id, resuming.task_secrets(planned, context), shown)
+        secrets = resuming.task_secrets(planned, context)
+        shown = RunningConversation(planned.id, secrets)
+        runner = step_runner(planned.id, secrets, shown)
         try:
             with resuming.steps_kept_as_they_end():
                 run = executor.run_llm_task(planned, context, upstream_results, runner)
@@ -133,15 +134,16 @@ def step_runner(
     reply, which the loop recovers from: its task run ends Completed, naming what was
     recovered, and the loop gets the error all the same. Its result, `secrets` redacted, is
     stored for a resumed run. After each step, the conversation so far is handed to `shown`,
-    which writes it again as the task's conversation artifact."""
+    which writes it again (`secrets` redacted) as the task's conversation artifact."""
     conversation: list[Message] = []  # as of the latest step: what the model was sent, and since
 
     def run(kind: str, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         step = resuming.redacting(fn, secrets)
-        state = step_task(
-            label=f"{task_id} · {name}", fn=quote(step), args=quote(args), return_state=True
-        )
-        result = state.result()  # a failed step raises its error here
+        # Its return value as the engine holds it (a failed step raises its error here), not
+        # `State.result()`, which goes through Prefect's event loop thread: a step's wait.
+        result = step_task(label=f"{task_id} · {name}", fn=quote(step), args=quote(args))
+        if isinstance(result, State):  # a recovered step: its data is the `MalformedStep`
+            result = result.result()
         if isinstance(result, MalformedStep):
             raise result.error()
         if isinstance(result, ModelReply):
@@ -151,7 +153,7 @@ def step_runner(
         else:
             return result  # the workspace listing for the first prompt: no conversation yet
         if shown is not None:
-            shown.show(name, [redact_message(message, secrets) for message in conversation])
+            shown.show(name, conversation)
         return result
 
     return run
