@@ -176,11 +176,15 @@ def test_each_call_of_a_held_tool_waits_and_a_rejected_call_is_an_error_the_mode
         first, description = next_pause(flow_run_id)
         assert "waits for your approval to call run_code (python), in its task `build`" in description
         assert "```python\nopen('a.txt', 'w').write('a')\n```" in description
-        # While the call waits for a person, the run keeps no container (its warm pool is
-        # emptied within seconds of the pause).
+        # While the call waits for a person, the run keeps no container but the task's session
+        # (started by the listing of the workspace for its first prompt): its warm pool is
+        # emptied within seconds of the pause.
         deadline = time.monotonic() + 15
-        while running_containers(docker_client, flow_run_id):
-            assert time.monotonic() < deadline, running_containers(docker_client, flow_run_id)
+        while not (
+            len(running := running_containers(docker_client, flow_run_id)) == 1
+            and running[0].startswith("/toka-coder-build-")
+        ):
+            assert time.monotonic() < deadline, running
             time.sleep(0.5)
         reject(flow_run_id, "not a.txt")
         _, description = next_pause(flow_run_id, after=first)

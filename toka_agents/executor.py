@@ -198,7 +198,6 @@ def run_llm_task(
                 held=frozenset(task.approval_tools),
                 servers=started_servers,
                 session=usage.session is not None,
-                run_file_tool=usage.run_file_tool,
             )
             served = [tool.spec for tool in started_servers.tools.values()] if started_servers else []
             result = run_loop(

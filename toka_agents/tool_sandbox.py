@@ -2,8 +2,8 @@
 runs, and what it adds up.
 
 With `sandbox_session` (the default) the task's calls share one live container
-(`sandbox.session`), started at its first `run_code` call and removed when the task ends (the
-file tools, which see only /workspace, use it once it runs, and start none); without, each
+(`sandbox.session`), started at its first call (the listing of the workspace for the first
+prompt, which runs in it as the file tools do) and removed when the task ends; without, each
 call runs in a container of its own (`Sandbox.run`). Either way `SandboxUsage` adds up what
 the calls used, for the task's outcome.
 """
@@ -49,15 +49,7 @@ class SandboxUsage:
 
     def run_code(self, language: str, source: str) -> SandboxResult:
         """Run code in the task's session, if it has one, else in a container of its own."""
-        return self._run(self.session is not None, language, source)
-
-    def run_file_tool(self, language: str, source: str) -> SandboxResult:
-        """Run a file tool's program in the task's session once its code has started it, else
-        in a container of its own: a task that only reads never holds a session."""
-        return self._run(self.session is not None and self.session.live, language, source)
-
-    def _run(self, in_session: bool, language: str, source: str) -> SandboxResult:
-        run = self.session.run if in_session and self.session is not None else self.sandbox.run
+        run = self.session.run if self.session is not None else self.sandbox.run
         result = run(self.spec.model_copy(update={"language": language, "source": source}))
         self.peak_memory = _most(self.peak_memory, result.peak_memory)
         self.peak_pids = _most(self.peak_pids, result.peak_pids)

@@ -182,12 +182,8 @@ class Toolbox:
         held: frozenset[str] = frozenset(),
         servers: McpServers | None = None,
         session: bool = False,
-        run_file_tool: RunCode | None = None,
     ) -> None:
         self.run_code = run_code
-        self.run_file_tool = run_file_tool or run_code
-        """Where the file tools' programs run: they see only /workspace, so they need no
-        session, and use one only once the code has started it."""
         self.may_write = may_write
         self.root = root
         self.ask = ask
@@ -242,7 +238,7 @@ class Toolbox:
         return None
 
     def _file_tool(self, name: str, args: dict[str, Any]) -> ToolResult:
-        result = self.run_file_tool("shell", file_tool_script(name, args, self.root))
+        result = self.run_code("shell", file_tool_script(name, args, self.root))
         if not result.ok:
             return ToolResult(content=f"{name} failed in the sandbox: {result.failure}", is_error=True)
         try:

@@ -74,11 +74,6 @@ class SandboxSession:
         self._ended: str | None = None
         """Why the last container ended under a call: said to the next call."""
 
-    @property
-    def live(self) -> bool:
-        """Whether its container runs now (from its first call on, until it ends)."""
-        return self._live is not None
-
     def run(self, spec: SandboxSpec, on_output: OutputCallback | None = None) -> SandboxResult:
         """Run `spec`'s code in the session's container, starting it on the first call (and,
         once, after it ended). Raises `SandboxError` (`SandboxCancelled` once the sandbox
