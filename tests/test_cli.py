@@ -164,3 +164,23 @@ def test_max_concurrent_agents_overrides_the_configs_bound(tmp_path, prefect_api
     assert bad.returncode != 0
     assert 'Invalid value "0" for --max-concurrent-agents. Must be >= 1.' in bad.stderr
     assert "Traceback" not in bad.stdout + bad.stderr and "Flow run" not in bad.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("validate", str(EXAMPLES / "quickstart.yaml")),
+        ("plan", str(EXAMPLES / "quickstart.yaml")),
+        ("sandbox", "check"),
+        ("--version",),
+    ],
+)
+def test_verbs_that_run_nothing_in_prefect_do_not_load_it(args):
+    """They answer in half a second rather than three: Prefect's import alone takes more than
+    a second here. Python's import profile (`PYTHONPROFILEIMPORTTIME`) lists each module the
+    command loaded, on stderr."""
+    done = run_toka(*args, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = {line.rpartition("|")[2].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert "toka_agents.cli" in loaded
+    assert not {name for name in loaded if name.split(".")[0] in ("prefect", "mcp")}

@@ -55,6 +55,10 @@ class ExecutionError(TokaError):
     """A run cannot start, for example an LLM task with no provider configured."""
 
 
+class McpServerError(TokaError):
+    """An MCP server could not start, or does not have what the config names."""
+
+
 class LlmError(TokaError):
     """A model call failed for good: a refusal (4xx), or retries used up. Says the provider's
     reason in one visible line (a provider's text is not toka-agents' to trust: a model step's

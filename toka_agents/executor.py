@@ -30,10 +30,17 @@ from toka_agents.config.models import (
     LlmSettings,
     Orchestration,
 )
-from toka_agents.errors import ConfigError, LlmCancelled, LlmError, NoAnswer, Rejected, SandboxError
+from toka_agents.errors import (
+    ConfigError,
+    LlmCancelled,
+    LlmError,
+    McpServerError,
+    NoAnswer,
+    Rejected,
+    SandboxError,
+)
 from toka_agents.llm.gateway import Acquire, Gateway, api_key_from_env, from_environment
 from toka_agents.llm.loop import LoopResult, StepRunner, TaskBrief, run_directly, run_loop
-from toka_agents.llm.mcp import McpServerError
 from toka_agents.llm.messages import Message, ToolSpec
 from toka_agents.llm.tools import Toolbox
 from toka_agents.planning import PlannedAgent, PlannedTask, plan

@@ -16,12 +16,16 @@ import contextlib
 import functools
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from toka_agents.config.mcp import McpServer
-from toka_agents.llm.mcp import McpServerError, McpServers
+from toka_agents.errors import McpServerError
 from toka_agents.sandbox import Sandbox, SandboxSpec
 from toka_agents.sandbox.egress_proxy import allows
+
+if TYPE_CHECKING:
+    from toka_agents.llm.mcp import McpServers
 
 
 @contextlib.contextmanager
@@ -38,6 +42,8 @@ def task_servers(
         return
     # What an HTTP server needs is checked before anything starts.
     headers = {server.name: http_headers(server, spec, environ) for server in servers if server.url}
+    from toka_agents.llm.mcp import McpServers  # the MCP SDK loads only for a task that has servers
+
     with McpServers() as started:  # each server's container goes when it stops
         for server in servers:
             if server.url is not None:

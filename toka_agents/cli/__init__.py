@@ -35,9 +35,27 @@ __all__ = [
 ]
 
 
+WITHOUT_PREFECT = frozenset(
+    {
+        "validate",
+        "plan",
+        "graph",
+        "schema",
+        "sandbox",
+        "runtime",
+        "workspace",
+        "--help",
+        "-h",
+        "--version",
+    }
+)
+"""The verbs (and flags) that never load Prefect: they answer in half a second rather than three."""
+
+
 def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    show_log_lines_literally()
+    if sys.argv[1:2] and sys.argv[1] not in WITHOUT_PREFECT:
+        show_log_lines_literally()  # loads Prefect, whose console handler it wraps
     try:
         app()
     except ConfigError as exc:

@@ -35,7 +35,6 @@ from toka_agents.cli.rendering import (
     where_to_look,
 )
 from toka_agents.errors import TokaError
-from toka_agents.orchestration.flow import RunOptions
 
 
 @agent_app.command(name="list")
@@ -112,6 +111,8 @@ def spawn(
         )
     if deployment is None:
         assert planned is not None
+        from toka_agents.orchestration.flow import RunOptions
+
         options = RunOptions(
             workspace_root=workspace_dir, dry_run=dry_run, cancel_poll_seconds=CANCEL_POLL_SECONDS
         )

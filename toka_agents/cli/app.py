@@ -11,7 +11,6 @@ from uuid import UUID
 
 import cyclopts
 from cyclopts import Parameter
-from prefect.settings import PREFECT_API_URL
 from rich.console import Console
 from rich.text import Text
 
@@ -122,6 +121,8 @@ def prefect_api() -> Iterator[None]:
     except TokaError:
         raise
     except Exception as exc:
+        from prefect.settings import PREFECT_API_URL
+
         where = PREFECT_API_URL.value() or "Prefect's embedded server"
         said = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise TokaError(f"the Prefect API at {where} failed: {said}") from None

@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextvars
 import threading
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from cyclopts import Parameter, validators
 from pydantic import ValidationError
 from rich.console import Console
 
 from toka_agents import planning, text
-from toka_agents.api import RunResult, run_plan
 from toka_agents.cli.app import (
     CANCEL_POLL_SECONDS,
     AllowUnsandboxed,
@@ -33,7 +32,10 @@ from toka_agents.config.fragments import issues_from_validation
 from toka_agents.config.loader import load
 from toka_agents.config.models import LlmOverrides
 from toka_agents.errors import ConfigError
-from toka_agents.orchestration.flow import RunOptions
+
+if TYPE_CHECKING:  # imported where a run starts: the other verbs start without Prefect
+    from toka_agents.api import RunResult
+    from toka_agents.orchestration.flow import RunOptions
 
 Output = Literal["table", "json"]
 
@@ -138,6 +140,8 @@ def orchestrate(
         except ConfigError as exc:
             print_issues(exc.issues)
             return 1
+    from toka_agents.orchestration.flow import RunOptions
+
     options = RunOptions(
         workspace_root=workspace_dir,
         dry_run=dry_run,
@@ -153,6 +157,8 @@ def run_and_show(
 ) -> RunResult:
     """Run the plan in this process, watched live or not, then show how it ended: the summary
     and where to look, or (`json`) one JSON document, alone on stdout."""
+    from toka_agents.api import run_plan
+
     if not watch:
         result = run_plan(planned, options)
         ended_shown = False
@@ -168,6 +174,7 @@ def run_and_show(
 def run_watched(planned: planning.Plan, options: RunOptions, console: Console) -> tuple[RunResult, bool]:
     """Run the plan in this process while a thread draws it live from the server on `console`.
     Also says whether the view drew it to its end (its last line is how the run ended)."""
+    from toka_agents.api import run_plan
     from toka_agents.orchestration import watching
 
     watch = watching.Watch(console, totals=watching.planned_tasks(planned))

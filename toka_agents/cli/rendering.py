@@ -17,21 +17,19 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
-from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 from rich.console import Console, RenderableType
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
 from toka_agents import planning, text
-from toka_agents.api import RunResult
 from toka_agents.config.inputs import as_text
 from toka_agents.errors import ConfigIssue
-from toka_agents.executor import TaskOutcome
-from toka_agents.orchestration.reporting import llm_columns, task_message, usage_columns
 from toka_agents.planning import Validation
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # run and watch verbs only: the others start without Prefect
+    from toka_agents.api import RunResult
+    from toka_agents.executor import TaskOutcome
     from toka_agents.orchestration.watching import LatestRun
 
 from toka_agents.cli.app import err
@@ -170,6 +168,8 @@ def _width_needed(table: Table, console: Console) -> int:
 
 def summary_table(outcomes: list[TaskOutcome]) -> Table:
     """A row per task: its status, figures and message. Only the message column wraps."""
+    from toka_agents.orchestration.reporting import llm_columns, task_message
+
     with_llm = any(outcome.steps is not None for outcome in outcomes)
     llm_headers = list(llm_columns(outcomes[0])) if with_llm else []
     table = Table("task", "status", "duration", "peak memory", "cpu time", *llm_headers, "message")
@@ -210,6 +210,8 @@ SUMMARY_FIGURES = ("duration", "peak memory", "cpu time")
 
 
 def _figures(outcome: TaskOutcome, *, with_llm: bool) -> dict[str, str]:
+    from toka_agents.orchestration.reporting import llm_columns, usage_columns
+
     used = usage_columns(outcome)
     figures = {name: used[name] for name in SUMMARY_FIGURES}
     return {**figures, **llm_columns(outcome)} if with_llm else figures
@@ -284,6 +286,8 @@ def workspace_entries(result: RunResult) -> list[str] | None:
 
 def where_to_look(flow_run_id: str) -> str:
     """Where to look at a flow run: its page in the UI of the server the run was recorded by."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
     if PREFECT_API_URL.value():
         ui = PREFECT_UI_URL.value() or PREFECT_API_URL.value().removesuffix("/api")
         return f"In the Prefect UI: {ui}/runs/flow-run/{flow_run_id}"

@@ -21,7 +21,6 @@ from toka_agents.cli.app import (
 from toka_agents.config.limits import format_bytes
 from toka_agents.config.models import DEFAULT_IMAGE
 from toka_agents.errors import TokaError
-from toka_agents.orchestration.flow import RUN_LABEL
 from toka_agents.sandbox import (
     LABEL_MANAGED,
     connect,
@@ -31,6 +30,7 @@ from toka_agents.sandbox import (
 )
 from toka_agents.sandbox.egress import remove_networks
 from toka_agents.sandbox.images import build_images, build_mcp_image
+from toka_agents.sandbox.owners import LABEL_RUN
 
 
 @workspace_app.command(name="get")
@@ -138,7 +138,7 @@ def clean(
         return 1
     client = connect()
     if run is not None or all:
-        labels = {LABEL_MANAGED: "1", **({RUN_LABEL: str(run)} if run is not None else {})}
+        labels = {LABEL_MANAGED: "1", **({LABEL_RUN: str(run)} if run is not None else {})}
         removed = remove_labeled(client, labels)
         remove_networks(client, labels)  # egress networks, once their containers are gone
     else:

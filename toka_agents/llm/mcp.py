@@ -36,7 +36,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
 
-from toka_agents.errors import TokaError, one_line
+from toka_agents.errors import McpServerError, one_line
 from toka_agents.llm.mcp_stdio import StdioConnection, bounded_stdio
 from toka_agents.llm.messages import ToolSpec
 
@@ -49,10 +49,6 @@ EXIT_WAIT = 5.0
 its exit code."""
 
 logger = logging.getLogger(__name__)
-
-
-class McpServerError(TokaError):
-    """An MCP server could not start, or does not have what the config names."""
 
 
 class Process(Protocol):

@@ -17,14 +17,16 @@ import json
 import posixpath
 import secrets
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
 from toka_agents.errors import Rejected
-from toka_agents.llm.mcp import McpServers
 from toka_agents.llm.messages import ToolCall, ToolMessage, ToolSpec
 from toka_agents.sandbox import Sandbox, SandboxResult, SandboxSpec
+
+if TYPE_CHECKING:  # the MCP SDK loads only for a task that has servers
+    from toka_agents.llm.mcp import McpServers
 
 WORKSPACE = "/workspace"
 OUTPUT_SHOWN = 8_000

@@ -37,12 +37,11 @@ from toka_agents.orchestration.scheduler import Schedule, Scheduler, schedule_of
 from toka_agents.orchestration.tasks import agent_task, approval_task, approvals_kept, step_task
 from toka_agents.planning import Plan
 from toka_agents.sandbox import Sandbox, connect, create_workspace, remove_orphans
+from toka_agents.sandbox.owners import LABEL_RUN as RUN_LABEL
 from toka_agents.sandbox.seeding import seed_workspace
 from toka_agents.sandbox.users import LABEL_USER, run_user
 from toka_agents.sandbox.workspace import local_workspace
 from toka_agents.sandbox.workspace_files import output_files
-
-RUN_LABEL = "org.toka-agents.run"
 
 
 @dataclass(frozen=True)
