@@ -7,7 +7,9 @@ scripted LLM server. Config refusals in one line. Real Prefect server, real Dock
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import shlex
 import textwrap
 import time
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ from test_llm_runs import llm_config, prompts
 from test_workspace_escape import flow_run_logs
 
 from toka_agents import run, validate
+from toka_agents.llm.mcp import McpServers
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
 
@@ -64,11 +67,25 @@ class HttpServer:
         """How many POSTs to its endpoint it has logged (uvicorn's access log)."""
         return self.container.logs().decode(errors="replace").count('"POST /mcp')
 
+    def wait_until_it_answers(self, within: float = 30) -> None:
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                httpx.get(self.url, timeout=2)
+                return
+            except httpx.HTTPError:
+                self.container.reload()
+                assert self.container.status == "running", self.container.logs().decode(errors="replace")
+                assert time.monotonic() < deadline, (
+                    f"the HTTP MCP server did not listen within {within} s"
+                )
+                time.sleep(0.2)
 
-@pytest.fixture(scope="module")
-def http_server(docker_client, time_image) -> Iterator[HttpServer]:
-    """The server in a container on a network of the test's own, published on 127.0.0.1 only;
-    both removed afterwards."""
+
+@contextlib.contextmanager
+def served(docker_client, image: str, command: list[str]) -> Iterator[HttpServer]:
+    """`command` (a server on port 8000) in a container of `image` on a network of the test's
+    own, published on 127.0.0.1 only, once it answers; both removed afterwards."""
     labels = {TEST_LABEL: THIS_SESSION}
     network = docker_client.networks.create(
         f"toka-test-mcp-http-{secrets.token_hex(4)}", driver="bridge", labels=labels
@@ -77,29 +94,27 @@ def http_server(docker_client, time_image) -> Iterator[HttpServer]:
     try:
         port = free_port()
         container = docker_client.containers.run(
-            time_image,
-            ["python3", "-c", HTTP_SERVER],
+            image,
+            command,
             detach=True,
             network=network.name,
             ports={"8000/tcp": ("127.0.0.1", port)},
             labels=labels,
             name=f"toka-test-mcp-http-{secrets.token_hex(4)}",
         )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/mcp", timeout=2)
-                break
-            except httpx.HTTPError:
-                container.reload()
-                assert container.status == "running", container.logs().decode(errors="replace")
-                assert time.monotonic() < deadline, "the HTTP MCP server did not listen within 30 s"
-                time.sleep(0.2)
-        yield HttpServer(port, container)
+        server = HttpServer(port, container)
+        server.wait_until_it_answers()
+        yield server
     finally:
         if container is not None:
             container.remove(force=True)
         network.remove()
+
+
+@pytest.fixture(scope="module")
+def http_server(docker_client, time_image) -> Iterator[HttpServer]:
+    with served(docker_client, time_image, ["python3", "-c", HTTP_SERVER]) as server:
+        yield server
 
 
 def reader_agent(server: HttpServer, allow: str | None) -> str:
@@ -249,3 +264,48 @@ def test_a_bad_mcp_server_entry_is_refused_in_one_line(tmp_path, entry, problem)
             """),
     )
     assert [str(issue) for issue in validate([path]).issues] == [f"{path}: {problem}"]
+
+
+FLAKY_SERVER = """
+import os
+
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("flaky")
+
+
+@server.tool()
+def pid() -> str:
+    \"\"\"This server process's id.\"\"\"
+    return str(os.getpid())
+
+
+@server.tool()
+def quit() -> str:
+    \"\"\"End this server process at once (its container starts another, which knows no session).\"\"\"
+    os._exit(3)
+
+
+server.run("streamable-http", host="0.0.0.0", port=8000)
+"""
+
+
+def test_an_http_server_whose_session_is_lost_is_connected_to_again_once(docker_client, time_image):
+    """A call that loses the session (the server process ended under it) fails naming why; the
+    next call connects again (`initialize`, `tools/list`) and works; after a second loss the
+    server stays out of service. Its container runs the server again whenever it ends."""
+    loop = f"while true; do python3 -c {shlex.quote(FLAKY_SERVER)}; done"
+    with served(docker_client, time_image, ["sh", "-c", loop]) as flaky, McpServers() as servers:
+        servers.start_http("flaky", flaky.url, {}, timeout=30)
+        first, failed = servers.call("flaky__pid", {})
+        assert not failed, first
+        lost, failed = servers.call("flaky__quit", {})
+        assert failed and lost.startswith("mcp server 'flaky': "), lost
+        flaky.wait_until_it_answers()
+        second, failed = servers.call("flaky__pid", {})
+        assert not failed and second != first, (first, lost, second)
+        servers.call("flaky__quit", {})
+        flaky.wait_until_it_answers()
+        down, failed = servers.call("flaky__pid", {})
+    assert failed and down.startswith("mcp server 'flaky' lost its session: "), down
+    assert down.endswith("; it ended once before and is not connected to again"), down

@@ -83,7 +83,13 @@ class _Server:
     name: str
     timeout: float
     launch: Launch | None
-    """None for an HTTP server: it is never restarted."""
+    """How its process starts; None for an HTTP server."""
+    url: str | None = None
+    """Where an HTTP server is, and the headers it is sent."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    lost: str | None = None
+    """Why an HTTP server's session did not answer a ping after its last call failed: the next
+    call connects again."""
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     session: ClientSession | None = None
     connection: StdioConnection | None = None
@@ -128,7 +134,7 @@ class McpServers:
 
     def __exit__(self, *exc_info: object) -> None:
         for server in reversed(self._servers.values()):
-            _close(server)
+            _close(server, quietly=server.lost is not None)  # a lost session's transport fails
         try:
             self._stack.close()
         except Exception as exc:
@@ -156,22 +162,28 @@ class McpServers:
         """Connect to the HTTP server `name` at `url` (streamable HTTP, sending `headers`,
         whose values are never shown), list its tools once and offer them (only `allowed`,
         when given); return them. Raises `McpServerError` in one line."""
+        server = self._servers[name] = _Server(name, timeout, None, url, headers)
+        return self._offer(server, self._connect(server), allowed)
+
+    def _connect(self, server: _Server) -> list[types.Tool]:
+        """Open an HTTP server's session; its tools. Raises `McpServerError`."""
         portal = self._portal
-        assert portal is not None, "start inside the `with` block"
-        server = self._servers[name] = _Server(name, timeout, None)
-        client = httpx2.AsyncClient(headers=dict(headers), timeout=httpx2.Timeout(timeout))
+        assert portal is not None and server.url is not None, "start inside the `with` block"
+        server.stack, server.lost = contextlib.ExitStack(), None
+        client = httpx2.AsyncClient(headers=dict(server.headers), timeout=httpx2.Timeout(server.timeout))
         try:
             stack = server.stack
             stack.enter_context(portal.wrap_async_context_manager(client))
             read, write = stack.enter_context(
-                portal.wrap_async_context_manager(streamable_http_client(url, http_client=client))
+                portal.wrap_async_context_manager(streamable_http_client(server.url, http_client=client))
             )
-            listed = self._initialize(server, read, write)
+            return self._initialize(server, read, write)
         except Exception as exc:
             # The transport's own failure (a refused connection, say) comes out as it closes.
-            said = _close(server, quietly=True) or _reason(exc, timeout)
-            raise McpServerError(f"mcp server {name!r} did not start at {url}: {said}") from None
-        return self._offer(server, listed, allowed)
+            said = _close(server, quietly=True) or _reason(exc, server.timeout)
+            raise McpServerError(
+                f"mcp server {server.name!r} did not start at {server.url}: {said}"
+            ) from None
 
     def _open(self, server: _Server) -> list[types.Tool]:
         """Start a stdio server's process and session; its tools. Raises `McpServerError`."""
@@ -242,7 +254,8 @@ class McpServers:
     def call(self, name: str, arguments: dict[str, Any]) -> tuple[str, bool]:
         """Call the offered tool `name`; return what the model reads and whether it is an
         error. A failed, silent or ended server is an error too, named; an ended stdio
-        server is started again for the call after the one that saw it end, once."""
+        server is started again for the call after the one that saw it end, once, and an HTTP
+        server whose session was lost is connected to again, once."""
         tool = self.tools[name]
         server = self._servers[tool.server]
         portal = self._portal
@@ -257,10 +270,10 @@ class McpServers:
             ended = portal.call(server.connection.ended, EXIT_WAIT) if server.connection else None
             if ended is not None:
                 return f"mcp server {server.name!r} {ended}", True
-            return (
-                f"mcp server {server.name!r}: {_reason(exc, server.timeout)}{server.last_words()}",
-                True,
-            )
+            said = _reason(exc, server.timeout)
+            if server.url is not None and not said.startswith("did not answer"):
+                server.lost = self._unanswered_ping(server)
+            return f"mcp server {server.name!r}: {said}{server.last_words()}", True
         if not isinstance(result, types.CallToolResult):
             return (
                 f"mcp server {server.name!r} answered {type(result).__name__}, not a tool result",
@@ -268,18 +281,33 @@ class McpServers:
             )
         return shown_result(result), result.is_error
 
+    def _unanswered_ping(self, server: _Server) -> str | None:
+        """Why an HTTP server's session does not answer a ping (its connection dropped, or the
+        server forgot it: restarted), or None when it does: the failed call was the server's
+        answer, and the session goes on."""
+        assert self._portal is not None and server.session is not None
+        try:
+            self._portal.call(server.session.send_ping)
+        except Exception as exc:
+            return _reason(exc, server.timeout)
+        return None
+
     def _ready(self, server: _Server, tool: McpTool) -> str | None:
-        """None when `server` may take a call of `tool`, restarting it once if its process
-        ended; else why not."""
+        """None when `server` may take a call of `tool`, restarting it (or connecting to it
+        again) once if it ended; else why not."""
         portal = self._portal
         assert portal is not None
         with server.lock:
-            if server.down is None and server.connection is not None:
-                ended = portal.call(server.connection.ended, 0)
+            if server.down is None:
+                if server.connection is not None:
+                    ended = portal.call(server.connection.ended, 0)
+                else:
+                    ended = None if server.lost is None else f"lost its session: {server.lost}"
                 if ended is not None and server.restarts:
+                    again = "started" if server.url is None else "connected to"
                     server.down = (
                         f"mcp server {server.name!r} {ended}; it ended once before and is not "
-                        "started again"
+                        f"{again} again"
                     )
                 elif ended is not None:
                     server.restarts += 1
@@ -291,13 +319,15 @@ class McpServers:
         return None
 
     def _restart(self, server: _Server, ended: str) -> None:
-        logger.warning("mcp server %r %s: starting it again (once)", server.name, ended)
+        again = "starting it" if server.url is None else "connecting to it"
+        logger.warning("mcp server %r %s: %s again (once)", server.name, ended, again)
         before = server.listed
-        _close(server)
+        _close(server, quietly=server.url is not None)  # a lost session's transport fails to close
         try:
-            listed = {tool.name for tool in self._open(server)}
+            opened = self._open(server) if server.url is None else self._connect(server)
+            listed = {tool.name for tool in opened}
         except Exception as exc:
-            server.down = f"{one_line(exc)} (starting it again after it {ended})"
+            server.down = f"{one_line(exc)} ({again} again after it {ended})"
             return
         if listed != before:
             logger.warning(
