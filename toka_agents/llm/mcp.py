@@ -14,6 +14,9 @@ A stdio server whose process ended (it exited, or was cut off for what it wrote)
 call that saw it, and the next call starts it again, once: a new process (container), then
 `initialize` and `tools/list`; the task keeps the tools it was offered (a changed list is
 logged) and calls only those the new process still has. After a second end it stays down.
+An HTTP server whose session does not answer a ping after a failed call (its connection
+dropped, or it restarted and forgot the session) is connected to again for the next call, in
+the same way, once.
 
 The SDK is async; `McpServers` runs the sessions in a thread of their own (an anyio blocking
 portal), so that the agent loop calls them as plain functions.
