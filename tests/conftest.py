@@ -215,15 +215,18 @@ def toka_containers(client) -> list[str]:
     return [c["Id"] for c in client.api.containers(all=True, filters={"label": [LABEL]})]
 
 
-def own_containers(client) -> list[str]:
-    """This process's toka-agents containers (its owner label): what its in-process runs made.
-
-    Other suites and runs share the engine, so leak checks never count all toka containers.
-    """
+def own_labels(*more: str) -> dict[str, list[str]]:
+    """A container filter for this process's toka-agents containers (its owner label), and
+    `more` labels: other test processes and runs share the engine."""
     from toka_agents.sandbox.owners import LABEL_OWNER, current_owner
 
-    labels = [LABEL, f"{LABEL_OWNER}={current_owner()}"]
-    return [c["Id"] for c in client.api.containers(all=True, filters={"label": labels})]
+    return {"label": [LABEL, f"{LABEL_OWNER}={current_owner()}", *more]}
+
+
+def own_containers(client) -> list[str]:
+    """This process's toka-agents containers: what its in-process runs made. Leak checks never
+    count all toka containers."""
+    return [c["Id"] for c in client.api.containers(all=True, filters=own_labels())]
 
 
 @pytest.fixture

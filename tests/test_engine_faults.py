@@ -17,7 +17,7 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
-from conftest import _drain_prefect_workers, start_toka, write_config
+from conftest import _drain_prefect_workers, own_labels, start_toka, write_config
 from prefect import get_client
 from prefect.client.schemas.filters import (
     FlowFilter,
@@ -36,7 +36,6 @@ from test_flows import artifacts, task_runs
 from toka_agents import run
 from toka_agents.orchestration.flow import RUN_LABEL
 from toka_agents.sandbox import LABEL_MANAGED
-from toka_agents.sandbox.owners import LABEL_OWNER, current_owner
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image")
 
@@ -122,7 +121,7 @@ def test_an_engine_lost_mid_run_fails_the_task_and_the_run_still_reports(
     )
     worker.start()
     # This process's run's task: another test process may run a `long/wait` too.
-    label = {"label": [f"{LABEL_OWNER}={current_owner()}", "org.toka-agents.task=long/wait"]}
+    label = own_labels("org.toka-agents.task=long/wait")
     deadline = time.monotonic() + 120
     while not (running := docker_client.api.containers(filters=label)):
         assert time.monotonic() < deadline, "the task's container never started"

@@ -10,12 +10,11 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
-from conftest import write_config
+from conftest import own_labels, write_config
 from prefect import get_client
 from prefect.states import Cancelling
 
 from toka_agents import run
-from toka_agents.sandbox.owners import LABEL_OWNER, current_owner
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_containers")
 
@@ -73,7 +72,7 @@ def test_a_cancel_at_the_head_cancels_every_agent_below_it(tmp_path, workspace_r
     )
     worker.start()
     deadline = time.monotonic() + 180
-    head = {"label": [f"{LABEL_OWNER}={current_owner()}", "org.toka-agents.task=a0/t"]}
+    head = own_labels("org.toka-agents.task=a0/t")
     while not (running := docker_client.api.containers(filters=head)):
         assert time.monotonic() < deadline, "the head agent's container never started"
         time.sleep(0.2)

@@ -295,17 +295,20 @@ class McpServers:
             return _reason(exc, server.timeout)
         return None
 
+    def _ended(self, server: _Server) -> str | None:
+        """Why a stdio server's process ended, or an HTTP server's session was lost; None while
+        it serves."""
+        if server.connection is not None:
+            assert self._portal is not None
+            return self._portal.call(server.connection.ended, 0)
+        return None if server.lost is None else f"lost its session: {server.lost}"
+
     def _ready(self, server: _Server, tool: McpTool) -> str | None:
         """None when `server` may take a call of `tool`, restarting it (or connecting to it
         again) once if it ended; else why not."""
-        portal = self._portal
-        assert portal is not None
         with server.lock:
             if server.down is None:
-                if server.connection is not None:
-                    ended = portal.call(server.connection.ended, 0)
-                else:
-                    ended = None if server.lost is None else f"lost its session: {server.lost}"
+                ended = self._ended(server)
                 if ended is not None and server.restarts:
                     again = "started" if server.url is None else "connected to"
                     server.down = (
