@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+from dataclasses import dataclass, field
 from uuid import UUID
 
 from prefect import get_client
@@ -15,6 +16,7 @@ from toka_agents.orchestration import reporting
 from toka_agents.sandbox import Sandbox
 
 
+@dataclass(eq=False)
 class CancellationWatcher:
     """Watches the flow run's state; when someone cancels it (the UI, the API), kills the
     run's containers so its tasks end at once and no new ones start.
@@ -24,30 +26,25 @@ class CancellationWatcher:
     be reached it says so and keeps asking: a cancel sent meanwhile lands once it answers.
     """
 
-    def __init__(
-        self,
-        flow_run_id: UUID,
-        interval: float,
-        sandbox: Sandbox | None,
-        logger: reporting.RunLogger,
-        llm_cancel: threading.Event | None = None,
-    ) -> None:
-        self.flow_run_id = flow_run_id
-        self.interval = interval
-        self.sandbox = sandbox
-        self.logger = logger
-        self.llm_cancel = llm_cancel
-        self.cancelled = threading.Event()
-        self._stop = threading.Event()
-        context = contextvars.copy_context()  # the thread must see this run's Prefect settings
-        self._thread = threading.Thread(target=context.run, args=(self._watch,), daemon=True)
+    flow_run_id: UUID
+    interval: float
+    sandbox: Sandbox | None
+    logger: reporting.RunLogger
+    llm_cancel: threading.Event | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event, init=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _context: contextvars.Context = field(default_factory=contextvars.copy_context, init=False)
+    """The settings of where the watcher was made (this run's Prefect API), for its thread."""
+    _thread: threading.Thread | None = field(default=None, init=False)
 
     def start(self) -> None:
+        self._thread = threading.Thread(target=self._context.run, args=(self._watch,), daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
     def _watch(self) -> None:
         failures = 0

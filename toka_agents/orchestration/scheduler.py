@@ -106,6 +106,7 @@ class Ending:
     cause: str = ""
 
 
+@dataclass(eq=False)
 class Scheduler:
     """Starts agents as their requirements complete, within the concurrency bound.
 
@@ -116,29 +117,27 @@ class Scheduler:
     without a trip through the task engine.
     """
 
-    def __init__(
-        self,
-        schedule: Schedule,
-        context: ExecutionContext,
-        report: reporting.RunReport,
-        watcher: CancellationWatcher,
-        flow_run_id: UUID,
-    ) -> None:
-        self.schedule = schedule
-        self.context = context
-        self.report = report
-        self.watcher = watcher
-        self.flow_run_id = flow_run_id
+    schedule: Schedule
+    context: ExecutionContext
+    report: reporting.RunReport
+    watcher: CancellationWatcher
+    flow_run_id: UUID
+    agents: dict[str, AgentRun] = field(init=False)
+    outcomes: dict[str, TaskOutcome] = field(default_factory=dict, init=False)
+    finished: queue.Queue[tuple[PlannedTask, PrefectFuture[Any]]] = field(
+        default_factory=queue.Queue, init=False
+    )
+    ready: list[tuple[int, int, str]] = field(default_factory=list, init=False)
+    pending: int = field(default=0, init=False)  # task runs submitted, not yet off `finished`
+    running: int = field(default=0, init=False)  # agents whose status is "running"
+    labels: dict[UUID, str] = field(default_factory=dict, init=False)  # task run id -> task id
+    attempt_key: str = field(default="", init=False)
+
+    def __post_init__(self) -> None:
         self.agents = {
-            name: AgentRun(schedule.agents[name], set(before))
-            for name, before in schedule.waiting_for.items()
+            name: AgentRun(self.schedule.agents[name], set(before))
+            for name, before in self.schedule.waiting_for.items()
         }
-        self.outcomes: dict[str, TaskOutcome] = {}
-        self.finished: queue.Queue[tuple[PlannedTask, PrefectFuture[Any]]] = queue.Queue()
-        self.ready: list[tuple[int, int, str]] = []
-        self.pending = 0  # task runs submitted and not yet taken off `finished`
-        self.running = 0  # agents whose status is "running"
-        self.labels: dict[UUID, str] = {}  # task run id -> its task's id, for upstream names
         flow_run = FlowRunContext.get().flow_run  # type: ignore[union-attr]
         attempt = flow_run.run_count if flow_run is not None else 1
         # Skipped task runs are made through the API, which answers a later attempt's request

@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from toka_agents.sandbox.spec import SandboxSpec
@@ -55,6 +56,7 @@ def pool_key(spec: SandboxSpec) -> PoolKey:
     return tuple((field, getattr(spec, field)) for field in CREATION_FIELDS)
 
 
+@dataclass(eq=False)
 class WarmPool(Generic[T]):
     """Up to `size` ready containers of one creation setting, each handed out at most once.
 
@@ -62,31 +64,21 @@ class WarmPool(Generic[T]):
     after another could not keep up with tasks that claim them several at a time.
     """
 
-    def __init__(
-        self,
-        name: str,
-        size: int,
-        make: Callable[[], T | None],
-        discard: Callable[[T], None],
-        alive: Callable[[T], bool] = lambda item: True,
-        workers: int = WORKERS,
-    ) -> None:
-        self.name = name
-        self.size = size
-        self._make = make
-        self._discard = discard
-        self._alive = alive
-        self._ready: deque[T] = deque()
-        self._retired: deque[T] = deque()
-        self._making = 0
-        self._changed = threading.Condition()
-        self._closed = False
-        self._emptied = threading.Event()  # set once close() has destroyed what it holds
-        self._failures = 0
-        self._threads = [
-            threading.Thread(target=self._work, name=f"toka-pool-{name}-{i}", daemon=True)
-            for i in range(max(1, min(workers, size)))
-        ]
+    name: str
+    size: int
+    make: Callable[[], T | None]
+    discard: Callable[[T], None]
+    alive: Callable[[T], bool] = lambda item: True
+    workers: int = WORKERS
+    _ready: deque[T] = field(default_factory=deque, init=False)
+    _retired: deque[T] = field(default_factory=deque, init=False)
+    _making: int = field(default=0, init=False)
+    _changed: threading.Condition = field(default_factory=threading.Condition, init=False)
+    _closed: bool = field(default=False, init=False)
+    _emptied: threading.Event = field(default_factory=threading.Event, init=False)
+    """Set once close() has destroyed what the pool holds."""
+    _failures: int = field(default=0, init=False)
+    _threads: list[threading.Thread] = field(default_factory=list, init=False)
 
     @property
     def ready(self) -> int:
@@ -96,6 +88,10 @@ class WarmPool(Generic[T]):
 
     def start(self) -> None:
         """Start filling the pool in the background."""
+        self._threads = [
+            threading.Thread(target=self._work, name=f"toka-pool-{self.name}-{i}", daemon=True)
+            for i in range(max(1, min(self.workers, self.size)))
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -108,7 +104,7 @@ class WarmPool(Generic[T]):
                 while self._ready and not self._closed:
                     item = self._ready.popleft()
                     self._changed.notify_all()  # room to refill
-                    if self._alive(item):
+                    if self.alive(item):
                         return item
                     dead.append(item)
                 return None
@@ -164,7 +160,7 @@ class WarmPool(Generic[T]):
                 self._discard_quietly(old)
                 continue
             try:
-                item = self._make()
+                item = self.make()
             except Exception as exc:
                 with self._changed:
                     self._making -= 1
@@ -199,6 +195,6 @@ class WarmPool(Generic[T]):
 
     def _discard_quietly(self, item: T) -> None:
         try:
-            self._discard(item)
+            self.discard(item)
         except Exception as exc:  # the engine's to clean up later: the run's end removes it by label
             logger.warning("warm pool %s could not remove a container: %s", self.name, exc)
