@@ -17,6 +17,8 @@ import json
 import posixpath
 import secrets
 from collections.abc import Callable, Sequence
+from dataclasses import KW_ONLY, dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
@@ -46,6 +48,18 @@ Approve = Callable[[ToolCall], None]
 """Holds a tool call until a person approves it; raises `Rejected` (the call is not run) or
 `NoAnswer` when no decision comes in time."""
 
+def _arguments(**properties: dict[str, Any]) -> dict[str, Any]:
+    """A tool's input schema: an object of `properties`, each required unless it has a
+    default, and no others."""
+    required = [name for name, schema in properties.items() if "default" not in schema]
+    return {
+        "type": "object",
+        "properties": properties,
+        **({"required": required} if required else {}),
+        "additionalProperties": False,
+    }
+
+
 RUN_CODE = ToolSpec(
     name="run_code",
     description=(
@@ -53,15 +67,10 @@ RUN_CODE = ToolSpec(
         "your limits, whose working directory is the shared workspace /workspace. Returns the "
         "exit code, stdout and stderr. Nothing but /workspace survives between runs."
     ),
-    parameters={
-        "type": "object",
-        "properties": {
-            "language": {"type": "string", "enum": ["python", "shell"]},
-            "source": {"type": "string", "description": "The whole program."},
-        },
-        "required": ["language", "source"],
-        "additionalProperties": False,
-    },
+    parameters=_arguments(
+        language={"type": "string", "enum": ["python", "shell"]},
+        source={"type": "string", "description": "The whole program."},
+    ),
 )
 RUN_CODE_IN_SESSION = RUN_CODE.model_copy(
     update={
@@ -78,31 +87,17 @@ _PATH = {"type": "string", "description": "A path in /workspace, relative to it 
 LIST_FILES = ToolSpec(
     name="list_files",
     description=f"List the files under a directory of /workspace and their sizes, {LIST_LIMIT} at most.",
-    parameters={
-        "type": "object",
-        "properties": {"path": {**_PATH, "default": "."}},
-        "additionalProperties": False,
-    },
+    parameters=_arguments(path={**_PATH, "default": "."}),
 )
 READ_FILE = ToolSpec(
     name="read_file",
     description=f"Read a text file of /workspace (its first {READ_LIMIT} characters).",
-    parameters={
-        "type": "object",
-        "properties": {"path": _PATH},
-        "required": ["path"],
-        "additionalProperties": False,
-    },
+    parameters=_arguments(path=_PATH),
 )
 WRITE_FILE = ToolSpec(
     name="write_file",
     description="Write a text file into /workspace, replacing it if it exists; makes its directories.",
-    parameters={
-        "type": "object",
-        "properties": {"path": _PATH, "content": {"type": "string"}},
-        "required": ["path", "content"],
-        "additionalProperties": False,
-    },
+    parameters=_arguments(path=_PATH, content={"type": "string"}),
 )
 FINISH = ToolSpec(
     name="finish",
@@ -110,27 +105,15 @@ FINISH = ToolSpec(
         "End the task. `success`: whether the task is done as asked. `summary`: what you did and "
         "found, for the agents that continue from your work. Nothing after it runs."
     ),
-    parameters={
-        "type": "object",
-        "properties": {"success": {"type": "boolean"}, "summary": {"type": "string"}},
-        "required": ["success", "summary"],
-        "additionalProperties": False,
-    },
+    parameters=_arguments(success={"type": "boolean"}, summary={"type": "string"}),
 )
-
-
 ASK_HUMAN = ToolSpec(
     name="ask_human",
     description=(
         "Ask a person a question and wait for their answer: for what you cannot find out "
         "yourself, or a decision that is theirs. Ask one clear question at a time."
     ),
-    parameters={
-        "type": "object",
-        "properties": {"question": {"type": "string", "minLength": 1}},
-        "required": ["question"],
-        "additionalProperties": False,
-    },
+    parameters=_arguments(question={"type": "string", "minLength": 1}),
 )
 
 
@@ -170,32 +153,27 @@ class ToolResult(BaseModel):
         )
 
 
+@dataclass(eq=False)
 class Toolbox:
     """Runs an agent's tool calls. `run_code` is its door to the sandbox."""
 
-    def __init__(
-        self,
-        run_code: RunCode,
-        *,
-        may_write: bool,
-        root: str = WORKSPACE,
-        ask: AskPerson | None = None,
-        approve: Approve | None = None,
-        held: frozenset[str] = frozenset(),
-        servers: McpServers | None = None,
-        session: bool = False,
-    ) -> None:
-        self.run_code = run_code
-        self.may_write = may_write
-        self.root = root
-        self.ask = ask
-        self.approve = approve
-        self.held = held
-        """The tools each of whose calls waits for `approve`."""
-        self.servers = servers
-        served = [tool.spec for tool in servers.tools.values()] if servers is not None else []
-        self.specs = tool_specs(
-            may_write=may_write, may_ask=ask is not None, served=served, session=session
+    run_code: RunCode
+    _: KW_ONLY
+    may_write: bool
+    root: str = WORKSPACE
+    ask: AskPerson | None = None
+    approve: Approve | None = None
+    held: frozenset[str] = frozenset()
+    """The tools each of whose calls waits for `approve`."""
+    servers: McpServers | None = None
+    session: bool = False
+
+    @cached_property
+    def specs(self) -> list[ToolSpec]:
+        """The tools offered to the model."""
+        served = [tool.spec for tool in self.servers.tools.values()] if self.servers is not None else []
+        return tool_specs(
+            may_write=self.may_write, may_ask=self.ask is not None, served=served, session=self.session
         )
 
     def run(self, call: ToolCall) -> ToolResult:
