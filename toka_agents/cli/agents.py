@@ -3,8 +3,10 @@ the replies of a person a run waits for: `answer`, `approve` and `reject`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
+from uuid import UUID
 
 from cyclopts import Parameter
 from rich.console import Console
@@ -35,6 +37,9 @@ from toka_agents.cli.rendering import (
     where_to_look,
 )
 from toka_agents.errors import TokaError
+
+if TYPE_CHECKING:  # Prefect loads only in the verbs that use it
+    from toka_agents.orchestration.people import Waiting
 
 
 @agent_app.command(name="list")
@@ -215,6 +220,8 @@ Pause = Annotated[
     ),
 ]
 Comment = Annotated[str, Parameter(name="--comment", help="Why: the run's record keeps it.")]
+Reply = Callable[[UUID, str, str | None], "Waiting"]
+"""`people.answer`, `approve` or `reject`: each resumes the run with a person's reply."""
 RequiredComment = Annotated[
     str,
     Parameter(name="--comment", help="Why it must not run: the task's failure (or the model) says it."),
@@ -232,11 +239,7 @@ def answer(
     """
     from toka_agents.orchestration.people import answer as answer_question
 
-    run_id = flow_run_id_of(flow_run_id)
-    with prefect_api():
-        answered = answer_question(run_id, text_, pause)
-    out.print(f"Answered {answered.subject()}; flow run {run_id} resumes", markup=False)
-    return 0
+    return _reply("Answered", answer_question, flow_run_id, text_, pause)
 
 
 @agent_app.command
@@ -248,11 +251,7 @@ def approve(flow_run_id: FlowRunId, /, *, comment: Comment = "", pause: Pause = 
     """
     from toka_agents.orchestration.people import approve as approve_it
 
-    run_id = flow_run_id_of(flow_run_id)
-    with prefect_api():
-        approved = approve_it(run_id, comment, pause)
-    out.print(f"Approved {approved.subject()}; flow run {run_id} resumes", markup=False)
-    return 0
+    return _reply("Approved", approve_it, flow_run_id, comment, pause)
 
 
 @agent_app.command
@@ -264,8 +263,13 @@ def reject(flow_run_id: FlowRunId, /, *, comment: RequiredComment, pause: Pause 
     """
     from toka_agents.orchestration.people import reject as reject_it
 
+    return _reply("Rejected", reject_it, flow_run_id, comment, pause)
+
+
+def _reply(done: str, reply: Reply, flow_run_id: str, text_: str, pause: str | None) -> int:
+    """Send a person's reply to the run `flow_run_id` waits on, and say what it answered."""
     run_id = flow_run_id_of(flow_run_id)
     with prefect_api():
-        rejected = reject_it(run_id, comment, pause)
-    out.print(f"Rejected {rejected.subject()}; flow run {run_id} resumes", markup=False)
+        waited = reply(run_id, text_, pause)
+    out.print(f"{done} {waited.subject()}; flow run {run_id} resumes", markup=False)
     return 0
