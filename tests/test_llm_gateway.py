@@ -29,6 +29,7 @@ from llm_server import (
     tool_call,
     tool_calls,
 )
+from test_llm_wire import RUN_CODE
 
 from toka_agents.config.models import LlmSettings
 from toka_agents.llm import (
@@ -44,18 +45,6 @@ from toka_agents.llm import (
 
 KEY = "sk-planted-4f9c1e7a2b"
 PATHS = {"openai": OPENAI_PATH, "anthropic": ANTHROPIC_PATH}
-RUN_CODE = ToolSpec(
-    name="run_code",
-    description="Run code in the sandbox.",
-    parameters={
-        "type": "object",
-        "properties": {
-            "language": {"type": "string", "enum": ["python", "shell"]},
-            "source": {"type": "string"},
-        },
-        "required": ["language", "source"],
-    },
-)
 FINISH = ToolSpec(
     name="finish",
     description="End the task.",

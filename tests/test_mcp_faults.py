@@ -78,14 +78,18 @@ server.run()
 '''
 )
 
-FLOOD_SERVER = '''
+WRITES_ON_THE_WIRE = """
 import os
 
 from mcp.server.mcpserver import MCPServer
 
-server = MCPServer("flood")
+server = MCPServer("{name}")
 WIRE = os.dup(1)  # the SDK's server diverts fd 1 to stderr while it serves: a copy of the wire
+"""
 
+FLOOD_SERVER = (
+    WRITES_ON_THE_WIRE.format(name="flood")
+    + '''
 
 @server.tool()
 def flood() -> str:
@@ -98,15 +102,11 @@ def flood() -> str:
 
 server.run()
 '''
+)
 
-CHATTY_SERVER = '''
-import os
-
-from mcp.server.mcpserver import MCPServer
-
-server = MCPServer("chatty")
-WIRE = os.dup(1)  # the SDK's server diverts fd 1 to stderr while it serves: a copy of the wire
-
+CHATTY_SERVER = (
+    WRITES_ON_THE_WIRE.format(name="chatty")
+    + '''
 
 @server.tool()
 def chat() -> str:
@@ -117,12 +117,12 @@ def chat() -> str:
 
 server.run()
 '''
+)
 
 
 def run_with_servers(tmp_path, workspace_root, api_key, monkeypatch, image, servers, script):
     """Run one agent with `servers` ({name: source}, run in `image`) in its seeded, writable
-    workspace; return
-    the run's result and the tool results the model read, in order."""
+    workspace; return the run's result and the tool results the model read, in order."""
     seed = tmp_path / "seed"
     seed.mkdir()
     monkeypatch.setenv("TOKA_SEED_ROOTS", str(tmp_path))

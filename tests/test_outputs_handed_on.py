@@ -11,17 +11,7 @@ from toka_agents import run
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
 
-TWO_TASKS = """
-name: handed
-agents:
-  - name: work
-    capabilities: [filesystem-write]
-    outputs: ["*.txt"]
-    tasks:
-      - name: first
-        code: {language: shell, source: "echo one > first.txt"}
-      - name: second
-        code: {language: shell, source: "echo two > second.txt"}
+READS_WHAT_WORK_HANDS_ON = """\
   - name: next
     requires: [work]
     tasks:
@@ -32,6 +22,23 @@ agents:
             import json, os
             print("handed on:", json.loads(os.environ["TOKA_UPSTREAM"])["work"]["files"])
 """
+"""The agent `next`, after `work`: it prints the files `work` hands on."""
+
+TWO_TASKS = (
+    """
+name: handed
+agents:
+  - name: work
+    capabilities: [filesystem-write]
+    outputs: ["*.txt"]
+    tasks:
+      - name: first
+        code: {language: shell, source: "echo one > first.txt"}
+      - name: second
+        code: {language: shell, source: "echo two > second.txt"}
+"""
+    + READS_WHAT_WORK_HANDS_ON
+)
 
 
 def test_an_agent_hands_on_the_outputs_its_last_task_leaves(tmp_path):

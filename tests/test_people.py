@@ -28,6 +28,17 @@ ASKER = """
 """
 
 
+def assert_the_model_read(result, sent: list, answer_text: str) -> None:
+    """The asker's run completed, and the answer, exactly as given, was the `ask_human`
+    call's result in the model's next request."""
+    assert result.ok, result.state.message
+    assert result.outcomes[0].summary == "Chose blue, as asked."
+    [answer_message] = [
+        m for m in sent[-1] if m.get("role") == "tool" and "Blue" in str(m.get("content"))
+    ]
+    assert answer_message["content"] == answer_text
+
+
 def test_an_agent_asks_a_person_who_answers_and_the_model_reads_the_answer(
     tmp_path, workspace_root, api_key, prefect_api
 ):
@@ -62,13 +73,7 @@ def test_an_agent_asks_a_person_who_answers_and_the_model_reads_the_answer(
         thread.join(120)
         sent = prompts(server)
     [result] = results
-    assert result.ok, result.state.message
-    assert result.outcomes[0].summary == "Chose blue, as asked."
-    # The answer is the tool's result in the model's next request.
-    [answer_message] = [
-        m for m in sent[-1] if m.get("role") == "tool" and "Blue" in str(m.get("content"))
-    ]
-    assert answer_message["content"] == "Blue, please."
+    assert_the_model_read(result, sent, "Blue, please.")
     # The question and the answer are in the conversation artifact and in two events.
     versions = [a for a in artifacts(result.flow_run_id) if a.key == "asker-choose-conversation"]
     conversation = max(versions, key=lambda a: a.created)

@@ -20,7 +20,7 @@ from llm_server import scripted_server, tool_call
 from playwright.sync_api import expect
 from prefect import get_client
 from test_llm_runs import llm_config, prompts
-from test_people import ASKER
+from test_people import ASKER, assert_the_model_read
 from test_ui_browser import browser, page, shot, ui_of  # noqa: F401
 from test_ui_task_pages import in_a_thread
 from waiting import paused_run, run_in_background
@@ -90,10 +90,4 @@ def test_a_person_answers_an_agents_question_in_the_resume_dialog_and_the_model_
             thread.join(120)
         sent = prompts(server)
     [result] = results
-    assert result.ok, result.state.message
-    assert result.outcomes[0].summary == "Chose blue, as asked."
-    # The answer, exactly as typed, is the tool's result in the model's next request.
-    [answer_message] = [
-        m for m in sent[-1] if m.get("role") == "tool" and "Blue" in str(m.get("content"))
-    ]
-    assert answer_message["content"] == ANSWER
+    assert_the_model_read(result, sent, ANSWER)  # exactly as typed

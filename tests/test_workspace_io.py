@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import run_toka, write_config
 from test_flows import artifacts
+from test_outputs_handed_on import READS_WHAT_WORK_HANDS_ON
 
 from toka_agents import run
 from toka_agents.orchestration.reporting.outputs import TABLE_ROWS
@@ -28,7 +29,8 @@ def seeds_from_the_tests_directory(tmp_path, monkeypatch):
     monkeypatch.setenv("TOKA_SEED_ROOTS", str(tmp_path))
 
 
-SEEDED = """
+SEEDED = (
+    """
 name: seeded
 inputs:
   material: {type: path}
@@ -73,16 +75,9 @@ agents:
                 f.write("a note with ``` fences\\n")
             with open("blob.bin", "wb") as f:
                 f.write(bytes(range(256)) * 4)
-  - name: next
-    requires: [work]
-    tasks:
-      - name: read
-        code:
-          language: python
-          source: |
-            import json, os
-            print("handed on:", json.loads(os.environ["TOKA_UPSTREAM"])["work"]["files"])
 """
+    + READS_WHAT_WORK_HANDS_ON
+)
 
 
 def make_material(directory: Path) -> Path:
