@@ -101,6 +101,16 @@ def test_toka_sandbox_build_mcp_refuses_what_is_not_a_requirement():
     )
 
 
+def test_toka_sandbox_build_deb_refuses_what_is_not_a_debian_package_and_goes_with_mcp():
+    built = run_toka("sandbox", "build", "--mcp", "mcp-server-git", "--deb", "git;rm -rf /")
+    assert (built.returncode, built.stderr.strip()) == (
+        1,
+        "error: 'git;rm -rf /' is not a Debian package name",
+    )
+    alone = run_toka("sandbox", "build", "--deb", "git")
+    assert (alone.returncode, alone.stderr.strip()) == (1, "error: --deb goes with --mcp")
+
+
 PROBE_SERVER = '''
 import os
 import pathlib

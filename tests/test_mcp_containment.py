@@ -23,14 +23,13 @@ import json
 import os
 import signal
 import subprocess
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import docker
 import pytest
-from conftest import REPO, TOKA, write_config
+from conftest import REPO, TOKA, run_toka, write_config
 from llm_server import scripted_server, tool_call
 from own_runs import flow_run_id_of, remove_run_containers, run_containers
 from test_egress import egress_networks
@@ -39,52 +38,25 @@ from test_llm_runs import llm_config, prompts
 from token_servers import token_servers
 
 from toka_agents import run
-from toka_agents.sandbox.images import (
-    DEFINITION,
-    MCP_SITE,
-    OFFLINE_BUILD,
-    build_mcp_image,
-    definition_digest,
-    image_status,
-)
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
 
 MB = 1024**2
 GIT_SERVER = "mcp-server-git==2026.10.19"
-GIT_BASE = "toka-test-sandbox-git:1"
 GIT_IMAGE = "toka-test-mcp-server-git:1"
 
 
 @pytest.fixture(scope="session")
-def git_image(docker_client, sandbox_image, tmp_path_factory) -> str:
-    """An image with `mcp-server-git` and the `git` binary it drives.
-
-    `toka sandbox build --mcp mcp-server-git` alone is not enough: the sandbox image has no git,
-    and GitPython refuses to import without one ("Bad git executable"). So the sandbox image's
-    own definition plus one Debian package (`git`) is built offline once (kept while the
-    definition is unchanged, by its digest label), and the server's packages, fetched by
-    `build_mcp_image` as for any MCP image, are copied onto it."""
-    definition = tmp_path_factory.mktemp("definitions") / "sandbox-git"
-    definition.mkdir()
-    for file in DEFINITION.iterdir():
-        (definition / file.name).write_bytes(file.read_bytes())
-    with (definition / "packages").open("a") as packages:
-        packages.write("git\n")
-    if image_status(docker_client, GIT_BASE, definition) != "current":
-        label = f"org.toka-agents.definition={definition_digest(definition)}"
-        built = subprocess.run(
-            ["bash", str(OFFLINE_BUILD), GIT_BASE, str(definition), label],
-            capture_output=True,
-            text=True,
-        )
-        assert built.returncode == 0, f"offline build of {GIT_BASE} failed: {built.stderr[-2000:]}"
-    site = build_mcp_image(docker_client, GIT_SERVER, log=lambda line: None)
-    with tempfile.TemporaryDirectory(prefix="toka-test-git-") as context:
-        Path(context, "Dockerfile").write_text(
-            f"FROM {GIT_BASE}\nCOPY --from={site} {MCP_SITE} {MCP_SITE}\nENV PYTHONPATH={MCP_SITE}\n"
-        )
-        docker_client.images.build(path=context, tag=GIT_IMAGE, rm=True)
+def git_image(docker_client, sandbox_image) -> str:
+    """An image with `mcp-server-git` and the `git` binary it drives (GitPython refuses to
+    import without one), built as a user builds it: `toka sandbox build --mcp ... --deb git`.
+    Here, with no registry, the sandbox image's definition plus `git` is built offline once
+    (kept while the definition is unchanged, by its digest label)."""
+    built = run_toka(
+        "sandbox", "build", "--mcp", GIT_SERVER, "--deb", "git", "--name", GIT_IMAGE, timeout=900
+    )
+    assert built.returncode == 0, built.stderr
+    assert f"built {GIT_IMAGE} with {GIT_SERVER}" in built.stdout
     return GIT_IMAGE
 
 

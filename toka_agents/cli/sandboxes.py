@@ -88,21 +88,31 @@ def build(
     name: Annotated[
         str | None, Parameter(help="With --mcp: the image's name (default toka-mcp-PACKAGE:1).")
     ] = None,
+    deb: Annotated[
+        tuple[str, ...],
+        Parameter(
+            negative_iterable="",
+            help="With --mcp: a Debian package the server needs besides Python's (repeatable), "
+            "such as git for mcp-server-git.",
+        ),
+    ] = (),
 ) -> int:
     """Build the sandbox images (Python and shell): from a registry when one answers, otherwise
     offline from Debian. With --mcp, an image for an MCP server. For example:
 
         toka sandbox build --mcp mcp-server-time==2026.10.19
+
+        toka sandbox build --mcp mcp-server-git==2026.10.19 --deb git
     """
 
     def log(line: str) -> None:
         out.print(text.visible(line), markup=False)
 
     if mcp is not None:
-        build_mcp_image(connect(), mcp, name, log=log)
+        build_mcp_image(connect(), mcp, name, debs=deb, log=log)
         return 0
-    if name is not None:
-        raise TokaError("--name names the image of --mcp")
+    if name is not None or deb:
+        raise TokaError(f"{'--name' if name is not None else '--deb'} goes with --mcp")
     build_images(connect(), force=force, log=log)
     return 0
 

@@ -6,7 +6,8 @@ the shell image (`sandboxes/shell`: Debian's essential tools, and python3-minima
 supervisor). A definition is a directory with a Dockerfile, for machines that can pull, and
 for the offline build either a `build-offline.sh` of its own or a `packages` file (Debian
 packages, one per line) for `sandboxes/build-offline.sh`; an image with extra Debian packages
-is a copy of `sandboxes/shell` with more lines in `packages`.
+is a copy of `sandboxes/shell` with more lines in `packages`, as `build_with_debs` makes one of
+the Python image for an MCP server that needs them (`toka sandbox build --mcp ... --deb git`).
 
 A checkout has them at its top, `sandboxes/`; a wheel carries them inside the package as
 `toka_agents/sandbox/definitions/` (pyproject.toml maps the one onto the other), so that a
@@ -23,7 +24,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -140,27 +141,63 @@ def mcp_image_name(requirement: str) -> str:
     return f"toka-mcp-{package}:1"
 
 
+_DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+
+
+def build_with_debs(
+    client: docker.DockerClient, debs: Sequence[str], *, log: Callable[[str], None] = print
+) -> str:
+    """Make sure the sandbox image with the Debian packages `debs` added is built (the Python
+    image's definition with them in `packages`, and installed by the Dockerfile for a registry
+    build); return its name, `toka-sandbox-DEB[-DEB...]:1`. Raises `SandboxError` in one line."""
+    for deb in debs:
+        if not _DEBIAN_PACKAGE.fullmatch(deb):
+            raise SandboxError(f"{deb!r} is not a Debian package name")
+    wanted = sorted(set(debs))
+    name = f"toka-sandbox-{'-'.join(wanted)}:1"
+    with tempfile.TemporaryDirectory(prefix="toka-debs-") as work:
+        definition = Path(work)
+        for file in DEFINITION.iterdir():
+            (definition / file.name).write_bytes(file.read_bytes())
+        with (definition / "packages").open("a") as packages:
+            packages.write("".join(f"{deb}\n" for deb in wanted))
+        install = (
+            "USER root\nRUN apt-get update && apt-get install -y --no-install-recommends "
+            f"{' '.join(wanted)} && rm -rf /var/lib/apt/lists/*\n"
+        )
+        dockerfile = (DEFINITION / "Dockerfile").read_text()
+        (definition / "Dockerfile").write_text(dockerfile.replace("\nUSER ", f"\n{install}USER ", 1))
+        build_image(client, name, definition, log=log)
+    return name
+
+
 def build_mcp_image(
     client: docker.DockerClient,
     requirement: str,
     name: str | None = None,
     *,
+    debs: Sequence[str] = (),
     log: Callable[[str], None] = print,
 ) -> str:
     """Build an image of the sandbox's (its supervisor, its user) with `requirement` (a pip
-    requirement, `PACKAGE[==VERSION]`) installed for the image's Python; return its name.
+    requirement, `PACKAGE[==VERSION]`) installed for the image's Python, and the Debian
+    packages `debs` the server needs (`mcp-server-git` needs `git`); return its name.
 
     The wheels are fetched and unpacked on this machine (`pip install --target`, for the
     image's Python and the engine's platform), so the engine itself needs no package index;
-    the image is `FROM` the sandbox image, which is built first if it is missing.
-    Raises `SandboxError` in one line."""
+    the image is `FROM` the sandbox image (with `debs`, `build_with_debs`'), which is built
+    first if it is missing. Raises `SandboxError` in one line."""
     try:
         wanted = Requirement(requirement)
     except InvalidRequirement as exc:
         said = one_line(str(exc).splitlines()[0])
         raise SandboxError(f"{requirement!r} is not a package to install: {said}") from None
     name = name or mcp_image_name(requirement)
-    build_image(client, log=log)
+    if debs:
+        base = build_with_debs(client, debs, log=log)
+    else:
+        build_image(client, log=log)
+        base = DEFAULT_IMAGE
     arch = _ARCHES.get(str(client.version().get("Arch")), "x86_64")
     version = client.containers.run(
         DEFAULT_IMAGE,
@@ -203,7 +240,7 @@ def build_mcp_image(
                 f"could not fetch {wanted}: {(said or [fetched.stderr.strip()])[-1][-400:]}"
             )
         Path(work, "Dockerfile").write_text(
-            f"FROM {DEFAULT_IMAGE}\nCOPY site {MCP_SITE}\nENV PYTHONPATH={MCP_SITE}\n"
+            f"FROM {base}\nCOPY site {MCP_SITE}\nENV PYTHONPATH={MCP_SITE}\n"
         )
         try:
             client.images.build(path=work, tag=name, rm=True, labels={LABEL_MCP: str(wanted)})
