@@ -3,17 +3,27 @@ process worker started as README says runs both."""
 
 from __future__ import annotations
 
+import json
 from uuid import UUID
 
 import pytest
 from conftest import EXAMPLES, run_prefect
+from own_runs import read_all
 from prefect import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from support import wait_final
 
 from toka_agents import load, plan
 from toka_agents.config.inputs import inputs_schema
 
 pytestmark = pytest.mark.usefixtures("sandbox_image", "no_leftover_containers")
+
+FAILING = """name: breaks
+agents:
+  - name: bad
+    tasks: [{name: boom, code: {language: shell, source: "echo the disk is full >&2; exit 3"}}]
+"""
+"""An inline config (the run form's `config`) whose one task fails."""
 
 
 def test_prefect_yaml_deploys_and_a_worker_runs_it(prefect_api, tmp_path):
@@ -49,21 +59,26 @@ def test_prefect_yaml_deploys_and_a_worker_runs_it(prefect_api, tmp_path):
         assert shown == {key: field.get(key) for key in shown}, name
     assert schema["required"] == wanted["required"] == ["repo"]
 
-    # Both deployments run, as README says: `prefect deployment run`, then a worker on the pool.
+    # Both deployments run, as README says: `prefect deployment run`, then a worker on the pool;
+    # and the quickstart's deployment once more with a config of the form's whose task fails.
     flow_run_ids = {}
-    for name in ("quickstart", "nightly-check"):
+    for key, name, form in (
+        ("quickstart", "quickstart", ()),
+        ("nightly-check", "nightly-check", ()),
+        ("failing", "quickstart", ("--param", "paths=[]", "--param", f"config={json.dumps(FAILING)}")),
+    ):
         started = run_prefect(
-            "deployment", "run", f"toka-orchestrate/{name}", api=prefect_api, cwd=tmp_path
+            "deployment", "run", f"toka-orchestrate/{name}", *form, api=prefect_api, cwd=tmp_path
         )
         assert started.returncode == 0, started.stdout + started.stderr
-        flow_run_ids[name] = UUID(
+        flow_run_ids[key] = UUID(
             next(line for line in started.stdout.splitlines() if "UUID" in line).split()[-1]
         )
 
     # The worker starts in another directory: the deployments' pull step brings it here. (With
     # a --limit, a --run-once worker waits for the runs it started before it exits.)
     worker = run_prefect(
-        "worker", "start", "--pool", "toka", "--run-once", "--limit", "2", api=prefect_api, cwd=tmp_path
+        "worker", "start", "--pool", "toka", "--run-once", "--limit", "3", api=prefect_api, cwd=tmp_path
     )
     assert worker.returncode == 0, worker.stdout + worker.stderr
 
@@ -80,3 +95,17 @@ def test_prefect_yaml_deploys_and_a_worker_runs_it(prefect_api, tmp_path):
         worker.stdout[-3000:],
     )
     assert nightly_run.state.message == "2 agents, 2 of 2 tasks done"
+
+    # A failed run's engine, in the worker's process, raises and logs the run's own reason (as
+    # Prefect does for any failed flow), not a TypeError about the run's summary.
+    failing_run = wait_final(flow_run_ids["failing"], 60)
+    assert failing_run.state is not None and failing_run.state.is_failed(), failing_run.state
+    assert failing_run.state.message == "1 task(s) failed: bad/boom: exit code 3: the disk is full"
+    with get_client(sync_client=True) as client:
+        logs = read_all(
+            client.read_logs,
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_ids["failing"]])),
+        )
+    said = "\n".join(log.message for log in logs) + worker.stdout + worker.stderr
+    assert "RunNotCompleted: 1 task(s) failed: bad/boom: exit code 3: the disk is full" in said, said
+    assert "Unexpected result" not in said and "RunSummary(" not in said, said

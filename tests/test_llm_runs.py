@@ -44,7 +44,7 @@ from test_flows import artifacts, task_runs
 from test_task_logs import logged_lines
 
 from toka_agents import LlmOverrides, run
-from toka_agents.orchestration.reporting import running
+from toka_agents.orchestration.reporting.conversation import INTERVAL as RUNNING_INTERVAL
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "sandbox_image", "no_leftover_run_containers")
 
@@ -127,7 +127,7 @@ def test_a_model_writes_code_runs_it_reads_its_output_writes_a_file_and_finishes
     # end, which is the last.
     versions = [a for a in artifacts(result.flow_run_id) if a.key == "writer-compute-conversation"]
     assert outcome.duration is not None
-    at_most = 1 + math.ceil(outcome.duration / running.INTERVAL)
+    at_most = 1 + math.ceil(outcome.duration / RUNNING_INTERVAL)
     assert 2 <= len(versions) <= 1 + at_most, (len(versions), outcome.duration)
     assert all(a.task_run_id == agent_run.id for a in versions)
     assert all(": running" in a.data for a in sorted(versions, key=lambda a: a.created)[:-1])

@@ -48,6 +48,7 @@ Approve = Callable[[ToolCall], None]
 """Holds a tool call until a person approves it; raises `Rejected` (the call is not run) or
 `NoAnswer` when no decision comes in time."""
 
+
 def _arguments(**properties: dict[str, Any]) -> dict[str, Any]:
     """A tool's input schema: an object of `properties`, each required unless it has a
     default, and no others."""

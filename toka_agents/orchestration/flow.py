@@ -60,7 +60,7 @@ def compile_flow(plan: Plan, options: RunOptions | None = None) -> Flow[[], repo
     chosen = options or RunOptions()
     schedule = schedule_of(plan)
 
-    def run_plan() -> State[reporting.RunSummary]:
+    def run_plan() -> State[reporting.RunSummary | reporting.RunNotCompleted]:
         return execute_plan(schedule, chosen)
 
     return Flow(
@@ -71,7 +71,9 @@ def compile_flow(plan: Plan, options: RunOptions | None = None) -> Flow[[], repo
     )
 
 
-def execute_plan(schedule: Schedule, options: RunOptions) -> State[reporting.RunSummary]:
+def execute_plan(
+    schedule: Schedule, options: RunOptions
+) -> State[reporting.RunSummary | reporting.RunNotCompleted]:
     """Run a plan inside the current flow run; return the flow run's final state."""
     plan = schedule.plan
     flow_context = FlowRunContext.get()

@@ -30,7 +30,7 @@ from toka_agents.llm.messages import Message, ModelReply, ToolCall
 from toka_agents.llm.tools import ToolResult
 from toka_agents.orchestration import reporting, resuming, task_logs
 from toka_agents.orchestration.reporting import served_tools
-from toka_agents.orchestration.reporting.running import RunningConversation
+from toka_agents.orchestration.reporting.conversation import RunningConversation, conversation_artifact
 from toka_agents.orchestration.tagging import add_deferred_tags
 from toka_agents.planning import PlannedTask
 
@@ -67,7 +67,7 @@ def _run_agent_task(
                 run = executor.run_llm_task(planned, context, upstream_results, runner)
         finally:
             shown.close()
-        reporting.conversation_artifact(planned, run.outcome, run.conversation)
+        conversation_artifact(planned, run.outcome, run.conversation)
         if run.served:
             key = reporting.artifact_key(planned.id, "tools")
             served_tools.served_tools_artifact(planned, run.served, key)

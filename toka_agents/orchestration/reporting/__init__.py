@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import json
 import logging
 import re
 import threading
@@ -34,8 +33,6 @@ from toka_agents import text
 from toka_agents.config.limits import format_bytes
 from toka_agents.errors import one_line
 from toka_agents.executor import TaskOutcome
-from toka_agents.llm.messages import AssistantMessage, Message, ToolMessage
-from toka_agents.orchestration.reporting.outputs import fenced
 from toka_agents.planning import Plan, PlannedAgent, PlannedTask
 
 TASK_MESSAGE_LIMIT = 500
@@ -342,72 +339,6 @@ def llm_columns(outcome: TaskOutcome) -> dict[str, str]:
     }
 
 
-def conversation_artifact(task: PlannedTask, outcome: TaskOutcome, conversation: list[Message]) -> None:
-    """The whole conversation of an LLM task as a markdown artifact of its task run. The
-    executor hands it over with the secrets already redacted. Never raises: a conversation that
-    cannot be written is logged, and the task keeps its outcome."""
-    try:
-        create_markdown_artifact(
-            markdown=conversation_markdown(task, outcome, conversation),
-            key=artifact_key(task.id, "conversation"),
-            description=f"The conversation of {task.id} with its model ({outcome.status})",
-        )
-    except Exception as exc:  # the API failed us; the task's outcome stands
-        get_run_logger().error(
-            "could not write the conversation artifact of %s: %s", text.visible(task.id), one_line(exc)
-        )
-
-
-def conversation_so_far(task_id: str, step: str, conversation: list[Message]) -> None:
-    """The conversation artifact of a running LLM task as of `step`, so the UI shows it while
-    the task runs (`running.RunningConversation` calls it, off the task's path); the task's
-    end writes the final one. Never raises."""
-    heading = [f"# {task_id}: running", "", f"after {step}"]
-    try:
-        create_markdown_artifact(
-            markdown="\n".join(heading + _conversation_lines(conversation)),
-            key=artifact_key(task_id, "conversation"),
-            description=f"The conversation of {task_id} with its model (running)",
-        )
-    except Exception as exc:  # the API failed us; the task goes on
-        get_run_logger().warning(
-            "could not update the conversation artifact of %s: %s", text.visible(task_id), one_line(exc)
-        )
-
-
-def conversation_markdown(task: PlannedTask, outcome: TaskOutcome, conversation: list[Message]) -> str:
-    columns = llm_columns(outcome)
-    heading = [
-        f"# {task.id}: {outcome.status}",
-        "",
-        f"{outcome.message}",
-        "",
-        " | ".join(f"{name}: {value}" for name, value in columns.items()),
-    ]
-    return "\n".join(heading + _conversation_lines(conversation))
-
-
-def _conversation_lines(conversation: list[Message]) -> list[str]:
-    lines: list[str] = []
-    for message in conversation:
-        if isinstance(message, ToolMessage):
-            title = f"## tool result: {message.name}" + (" (error)" if message.is_error else "")
-        else:
-            title = f"## {message.role}"
-        lines += ["", title, ""]
-        if message.content:
-            lines.append(fenced(message.content))
-        if isinstance(message, AssistantMessage):
-            for call in message.tool_calls:
-                lines += [
-                    "",
-                    f"**calls `{call.name}`**",
-                    "",
-                    fenced(json.dumps(call.arguments, indent=2)),
-                ]
-    return lines
-
-
 def agent_notes(plan: Plan) -> str:
     """Markdown of the keys each agent's spec holds that toka-agents keeps but does not act on."""
     sections = []
@@ -443,6 +374,20 @@ class RunSummary(BaseModel):
     warnings: list[str] = []
 
 
+class RunNotCompleted(Exception):
+    """The data of a failed or cancelled flow run's state: its one-line message, with the run's
+    summary. When a worker runs the flow, Prefect's engine raises a failed state's data (and
+    logs it): this makes that the run's own reason, where a summary gave `TypeError:
+    Unexpected result for failed state: RunSummary(...)` and the whole summary."""
+
+    def __init__(self, message: str, summary: RunSummary) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled with the summary, as a result is stored
+        return type(self), (str(self), self.summary)
+
+
 def run_state(
     plan: Plan,
     outcomes: list[TaskOutcome],
@@ -450,8 +395,9 @@ def run_state(
     *,
     cancelled: bool,
     warnings: list[str] | None = None,
-) -> State[RunSummary]:
-    """The flow run's final state, with a one-line message that names what failed."""
+) -> State[RunSummary | RunNotCompleted]:
+    """The flow run's final state, with a one-line message that names what failed; its data
+    is the run's summary, within a `RunNotCompleted` when the run failed or was cancelled."""
     where = str(workspace) if workspace else None
     summary = RunSummary(workspace=where, outcomes=outcomes, warnings=warnings or [])
     failed = [o for o in outcomes if o.status == "failed"]
@@ -459,15 +405,16 @@ def run_state(
     done = [o for o in outcomes if o.ok]
     counts = f"{len(done)} of {len(plan.tasks)} tasks done"
     if cancelled:
-        return Cancelled(message=f"cancelled: {counts}", data=summary)
+        message = f"cancelled: {counts}"
+        return Cancelled(message=message, data=RunNotCompleted(message, summary))
     if failed:
         first = "; ".join(f"{o.task_id}: {task_message(o)}" for o in failed[:3])
         more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
         # An agent whose own task failed is named among the failures, not as skipped.
         skipped_agents = sorted({o.agent for o in skipped} - {o.agent for o in failed})
         tail = f"; skipped agents: {', '.join(skipped_agents)}" if skipped_agents else ""
-        message = f"{len(failed)} task(s) failed: {first}{more}{tail}"
-        return Failed(message=text.one_line(message), data=summary)
+        message = text.one_line(f"{len(failed)} task(s) failed: {first}{more}{tail}")
+        return Failed(message=message, data=RunNotCompleted(message, summary))
     return Completed(message=text.one_line(f"{len(plan.agents)} agents, {counts}"), data=summary)
 
 
