@@ -223,6 +223,27 @@ def exit_signal(child):
         return None
 
 
+def watch(child, output, *more):
+    """A selector on the code's output pipes, the descriptors `more` (None left out) and the
+    exit of `child` where it can be waited on; returns it, the pipes, and that exit's
+    descriptor (None: the caller looks every `POLL` seconds)."""
+    pipes = list(output.names)
+    exited = exit_signal(child)
+    selector = selectors.DefaultSelector()
+    for fd in (*pipes, *more, exited):
+        if fd is not None:
+            selector.register(fd, selectors.EVENT_READ)
+    return selector, pipes, exited
+
+
+def readable(selector, timeout, exited):
+    """The descriptors with something to read, or at their end, within `timeout` (at most
+    `POLL` when the child's exit cannot be waited on); the exit's own descriptor left out."""
+    if exited is None:
+        timeout = POLL if timeout is None else min(timeout, POLL)
+    return [key.fd for key, _ in selector.select(timeout) if key.fd != exited]
+
+
 def waiting(fd):
     """Bytes waiting in a pipe now."""
     try:
@@ -375,13 +396,7 @@ def main():
     cwd = header.get("cwd") or "/tmp"
     child = start_task(argv, cwd, task_user(header["user"]), task_env(header))
     output = Output(child, cap)
-    pipes = list(output.names)
-    selector = selectors.DefaultSelector()
-    for fd in pipes:
-        selector.register(fd, selectors.EVENT_READ)
-    exited = exit_signal(child)
-    if exited is not None:
-        selector.register(exited, selectors.EVENT_READ)
+    selector, pipes, exited = watch(child, output)
     timed_out = False
     while child.poll() is None:
         timeout = remaining(deadline)
@@ -392,17 +407,13 @@ def main():
                 kill_and_reap(child)
                 break
             timeout = left if timeout is None else min(timeout, left)
-        if exited is None:
-            timeout = POLL if timeout is None else min(timeout, POLL)
-        for key, _ in selector.select(timeout):
-            if key.fd == exited:
-                continue
-            data = os.read(key.fd, 65536)
+        for fd in readable(selector, timeout, exited):
+            data = os.read(fd, 65536)
             if data:
-                output.forward(key.fd, data)
+                output.forward(fd, data)
             else:
-                selector.unregister(key.fd)
-                pipes.remove(key.fd)
+                selector.unregister(fd)
+                pipes.remove(fd)
     for fd in pipes:
         output.drain(fd)
     status = child.returncode

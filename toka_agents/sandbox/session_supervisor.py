@@ -26,20 +26,18 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # at run time these are the supervisor's own globals
     import contextlib
     import os
-    import selectors
     import signal
     import subprocess
     import sys
     import time
 
     from toka_agents.sandbox.bootstrap import (
-        POLL,
         Output,
         counts,
-        exit_signal,
         kill_and_reap,
         limits,
         oom_kills,
+        readable,
         remaining,
         report,
         start_task,
@@ -47,6 +45,7 @@ if TYPE_CHECKING:  # at run time these are the supervisor's own globals
         task_user,
         usage_report,
         wait_for_header,
+        watch,
         write_code,
     )
 
@@ -194,14 +193,7 @@ def pump_call(process, output, done, number, deadline, time_limit):
     interrupted (and killed, should it not stop within `INTERRUPT_GRACE`), a script killed.
     Returns (status, timed out, the kernel's count of bytes it wrote so far); status None when
     the kernel ended."""
-    pipes = list(output.names)
-    selector = selectors.DefaultSelector()
-    for fd in pipes:
-        selector.register(fd, selectors.EVENT_READ)
-    exited = exit_signal(process)
-    for fd in (done, exited):
-        if fd is not None:
-            selector.register(fd, selectors.EVENT_READ)
+    selector, pipes, exited = watch(process, output, done)
     timed_out, kill_at, said = False, None, b""
     try:
         while process.poll() is None:
@@ -223,13 +215,9 @@ def pump_call(process, output, done, number, deadline, time_limit):
                 if limit is not None:
                     left = max(limit - now, 0)
                     timeout = left if timeout is None else min(timeout, left)
-            if exited is None:
-                timeout = POLL if timeout is None else min(timeout, POLL)
-            for key, _ in selector.select(timeout):
-                if key.fd == exited:
-                    continue
-                data = os.read(key.fd, 65536 if key.fd != done else STATUS_LINE)
-                if key.fd == done:
+            for fd in readable(selector, timeout, exited):
+                data = os.read(fd, 65536 if fd != done else STATUS_LINE)
+                if fd == done:
                     said = (said + data)[-STATUS_LINE:]
                     status = status_of(said, number)
                     if status is not None or not data:
@@ -240,10 +228,10 @@ def pump_call(process, output, done, number, deadline, time_limit):
                     if not data:
                         selector.unregister(done)
                 elif data:
-                    output.forward(key.fd, data)
+                    output.forward(fd, data)
                 else:
-                    selector.unregister(key.fd)
-                    pipes.remove(key.fd)
+                    selector.unregister(fd)
+                    pipes.remove(fd)
     finally:
         selector.close()
         if exited is not None:
