@@ -96,8 +96,9 @@ def test_prefect_yaml_deploys_and_a_worker_runs_it(prefect_api, tmp_path):
     )
     assert nightly_run.state.message == "2 agents, 2 of 2 tasks done"
 
-    # A failed run's engine, in the worker's process, raises and logs the run's own reason (as
-    # Prefect does for any failed flow), not a TypeError about the run's summary.
+    # A failed run's log ends on its reason, in one line. Its engine, in the worker's process,
+    # raises the run's own reason, as Prefect does for any failed flow (not a TypeError about
+    # the run's summary), and toka-agents keeps the traceback it would log out of the run's log.
     failing_run = wait_final(flow_run_ids["failing"], 60)
     assert failing_run.state is not None and failing_run.state.is_failed(), failing_run.state
     assert failing_run.state.message == "1 task(s) failed: bad/boom: exit code 3: the disk is full"
@@ -106,6 +107,8 @@ def test_prefect_yaml_deploys_and_a_worker_runs_it(prefect_api, tmp_path):
             client.read_logs,
             log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_ids["failing"]])),
         )
+    assert logs[-1].message == (
+        "Finished in state Failed('1 task(s) failed: bad/boom: exit code 3: the disk is full')"
+    )
     said = "\n".join(log.message for log in logs) + worker.stdout + worker.stderr
-    assert "RunNotCompleted: 1 task(s) failed: bad/boom: exit code 3: the disk is full" in said, said
-    assert "Unexpected result" not in said and "RunSummary(" not in said, said
+    assert "Traceback" not in said and "RunSummary(" not in said, said

@@ -6,7 +6,8 @@ shows what it ran (code cut) and how it ended (exit code, output tail). And Pref
 about a toka task that failed, as one line of its reason: Prefect logs a task that returns a
 Failed state as `Task run failed with state: Failed(..., result=TaskOutcome(...))` followed by
 a stray `NoneType: None`, and a step that raises an error toka-agents expects (a refused
-request, a cancel) with its whole traceback.
+request, a cancel) with its whole traceback. Likewise the traceback Prefect's engine logs
+for a toka run that failed, whose reason its last line has said.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from toka_agents import text
 from toka_agents.errors import TokaError, one_line
 from toka_agents.llm.messages import ModelReply, ToolCall
 from toka_agents.llm.tools import ToolResult
-from toka_agents.orchestration.reporting import RunLogger
+from toka_agents.orchestration.reporting import RunLogger, RunNotCompleted
 from toka_agents.sandbox import SandboxCancelled
 
 TOKA_TASKS = frozenset({"agent-task", "agent-step", "agent-approval"})
@@ -69,15 +70,27 @@ def _reason(subject: object) -> str | None:
     return None
 
 
-_FILTER = _FailureLines()
+class _RunFailureLine(logging.Filter):
+    """Drops the engine's traceback of a toka run that failed (logger `prefect.flow_runs`).
+
+    Run by a worker, Prefect's engine raises a failed run's `RunNotCompleted` once the flow
+    has ended and logs it whole (`Engine execution exited with unexpected exception`), after
+    `Finished in state Failed('...')` has said the run's reason."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], RunNotCompleted))
+
+
+_FILTERS = {"prefect.task_runs": _FailureLines(), "prefect.flow_runs": _RunFailureLine()}
 
 
 def tidy_failure_lines() -> None:
-    """Install the rewriting of Prefect's failure lines for toka's task runs in this process
-    (idempotent: once per process, whichever run calls it)."""
-    logger = logging.getLogger("prefect.task_runs")
-    if _FILTER not in logger.filters:
-        logger.addFilter(_FILTER)
+    """Install the rewriting of Prefect's failure lines for toka's task and flow runs in this
+    process (idempotent: once per process, whichever run calls it)."""
+    for name, line_filter in _FILTERS.items():
+        logger = logging.getLogger(name)
+        if line_filter not in logger.filters:
+            logger.addFilter(line_filter)
 
 
 def log_step(logger: RunLogger, args: Sequence[Any], result: Any) -> None:
