@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 
 def pool_key(spec: SandboxSpec) -> PoolKey:
     """The creation settings of `spec`: specs with equal keys can share a pool."""
-    return tuple((field, getattr(spec, field)) for field in CREATION_FIELDS)
+    return tuple((name, getattr(spec, name)) for name in CREATION_FIELDS)
 
 
 @dataclass(eq=False)
