@@ -185,8 +185,8 @@ def build_mcp_image(
 
     The wheels are fetched and unpacked on this machine (`pip install --target`, for the
     image's Python and the engine's platform), so the engine itself needs no package index;
-    the image is `FROM` the sandbox image (with `debs`, `build_with_debs`'), which is built
-    first if it is missing. Raises `SandboxError` in one line."""
+    the image is `FROM` the sandbox image (with `debs`, the one `build_with_debs` makes), which
+    is built first if it is missing. Raises `SandboxError` in one line."""
     try:
         wanted = Requirement(requirement)
     except InvalidRequirement as exc:
