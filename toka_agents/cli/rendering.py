@@ -25,6 +25,7 @@ from rich.text import Text
 from toka_agents import planning, text
 from toka_agents.config.inputs import as_text
 from toka_agents.errors import ConfigIssue
+from toka_agents.figures import llm_columns, task_message, usage_columns
 from toka_agents.planning import Validation
 
 if TYPE_CHECKING:  # run and watch verbs only: the others start without Prefect
@@ -168,8 +169,6 @@ def _width_needed(table: Table, console: Console) -> int:
 
 def summary_table(outcomes: list[TaskOutcome]) -> Table:
     """A row per task: its status, figures and message. Only the message column wraps."""
-    from toka_agents.orchestration.reporting import llm_columns, task_message
-
     with_llm = any(outcome.steps is not None for outcome in outcomes)
     llm_headers = list(llm_columns(outcomes[0])) if with_llm else []
     table = Table("task", "status", "duration", "peak memory", "cpu time", *llm_headers, "message")
@@ -210,8 +209,6 @@ SUMMARY_FIGURES = ("duration", "peak memory", "cpu time")
 
 
 def _figures(outcome: TaskOutcome, *, with_llm: bool) -> dict[str, str]:
-    from toka_agents.orchestration.reporting import llm_columns, usage_columns
-
     used = usage_columns(outcome)
     figures = {name: used[name] for name in SUMMARY_FIGURES}
     return {**figures, **llm_columns(outcome)} if with_llm else figures

@@ -30,13 +30,10 @@ from prefect.states import Cancelled, Completed, Failed, State
 from pydantic import BaseModel
 
 from toka_agents import text
-from toka_agents.config.limits import format_bytes
 from toka_agents.errors import one_line
 from toka_agents.executor import TaskOutcome
+from toka_agents.figures import TASK_MESSAGE_LIMIT, llm_columns, task_message, usage_columns
 from toka_agents.planning import Plan, PlannedAgent, PlannedTask
-
-TASK_MESSAGE_LIMIT = 500
-"""The most characters of a task run's state message; a run's is `text.MESSAGE_LIMIT`."""
 
 
 def task_state(outcome: TaskOutcome, *, with_data: bool = True) -> State[TaskOutcome]:
@@ -54,11 +51,6 @@ def task_state(outcome: TaskOutcome, *, with_data: bool = True) -> State[TaskOut
     if outcome.status == "cancelled":
         return Cancelled(message=message, data=data)
     return Failed(message=message, data=data)
-
-
-def task_message(outcome: TaskOutcome) -> str:
-    """A task's message as its task run's state and the run's summary show it."""
-    return text.one_line(outcome.message, TASK_MESSAGE_LIMIT)
 
 
 RunLogger = logging.Logger | logging.LoggerAdapter[Any]
@@ -292,24 +284,6 @@ def task_figures(outcome: TaskOutcome) -> dict[str, Any]:
     return {name: getattr(outcome, name) for name in TASK_FIGURES}
 
 
-def _pair(first: int | None, second: int | None) -> str:
-    if first is None and second is None:
-        return "-"
-    return f"{format_bytes(first)} / {format_bytes(second)}"
-
-
-def usage_columns(outcome: TaskOutcome) -> dict[str, str]:
-    """What a task used in its sandbox, for tables."""
-    return {
-        "duration": "-" if outcome.duration is None else f"{outcome.duration:.2f}s",
-        "peak memory": format_bytes(outcome.peak_memory),
-        "cpu time": "-" if outcome.cpu_seconds is None else f"{outcome.cpu_seconds:.3f}s",
-        "peak pids": "-" if outcome.peak_pids is None else str(outcome.peak_pids),
-        "stdout / stderr": _pair(outcome.stdout_bytes, outcome.stderr_bytes),
-        "workspace written": format_bytes(outcome.disk_written),
-    }
-
-
 def usage_artifact(task: PlannedTask, outcome: TaskOutcome) -> None:
     """What one task used (and, for an LLM task, its model calls, tokens and cost), as a small
     table artifact of its own task run, so the task run's page answers "what did this use".
@@ -325,18 +299,6 @@ def usage_artifact(task: PlannedTask, outcome: TaskOutcome) -> None:
         get_run_logger().warning(
             "could not write the usage artifact of %s: %s", text.visible(task.id), one_line(exc)
         )
-
-
-def llm_columns(outcome: TaskOutcome) -> dict[str, str]:
-    """An LLM task's model calls, tokens (input / output), model time and cost, for tables."""
-    if outcome.steps is None:
-        return {"model calls": "-", "tokens in/out": "-", "model time": "-", "cost": "-"}
-    return {
-        "model calls": str(outcome.steps),
-        "tokens in/out": f"{outcome.input_tokens or 0} / {outcome.output_tokens or 0}",
-        "model time": f"{outcome.model_seconds or 0:.2f}s",
-        "cost": "-" if outcome.cost is None else f"{outcome.cost:.4f}",
-    }
 
 
 def agent_notes(plan: Plan) -> str:

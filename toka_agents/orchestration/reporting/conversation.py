@@ -24,6 +24,7 @@ from prefect.artifacts import create_markdown_artifact
 from toka_agents import text
 from toka_agents.errors import one_line
 from toka_agents.executor import TaskOutcome
+from toka_agents.figures import llm_columns
 from toka_agents.llm.loop import redact_message
 from toka_agents.llm.messages import AssistantMessage, Message, ToolMessage
 from toka_agents.orchestration import reporting
@@ -122,7 +123,7 @@ def conversation_so_far(task_id: str, step: str, conversation: list[Message]) ->
 
 
 def conversation_markdown(task: PlannedTask, outcome: TaskOutcome, conversation: list[Message]) -> str:
-    columns = reporting.llm_columns(outcome)
+    columns = llm_columns(outcome)
     heading = [
         f"# {task.id}: {outcome.status}",
         "",
