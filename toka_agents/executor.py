@@ -215,10 +215,7 @@ def run_llm_task(
                 max_tokens=settings.max_tokens_per_task,
                 timeout=task.limits.timeout,
                 runner=runner,
-                secrets=[
-                    *([key.get_secret_value()] if key is not None else []),
-                    *header_values(agent.mcp_servers),
-                ],
+                secrets=llm_secrets(agent, key),
                 cancel=context.cancel,
             )
     except SandboxCancelled:
@@ -243,6 +240,12 @@ def not_approved(task: PlannedTask, context: ExecutionContext) -> TaskOutcome | 
     except LlmCancelled:
         return cancelled(task, "cancelled while it waited for a person's approval")
     return None
+
+
+def llm_secrets(agent: PlannedAgent, key: SecretStr | None) -> list[str]:
+    """What an LLM task keeps out of everything it stores and shows: its model's API key and
+    the header values its HTTP MCP servers are sent."""
+    return [*([key.get_secret_value()] if key is not None else []), *header_values(agent.mcp_servers)]
 
 
 def model_of(

@@ -39,11 +39,10 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from toka_agents.errors import ExecutionError, LlmError
-from toka_agents.executor import ExecutionContext, model_of
+from toka_agents.executor import ExecutionContext, llm_secrets, model_of
 from toka_agents.llm.loop import redact
 from toka_agents.planning import PlannedTask
 from toka_agents.sandbox.workspace import default_root
-from toka_agents.tool_servers import header_values
 
 ATTEMPT_KEY_SPAN = 1_000_000
 """Task runs an attempt may make of one Prefect task before its dynamic keys meet the next's."""
@@ -137,12 +136,11 @@ def task_secrets(task: PlannedTask, context: ExecutionContext) -> list[str]:
     agent = context.agents.get(task.agent)
     if agent is None or agent.llm is None:
         return []
-    headers = header_values(agent.mcp_servers)
     try:
         _, key = model_of(agent.llm, context.api_keys)
     except LlmError:
-        return headers
-    return [key.get_secret_value(), *headers] if key is not None else headers
+        key = None
+    return llm_secrets(agent, key)
 
 
 def redacting(fn: Callable[..., Any], secrets: Sequence[str]) -> Callable[..., Any]:
