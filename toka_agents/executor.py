@@ -248,6 +248,19 @@ def llm_secrets(agent: PlannedAgent, key: SecretStr | None) -> list[str]:
     return [*([key.get_secret_value()] if key is not None else []), *header_values(agent.mcp_servers)]
 
 
+def task_secrets(task: PlannedTask, context: ExecutionContext) -> list[str]:
+    """An LLM task's secrets (`llm_secrets`), for the runner that stores its steps and shows its
+    conversation; none for a code task, and no key when the model cannot be called."""
+    agent = context.agents.get(task.agent)
+    if agent is None or agent.llm is None:
+        return []
+    try:
+        _, key = model_of(agent.llm, context.api_keys)
+    except LlmError:
+        key = None
+    return llm_secrets(agent, key)
+
+
 def model_of(
     configured: LlmSettings, api_keys: Mapping[str, SecretStr]
 ) -> tuple[LlmSettings, SecretStr | None]:

@@ -38,8 +38,7 @@ from prefect.transactions import CommitMode, get_transaction, transaction
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-from toka_agents.errors import ExecutionError, LlmError
-from toka_agents.executor import ExecutionContext, llm_secrets, model_of
+from toka_agents.errors import ExecutionError
 from toka_agents.llm.loop import redact
 from toka_agents.planning import PlannedTask
 from toka_agents.sandbox.workspace import default_root
@@ -128,19 +127,6 @@ def workspace_name(plan_name: str, flow_run_id: UUID, root: Path | None, started
 
 def glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
-
-
-def task_secrets(task: PlannedTask, context: ExecutionContext) -> list[str]:
-    """The API key an LLM task's model is called with and the header values its HTTP MCP
-    servers are sent, to redact from its stored steps."""
-    agent = context.agents.get(task.agent)
-    if agent is None or agent.llm is None:
-        return []
-    try:
-        _, key = model_of(agent.llm, context.api_keys)
-    except LlmError:
-        key = None
-    return llm_secrets(agent, key)
 
 
 def redacting(fn: Callable[..., Any], secrets: Sequence[str]) -> Callable[..., Any]:

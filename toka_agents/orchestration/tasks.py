@@ -59,7 +59,7 @@ def _run_agent_task(
     ):
         outcome = executor.skipped(planned, after_failure_of(upstream[-1], previous.state.message))
     elif planned.kind == "llm" and not context.dry_run:
-        secrets = resuming.task_secrets(planned, context)
+        secrets = executor.task_secrets(planned, context)
         shown = RunningConversation(planned.id, secrets)
         runner = step_runner(planned.id, secrets, shown)
         try:
