@@ -272,6 +272,29 @@ def test_a_kernel_killed_between_calls_is_restarted_in_the_same_container(spec, 
     )
 
 
+def test_a_call_the_kernel_never_took_goes_to_a_new_kernel(spec, sandbox):
+    # A child of the kernel stops it a second after the first call, and kills it two seconds
+    # later: alive when the next call is sent, it dies without reading it, as a kernel killed
+    # just before a call (by a shell call's `kill`, by the memory limit) can. The call runs in
+    # a new kernel rather than failing for the old one's end.
+    template = spec("")
+    ending = (
+        "import os, subprocess\n"
+        "pid = os.getpid()\n"
+        "subprocess.Popen(['sh', '-c', f'sleep 1; kill -STOP {pid}; sleep 2; kill -9 {pid}'],"
+        " start_new_session=True)"
+    )
+    with sandbox.session(template) as session:
+        first = call(session, template, ending)
+        time.sleep(2)  # the kernel is stopped now
+        after = call(session, template, "print('ran')")
+    assert first.ok, first
+    assert after.ok and after.stdout == "ran\n" and after.container_id == first.container_id, after
+    assert after.note == (
+        "the Python session was restarted: its kernel was killed by signal 9; its variables are gone"
+    )
+
+
 def test_a_shell_call_whose_memory_kills_the_kernel_is_not_failed_for_it(spec, sandbox):
     template = spec("", memory=128 * MB)
     with sandbox.session(template) as session:

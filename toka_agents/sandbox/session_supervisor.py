@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # at run time these are the supervisor's own globals
         task_user,
         usage_report,
         wait_for_header,
+        waiting,
         watch,
         write_code,
     )
@@ -137,7 +138,9 @@ def cannot_start(exc):
     return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
-def run_call(session, header, code, before):
+def run_call(session, header, code, before, retried=False):
+    """Run one call. A Python call the kernel never took (it had ended, or was ending, when
+    the call was sent) goes to a new kernel, once, as a call after a kernel's end does."""
     deadline, time_limit = limits(header)
     cwd = header.get("cwd") or "/tmp"
     env = task_env(header)
@@ -152,11 +155,14 @@ def run_call(session, header, code, before):
             kernel = session["kernel"] = start_kernel(session, header, cwd, env)
             if session["ended"]:
                 note = f"the Python session was restarted: {session['ended']}; its variables are gone"
+        command = f"{number} {len(code)}\n".encode() + code
         try:
-            os.write(kernel["commands"], f"{number} {len(code)}\n".encode() + code)
-        except BrokenPipeError:  # it ended just now: the next call starts another
+            os.write(kernel["commands"], command)
+        except BrokenPipeError:  # it ended just now, before taking the call
             end_kernel(session, kernel_end(kernel["process"].wait(), False, False))
-            raise
+            if retried:
+                raise
+            return run_call(session, header, code, before, retried=True)
         process, done = kernel["process"], kernel["status"]
     else:
         path = f"/tmp/toka/cell-{number}.sh"
@@ -175,8 +181,11 @@ def run_call(session, header, code, before):
             note = f"this call ended the Python session: {session['ended']}"
             out_of_memory = out_of_memory and status is not None and status < 0
     elif status is None:  # the kernel ended under the call
+        untaken = waiting(kernel["commands"]) >= len(command)  # it never read the call
         status = process.returncode if process.returncode is not None else -9
         end_kernel(session, kernel_end(status, timed_out, out_of_memory))
+        if untaken and not retried:
+            return run_call(session, header, code, before, retried=True)
     result = usage_report(before, output, timed_out, status, disk=done is None)
     if not out_of_memory:
         result["oom_kills"] = 0
