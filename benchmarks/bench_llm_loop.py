@@ -27,6 +27,12 @@ It prints the medians, ms per step, the ratio of each loop to its floor and its 
 over it, and whether the loop in Prefect meets the target of each mode: at most +25 ms a step
 over its floor (sessions on: over the bare session calls; off: over the bare single-use ones).
 
+It then prints where the machine's CPU went (`cpu_use.py`, from /proc): per way, the mean CPU
+ms a step of the runner, the Prefect server, its database, the Docker engine and the rest
+(the containers, their shims), and how busy the cores were. Each way is measured from its
+start until the machine is quiet again (a Prefect server records a run's events after the
+run has ended), and the next way starts on a quiet machine.
+
     .venv/bin/python benchmarks/bench_llm_loop.py [--steps 20] [--repeat 3] [--database postgresql]
 """
 
@@ -50,6 +56,7 @@ from collections.abc import Callable, Iterator  # noqa: E402
 
 # Imported before Prefect is: it keeps Prefect's state in a temporary home.
 import bench_orchestration as servers  # noqa: E402
+import cpu_use  # noqa: E402
 from llm_server import ScriptedServer, scripted_server, tool_call  # noqa: E402
 from support import postgres_binaries, postgres_cluster  # noqa: E402
 
@@ -191,6 +198,8 @@ def main() -> None:
     floor_of = {PLAIN[m]: BARE[m] for m in MODES} | {PREFECT[m]: BARE[m] for m in MODES}
     names = [BARE[False], BARE[True], PLAIN[False], PLAIN[True], PREFECT[True], PREFECT[False]]
     times: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    busy: dict[str, list[float]] = {name: [] for name in names}  # of the cores, while it ran
     flow_times: dict[bool, list[float]] = {mode: [] for mode in MODES}
     try:
         with (
@@ -217,15 +226,28 @@ def main() -> None:
             for mode in MODES:
                 plain_loop(plan, spec, 1, mode)
                 prefect_loop(directory, workspaces, 1, mode)
+
+            def measured(name: str, way: Callable[..., float], *args: object) -> None:
+                cpu_use.settle()
+                start = cpu_use.sample()
+                times[name].append(way(*args))
+                ran = cpu_use.sample()
+                cpu_use.settle()
+                cpu[name].append(start.until(cpu_use.sample()))
+                busy[name].append((ran.busy - start.busy) / (ran.at - start.at) / cpu_use.CORES)
+
+            def in_prefect(mode: bool) -> float:
+                loop_seconds, flow_seconds = prefect_loop(directory, workspaces, args.steps, mode)
+                flow_times[mode].append(flow_seconds)
+                return loop_seconds
+
             for _ in range(args.repeat):
-                times[BARE[False]].append(bare_sandbox(plan, spec, calls))
-                times[BARE[True]].append(bare_session(plan, spec, calls))
+                measured(BARE[False], bare_sandbox, plan, spec, calls)
+                measured(BARE[True], bare_session, plan, spec, calls)
                 for mode in (False, True):
-                    times[PLAIN[mode]].append(plain_loop(plan, spec, args.steps, mode))
+                    measured(PLAIN[mode], plain_loop, plan, spec, args.steps, mode)
                 for mode in (True, False):
-                    loop_seconds, flow_seconds = prefect_loop(directory, workspaces, args.steps, mode)
-                    times[PREFECT[mode]].append(loop_seconds)
-                    flow_times[mode].append(flow_seconds)
+                    measured(PREFECT[mode], in_prefect, mode)
     finally:
         shutil.rmtree(os.environ["PREFECT_HOME"], ignore_errors=True)
 
@@ -270,6 +292,25 @@ def main() -> None:
             f"target, sessions {'on' if mode else 'off'}: loop in Prefect {ms:+.1f} ms a step over "
             f"{BARE[mode]} (<= +{TARGET_MS:.0f}): {'met' if ms <= TARGET_MS else 'MISSED'}"
         )
+    print(
+        f"\nCPU ms a step, mean over the rounds, each way from its start until the machine was "
+        f"quiet again; cores busy: while the way ran, of {cpu_use.CORES}:"
+    )
+    servers.print_table(
+        ["way", *cpu_use.PARTS, "all", "cores busy"],
+        [
+            [
+                name,
+                *(
+                    f"{1000 * statistics.mean(used[part] for used in cpu[name]) / steps:.0f}"
+                    for part in cpu_use.PARTS
+                ),
+                f"{1000 * statistics.mean(sum(used.values()) for used in cpu[name]) / steps:.0f}",
+                f"{statistics.mean(busy[name]):.0%}",
+            ]
+            for name in names
+        ],
+    )
     for mode in MODES:
         print(
             f"whole flow call, {MODES[mode]} (start, the task, the summary, the end): median "
