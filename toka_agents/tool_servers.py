@@ -97,11 +97,13 @@ def http_headers(server: McpServer, spec: SandboxSpec, environ: Mapping[str, str
 
 def server_spec(spec: SandboxSpec, server: McpServer) -> SandboxSpec:
     """The container of the stdio `server`: the task's, in the server's image, with its env
-    added."""
+    added. Its Python does not import from its working directory, the workspace, where the
+    agents' code may have left modules named like the ones a server imports (`json.py`);
+    the entry's `env` may say otherwise."""
     return spec.model_copy(
         update={
             "image": server.image or spec.image,
-            "env": {**spec.env, **server.env},
+            "env": {**spec.env, "PYTHONSAFEPATH": "1", **server.env},
             "name": f"toka-mcp-{server.name}",
         }
     )

@@ -63,7 +63,8 @@ def create_container(
     try:
         created = client.api.create_container(
             image_id,
-            command=command if own else ["python3", "-c", BOOTSTRAP, str(IDLE_LIMIT)],
+            # -I: the supervisor, root, imports nothing from its working directory, the workspace
+            command=command if own else ["python3", "-I", "-c", BOOTSTRAP, str(IDLE_LIMIT)],
             user=spec.user if own else SUPERVISOR_USER,
             environment=spec.env if own else None,
             stdin_open=True,  # with detach=False the SDK also sets StdinOnce

@@ -96,7 +96,7 @@ def start_egress(
         )["Id"]
         container_id = api.create_container(
             PROXY_IMAGE,
-            command=["python3", "-c", PROXY_SOURCE, json.dumps(allow)],
+            command=["python3", "-I", "-c", PROXY_SOURCE, json.dumps(allow)],
             user=PROXY_USER,
             labels=marked,
             name=name,

@@ -11,15 +11,23 @@ STATUS, WRITTEN being the bytes it has written to disk so far (only it may read 
 while a call's code runs; between calls it is ignored. A process forked by the code that
 returns here ends instead of serving calls, and the two descriptors are not inherited by
 programs the code starts. Standard library only.
+
+The working directory (the workspace) comes last on the module path, not first as a script's
+would: a module left there by earlier code (`traceback.py`, or `ast.py`, which printing a
+traceback imports) never runs as the kernel's part, and the calls' code imports its own
+modules from the workspace after the standard library and the installed packages.
 """
 
-import builtins
-import contextlib
-import linecache
-import os
-import signal
 import sys
-import traceback
+
+WORKING_DIRECTORY = sys.path.pop(0) if sys.path[:1] == [""] else None
+
+import builtins  # noqa: E402
+import contextlib  # noqa: E402
+import linecache  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import traceback  # noqa: E402
 
 RUNNING = [False]
 """Whether a call's code runs now: only then does an interrupt reach it."""
@@ -81,6 +89,8 @@ def main():
     for fd in (commands.fileno(), status):
         os.set_inheritable(fd, False)
     namespace = {"__name__": "__main__", "__builtins__": builtins}
+    if WORKING_DIRECTORY is not None:
+        sys.path.append(WORKING_DIRECTORY)
     while True:
         line = commands.readline()
         if not line:
