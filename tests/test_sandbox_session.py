@@ -295,6 +295,45 @@ def test_a_call_the_kernel_never_took_goes_to_a_new_kernel(spec, sandbox):
     )
 
 
+def test_a_kernel_that_closes_its_end_of_the_calls_pipe_is_replaced_for_the_next_call(spec, sandbox):
+    # The code closes the pipe the kernel reads calls from, and leaves a thread that keeps the
+    # kernel alive: the next call finds no reader, and the supervisor kills that kernel and
+    # starts another rather than wait for it to end (a hostile probe's: the call then timed out).
+    template = spec("", timeout=5)
+    closing = (
+        "import os, sys, threading, time\n"
+        "os.close(int(sys.orig_argv[-2]))\n"
+        "threading.Thread(target=time.sleep, args=(10**6,)).start()"
+    )
+    with sandbox.session(template) as session:
+        first = call(session, template, closing)
+        after = call(session, template, "print('ran')")
+    assert first.ok, first
+    assert after.ok and after.stdout == "ran\n" and after.container_id == first.container_id, after
+    assert after.note == (
+        "the Python session was restarted: its kernel closed its end of the calls' pipe; its "
+        "variables are gone"
+    )
+
+
+def test_a_call_a_busy_kernel_never_took_is_not_run_again_past_its_time_limit(spec, sandbox):
+    # The code says its call ended, then keeps the kernel busy, deaf to the interrupt: the next
+    # call waits in the pipe until its time limit kills the kernel. It timed out; it is not run
+    # again in a new kernel with a time limit of its own.
+    template = spec("", timeout=2)
+    lying = (
+        "import os, signal, sys\n"
+        "os.write(int(sys.orig_argv[-1]), sys.argv[0].strip('<cell>').encode() + b' 0 0\\n')\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "while True:\n    pass"
+    )
+    with sandbox.session(template) as session:
+        first = call(session, template, lying)
+        after = call(session, template, "print('ran')")
+    assert first.ok, first
+    assert after.timed_out and after.stdout == "", after
+
+
 def test_a_shell_call_whose_memory_kills_the_kernel_is_not_failed_for_it(spec, sandbox):
     template = spec("", memory=128 * MB)
     with sandbox.session(template) as session:
@@ -399,7 +438,9 @@ def test_the_status_pipe_cannot_crash_or_skew_the_session(spec, sandbox):
         after = call(session, template, "print(kept)")
     assert after.stdout == "1\n" and after.container_id == forged.container_id
     # The code runs in the kernel's process and may say what the kernel says (its figures are
-    # the kernel's own word), but what it says reaches no other call.
+    # the kernel's own word): a figure it makes up for its own call does not skew the next
+    # call's. (Code left running in the kernel can change what later calls report, as it can
+    # change what they do: README, Sessions.)
     assert forged.disk_written is not None and forged.disk_written >= 0
     assert after.disk_written is not None and 0 <= after.disk_written < 10**6
 

@@ -53,6 +53,8 @@ if TYPE_CHECKING:  # at run time these are the supervisor's own globals
 INTERRUPT_GRACE = 2.0
 """Seconds a session's Python code has, past its time limit, to end on the interrupt it is
 sent (its variables are kept) before its kernel is killed (they are lost)."""
+KERNEL_EXIT_WAIT = 1.0
+"""Seconds a kernel whose end of the calls' pipe closed has to exit before it is killed."""
 STATUS_LINE = 256
 """Bytes of the kernel's status pipe read at once: its line is `N STATUS WRITTEN`."""
 
@@ -117,6 +119,15 @@ def kernel_end(status, timed_out, out_of_memory):
     return f"its kernel exited with code {status}"
 
 
+def closed_kernel_end(process):
+    """Why a kernel that takes no more calls ended: it exited, or it lives on with its end of
+    the calls' pipe closed (its code's doing) and is killed."""
+    try:
+        return kernel_end(process.wait(timeout=KERNEL_EXIT_WAIT), False, False)
+    except subprocess.TimeoutExpired:
+        return "its kernel closed its end of the calls' pipe"
+
+
 def session_call(session, header, code):
     """Run one call and report it; a call that cannot start reports why, in one line."""
     before = counts()
@@ -158,8 +169,8 @@ def run_call(session, header, code, before, retried=False):
         command = f"{number} {len(code)}\n".encode() + code
         try:
             os.write(kernel["commands"], command)
-        except BrokenPipeError:  # it ended just now, before taking the call
-            end_kernel(session, kernel_end(kernel["process"].wait(), False, False))
+        except BrokenPipeError:  # it ended, or closed its end of the pipe, before taking the call
+            end_kernel(session, closed_kernel_end(kernel["process"]))
             if retried:
                 raise
             return run_call(session, header, code, before, retried=True)
@@ -184,7 +195,7 @@ def run_call(session, header, code, before, retried=False):
         untaken = waiting(kernel["commands"]) >= len(command)  # it never read the call
         status = process.returncode if process.returncode is not None else -9
         end_kernel(session, kernel_end(status, timed_out, out_of_memory))
-        if untaken and not retried:
+        if untaken and not retried and not timed_out:
             return run_call(session, header, code, before, retried=True)
     result = usage_report(before, output, timed_out, status, disk=done is None)
     if not out_of_memory:
