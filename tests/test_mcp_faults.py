@@ -8,6 +8,7 @@ real Prefect server, real Docker engine."""
 from __future__ import annotations
 
 import functools
+import threading
 import tracemalloc
 
 import pytest
@@ -219,3 +220,74 @@ def test_a_flood_of_50_mb_keeps_the_runners_memory_bounded(docker_client, time_i
             tracemalloc.stop()
     assert peak < 64 * MB, f"the runner's allocations peaked at {peak / MB:.0f} MB"
     assert (said, failed) == ("mcp server 'flood' wrote a line over 4 MiB: cut off", True)
+
+
+PINGER_SERVER = r"""
+import json
+import sys
+
+
+def send(message):
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+with open("/workspace/pinger-starts", "a") as starts:
+    starts.write("start\n")
+for line in sys.stdin:
+    request = json.loads(line)
+    method, ident = request.get("method"), request.get("id")
+    if method == "initialize":
+        info = {"name": "pinger", "version": "1"}
+        version = request["params"]["protocolVersion"]
+        send({"jsonrpc": "2.0", "id": ident, "result": {
+            "protocolVersion": version, "capabilities": {"tools": {}}, "serverInfo": info}})
+    elif method == "tools/list":
+        send({"jsonrpc": "2.0", "id": ident, "result": {
+            "tools": [{"name": "hang", "inputSchema": {"type": "object"}}]}})
+    elif method == "tools/call":
+        number = 0
+        while True:  # asks the host and asks again, and never reads an answer
+            number += 1
+            send({"jsonrpc": "2.0", "id": 10**6 + number, "method": "ping"})
+"""
+
+
+def test_a_hung_server_fails_the_call_in_time_and_is_started_again_once(
+    docker_client, sandbox_image, tmp_path
+):
+    """A server that floods the host with requests of its own and never reads stdin: the host's
+    answers fill the pipe to it. Each call still ends at the server's timeout, named (a
+    hostile probe's second call had waited forever); the next call starts it again, once, as
+    for a server that died."""
+    workspace = create_workspace(tmp_path, "pinger")
+    (workspace / "pinger_server.py").write_text(PINGER_SERVER)
+    spec = sandbox_spec(workspace=workspace, timeout=60)
+    command = ["python3", "/workspace/pinger_server.py"]
+    said: list[tuple[str, bool]] = []
+    with Sandbox(docker_client, {TEST_LABEL: THIS_SESSION}) as sandbox, McpServers() as servers:
+        launch = functools.partial(
+            sandbox.process, spec.model_copy(update={"name": "toka-mcp-pinger"}), command
+        )
+        servers.start("pinger", launch, timeout=3)
+
+        def calls() -> None:
+            said.extend(servers.call("pinger__hang", {}) for _ in range(3))
+
+        caller = threading.Thread(target=calls, daemon=True)
+        caller.start()
+        caller.join(60)  # a broken version waits forever
+        alive = caller.is_alive()
+        if alive:
+            sandbox.cancel()  # what freed the probe's call: the test's containers go
+    assert not alive, f"the calls had not ended after 60 s: {said}"
+    assert said == [
+        ("mcp server 'pinger': did not answer within 3s", True),
+        ("mcp server 'pinger': did not answer within 3s", True),
+        (
+            "mcp server 'pinger' did not answer within 3s and was stopped; it ended once before "
+            "and is not started again",
+            True,
+        ),
+    ]
+    assert (workspace / "pinger-starts").read_text() == "start\n" * 2

@@ -30,10 +30,11 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import anyio
 import httpx2
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from mcp import ClientSession, types
@@ -50,8 +51,12 @@ DESCRIPTION_SHOWN = 2_000
 EXIT_WAIT = 5.0
 """Seconds a server whose output ended has to exit before its call's reason is given without
 its exit code."""
+ANSWER_GRACE = 1.0
+"""Seconds past a server's timeout a request may take in all, its sending included: a server
+that never reads its stdin blocks the sending, which the SDK's read timeout does not bound."""
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Process(Protocol):
@@ -93,6 +98,9 @@ class _Server:
     lost: str | None = None
     """Why an HTTP server's session did not answer a ping after its last call failed: the next
     call connects again."""
+    hung: str | None = None
+    """Why a stdio server is taken for hung (a call it did not answer in time): the next call
+    starts it again."""
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     session: ClientSession | None = None
     connection: StdioConnection | None = None
@@ -118,6 +126,17 @@ def offered_name(server: str, tool: str, taken: Sequence[str]) -> str:
         name = name[: 64 - len(suffix)] + suffix
         number += 1
     return name
+
+
+def _answer(portal: BlockingPortal, request: Callable[[], Awaitable[T]], timeout: float) -> T:
+    """`request`'s answer, through `portal`; `TimeoutError` when it takes over `timeout` (and
+    `ANSWER_GRACE`) in all."""
+
+    async def bounded() -> T:
+        with anyio.fail_after(timeout + ANSWER_GRACE):
+            return await request()
+
+    return portal.call(bounded)
 
 
 class McpServers:
@@ -192,7 +211,7 @@ class McpServers:
         """Start a stdio server's process and session; its tools. Raises `McpServerError`."""
         portal = self._portal
         assert portal is not None and server.launch is not None, "start inside the `with` block"
-        server.stack = contextlib.ExitStack()
+        server.stack, server.hung = contextlib.ExitStack(), None
         server.connection = connection = StdioConnection(server.name)
         process = server.stack.enter_context(server.launch())
         connection.out_of_memory = process.out_of_memory
@@ -220,8 +239,8 @@ class McpServers:
                 )
             )
         )
-        portal.call(session.initialize)
-        tools = portal.call(session.list_tools).tools
+        _answer(portal, session.initialize, server.timeout)
+        tools = _answer(portal, session.list_tools, server.timeout).tools
         server.session, server.listed = session, frozenset(tool.name for tool in tools)
         return tools
 
@@ -268,13 +287,16 @@ class McpServers:
             return refused, True
         assert server.session is not None
         try:
-            result = portal.call(functools.partial(server.session.call_tool, tool.name, arguments))
+            call = functools.partial(server.session.call_tool, tool.name, arguments)
+            result = _answer(portal, call, server.timeout)
         except Exception as exc:
             ended = portal.call(server.connection.ended, EXIT_WAIT) if server.connection else None
             if ended is not None:
                 return f"mcp server {server.name!r} {ended}", True
             said = _reason(exc, server.timeout)
-            if server.url is not None and not said.startswith("did not answer"):
+            if server.url is None and said.startswith("did not answer"):
+                server.hung = f"{said} and was stopped"
+            elif server.url is not None and not said.startswith("did not answer"):
                 server.lost = self._unanswered_ping(server)
             return f"mcp server {server.name!r}: {said}{server.last_words()}", True
         if not isinstance(result, types.CallToolResult):
@@ -290,17 +312,17 @@ class McpServers:
         answer, and the session goes on."""
         assert self._portal is not None and server.session is not None
         try:
-            self._portal.call(server.session.send_ping)
+            _answer(self._portal, server.session.send_ping, server.timeout)
         except Exception as exc:
             return _reason(exc, server.timeout)
         return None
 
     def _ended(self, server: _Server) -> str | None:
-        """Why a stdio server's process ended, or an HTTP server's session was lost; None while
-        it serves."""
+        """Why a stdio server's process ended (or it is taken for hung), or an HTTP server's
+        session was lost; None while it serves."""
         if server.connection is not None:
             assert self._portal is not None
-            return self._portal.call(server.connection.ended, 0)
+            return self._portal.call(server.connection.ended, 0) or server.hung
         return None if server.lost is None else f"lost its session: {server.lost}"
 
     def _ready(self, server: _Server, tool: McpTool) -> str | None:
