@@ -7,6 +7,7 @@ real Prefect server, real Docker engine."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import tracemalloc
@@ -18,6 +19,7 @@ from support import MB, sandbox_spec
 from test_llm_runs import llm_config, prompts
 
 from toka_agents import run
+from toka_agents.errors import McpServerError
 from toka_agents.llm.mcp import McpServers
 from toka_agents.sandbox import Sandbox, create_workspace
 
@@ -222,7 +224,7 @@ def test_a_flood_of_50_mb_keeps_the_runners_memory_bounded(docker_client, time_i
     assert (said, failed) == ("mcp server 'flood' wrote a line over 4 MiB: cut off", True)
 
 
-PINGER_SERVER = r"""
+PLAIN_SERVER = r"""
 import json
 import sys
 
@@ -232,25 +234,70 @@ def send(message):
     sys.stdout.flush()
 
 
-with open("/workspace/pinger-starts", "a") as starts:
+def answer(ident, result):
+    send({{"jsonrpc": "2.0", "id": ident, "result": result}})
+
+
+with open("/workspace/{name}-starts", "a") as starts:
     starts.write("start\n")
+TOOLS = {tools}
 for line in sys.stdin:
     request = json.loads(line)
     method, ident = request.get("method"), request.get("id")
     if method == "initialize":
-        info = {"name": "pinger", "version": "1"}
+        info = {{"name": "{name}", "version": "1"}}
         version = request["params"]["protocolVersion"]
-        send({"jsonrpc": "2.0", "id": ident, "result": {
-            "protocolVersion": version, "capabilities": {"tools": {}}, "serverInfo": info}})
+        answer(ident, {{"protocolVersion": version, "capabilities": {{"tools": {{}}}}, "serverInfo": info}})
     elif method == "tools/list":
-        send({"jsonrpc": "2.0", "id": ident, "result": {
-            "tools": [{"name": "hang", "inputSchema": {"type": "object"}}]}})
+        answer(ident, {{"tools": TOOLS}})
     elif method == "tools/call":
+{on_call}
+"""
+"""An MCP server in plain Python (no SDK), named `name`, with `tools` (a Python expression) and
+`on_call`, the body that answers `tools/call` (indented 8 spaces), for a server that breaks
+the protocol as the SDK's servers cannot; it counts its starts in the workspace."""
+
+ONE_TOOL = '[{"name": "work", "inputSchema": {"type": "object"}}]'
+
+PINGER_SERVER = PLAIN_SERVER.format(
+    name="pinger",
+    tools=ONE_TOOL,
+    on_call="""\
         number = 0
         while True:  # asks the host and asks again, and never reads an answer
             number += 1
-            send({"jsonrpc": "2.0", "id": 10**6 + number, "method": "ping"})
-"""
+            send({"jsonrpc": "2.0", "id": 10**6 + number, "method": "ping"})""",
+)
+
+FICKLE_SERVER = PLAIN_SERVER.format(
+    name="fickle",
+    tools=ONE_TOOL,
+    on_call="""\
+        for _ in range(2000):
+            send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+        answer(ident, {"content": [{"type": "text", "text": "worked"}]})""",
+)
+
+CROWDED_SERVER = PLAIN_SERVER.format(
+    name="crowded",
+    tools='[{"name": "x" * 80 + str(i), "inputSchema": {"type": "object"}} for i in range(2500)]',
+    on_call="        pass",
+)
+
+
+@contextlib.contextmanager
+def plain_server(docker_client, tmp_path, name: str, source: str):
+    """The sandbox, servers and launch of the plain server `name`, and its workspace; the test
+    starts it."""
+    workspace = create_workspace(tmp_path, name)
+    (workspace / f"{name}_server.py").write_text(source)
+    spec = sandbox_spec(workspace=workspace, timeout=60)
+    command = ["python3", f"/workspace/{name}_server.py"]
+    with Sandbox(docker_client, {TEST_LABEL: THIS_SESSION}) as sandbox, McpServers() as servers:
+        launch = functools.partial(
+            sandbox.process, spec.model_copy(update={"name": f"toka-mcp-{name}"}), command
+        )
+        yield sandbox, servers, launch, workspace
 
 
 def test_a_hung_server_fails_the_call_in_time_and_is_started_again_once(
@@ -260,19 +307,13 @@ def test_a_hung_server_fails_the_call_in_time_and_is_started_again_once(
     answers fill the pipe to it. Each call still ends at the server's timeout, named (a
     hostile probe's second call had waited forever); the next call starts it again, once, as
     for a server that died."""
-    workspace = create_workspace(tmp_path, "pinger")
-    (workspace / "pinger_server.py").write_text(PINGER_SERVER)
-    spec = sandbox_spec(workspace=workspace, timeout=60)
-    command = ["python3", "/workspace/pinger_server.py"]
     said: list[tuple[str, bool]] = []
-    with Sandbox(docker_client, {TEST_LABEL: THIS_SESSION}) as sandbox, McpServers() as servers:
-        launch = functools.partial(
-            sandbox.process, spec.model_copy(update={"name": "toka-mcp-pinger"}), command
-        )
+    with plain_server(docker_client, tmp_path, "pinger", PINGER_SERVER) as started:
+        sandbox, servers, launch, workspace = started
         servers.start("pinger", launch, timeout=3)
 
         def calls() -> None:
-            said.extend(servers.call("pinger__hang", {}) for _ in range(3))
+            said.extend(servers.call("pinger__work", {}) for _ in range(3))
 
         caller = threading.Thread(target=calls, daemon=True)
         caller.start()
@@ -291,3 +332,28 @@ def test_a_hung_server_fails_the_call_in_time_and_is_started_again_once(
         ),
     ]
     assert (workspace / "pinger-starts").read_text() == "start\n" * 2
+
+
+def test_a_changed_tool_list_changes_nothing_and_is_logged_once(docker_client, tmp_path, caplog):
+    with plain_server(docker_client, tmp_path, "fickle", FICKLE_SERVER) as (_, servers, launch, _):
+        [offered] = servers.start("fickle", launch, timeout=30)
+        first = servers.call("fickle__work", {})
+        second = servers.call("fickle__work", {})
+        assert list(servers.tools) == ["fickle__work"] and servers.tools["fickle__work"] == offered
+    assert first == second == ("worked", False)
+    changed = [r.getMessage() for r in caplog.records if "says its tools changed" in r.getMessage()]
+    assert changed == [
+        "mcp server 'fickle' says its tools changed: the task keeps the tools it was offered "
+        "(its further notices are not logged)"
+    ]
+
+
+def test_a_server_that_offers_too_many_tools_is_refused_at_its_start(docker_client, tmp_path):
+    with plain_server(docker_client, tmp_path, "crowded", CROWDED_SERVER) as (_, servers, launch, _):
+        with pytest.raises(McpServerError) as refused:
+            servers.start("crowded", launch, timeout=30)
+        assert servers.tools == {}
+    assert str(refused.value) == (
+        "mcp server 'crowded' offers 2500 tools, and a task may be offered 100 of all its servers' "
+        "(0 so far): list the ones the agent needs in its entry's `tools`"
+    )

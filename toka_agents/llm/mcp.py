@@ -30,7 +30,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -48,6 +48,9 @@ RESULT_SHOWN = 8_000
 """Characters of a tool's result the model reads (the same bound as `run_code`'s output)."""
 DESCRIPTION_SHOWN = 2_000
 """Characters of a tool's description the model is offered."""
+TOOLS_OFFERED = 100
+"""MCP tools one task may be offered, all its servers together: with the built-in tools, under
+the 128 that OpenAI's API takes in one request (and a bound on what a server's list costs)."""
 EXIT_WAIT = 5.0
 """Seconds a server whose output ended has to exit before its call's reason is given without
 its exit code."""
@@ -107,6 +110,8 @@ class _Server:
     listed: frozenset[str] = frozenset()
     """The tools its current process has."""
     restarts: int = 0
+    changes: int = 0
+    """The `tools/list_changed` notices it sent (the first is logged)."""
     down: str | None = None
     """Why it stays out of service, once it does."""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -116,7 +121,7 @@ class _Server:
         return f"; its last line of stderr: {said}" if said else ""
 
 
-def offered_name(server: str, tool: str, taken: Sequence[str]) -> str:
+def offered_name(server: str, tool: str, taken: Container[str]) -> str:
     """`SERVER__TOOL` as both providers take a tool's name: `[A-Za-z0-9_-]`, 64 at most, and
     unique among `taken` (a number added when the cut made two the same)."""
     name = re.sub(r"[^A-Za-z0-9_-]", "_", f"{server}__{tool}")[:64]
@@ -235,7 +240,7 @@ class McpServers:
                     read,
                     write,
                     read_timeout_seconds=server.timeout,
-                    message_handler=functools.partial(_notice, server.name),
+                    message_handler=functools.partial(_notice, server),
                 )
             )
         )
@@ -250,16 +255,22 @@ class McpServers:
         by_name = {tool.name: tool for tool in tools}
         missing = [name for name in allowed or () if name not in by_name]
         if missing:
-            have = ", ".join(sorted(by_name)) or "none"
+            names = sorted(by_name)
+            have = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
             raise McpServerError(
                 f"mcp server {server.name!r} has no tool {', '.join(map(repr, missing))} "
-                f"(mcp_servers.tools); its tools: {have}"
+                f"(mcp_servers.tools); its tools: {have or 'none'}"
+            )
+        chosen = [tool for tool in tools if allowed is None or tool.name in allowed]
+        if len(self.tools) + len(chosen) > TOOLS_OFFERED:
+            raise McpServerError(
+                f"mcp server {server.name!r} offers {len(chosen)} tools, and a task may be offered "
+                f"{TOOLS_OFFERED} of all its servers' ({len(self.tools)} so far): list the ones "
+                "the agent needs in its entry's `tools`"
             )
         offered = []
-        for tool in tools:
-            if allowed is not None and tool.name not in allowed:
-                continue
-            name = offered_name(server.name, tool.name, list(self.tools))
+        for tool in chosen:
+            name = offered_name(server.name, tool.name, self.tools)
             description = (tool.description or tool.title or tool.name)[:DESCRIPTION_SHOWN]
             schema = dict(tool.input_schema or {}) or {"type": "object", "properties": {}}
             try:
@@ -419,8 +430,12 @@ def _reason(exc: BaseException, timeout: float) -> str:
     return said or type(exc).__name__
 
 
-async def _notice(server: str, message: Any) -> None:
+async def _notice(server: _Server, message: Any) -> None:
     if isinstance(getattr(message, "root", message), types.ToolListChangedNotification):
-        logger.warning(
-            "mcp server %r says its tools changed: the task keeps the tools it was offered", server
-        )
+        server.changes += 1
+        if server.changes == 1:
+            logger.warning(
+                "mcp server %r says its tools changed: the task keeps the tools it was offered "
+                "(its further notices are not logged)",
+                server.name,
+            )
