@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextvars
+import os
 import re
 import signal
+import subprocess
+import sys
 import textwrap
 import threading
 import uuid
@@ -465,6 +468,23 @@ def test_cli_orchestrate_runs_on_the_embedded_server_by_default(tmp_path):
     )
     assert (tmp_path / "prefect" / "prefect.db").is_file()
     assert len(list((tmp_path / "runs").glob("quickstart-*/workspace/report.md"))) == 1
+
+
+@pytest.mark.parametrize("told", [None, "true"])
+def test_the_python_api_tells_the_embedded_server_not_to_send_usage_statistics(told):
+    # The server Prefect starts for `toka_agents.run` without PREFECT_API_URL inherits this
+    # environment; `toka` had set it, the Python API had not (a new user's run logged its
+    # failed attempt to reach the internet). What a user sets is kept.
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_ANALYTICS_ENABLED"}
+    if told is not None:
+        env["PREFECT_SERVER_ANALYTICS_ENABLED"] = told
+    script = (
+        "import os, toka_agents\ntoka_agents.run\nprint(os.environ['PREFECT_SERVER_ANALYTICS_ENABLED'])"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert shown.stdout == f"{told or 'false'}\n"
 
 
 def test_cli_orchestrate_exits_1_when_the_run_fails(tmp_path, prefect_api):

@@ -14,7 +14,15 @@
 - `watching`: the live view of a run, read from Prefect's API;
 - `archives`: the workspace's archive in Prefect's result storage;
 - `people`: an agent's question or an approval: a paused run and a person's reply.
+
+The embedded server Prefect starts for a run without `PREFECT_API_URL` inherits this
+process's environment: it is told not to send usage statistics off the machine, unless
+`PREFECT_SERVER_ANALYTICS_ENABLED` says otherwise.
 """
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from toka_agents.orchestration.deployments import FLOW_NAME, deploy, orchestrate, serve
 from toka_agents.orchestration.flow import RUN_LABEL, RunOptions, compile_flow, execute_plan
