@@ -66,6 +66,7 @@ def test_prefect_yaml_deploys_and_a_worker_runs_it(prefect_api, tmp_path):
         ("quickstart", "quickstart", ()),
         ("nightly-check", "nightly-check", ()),
         ("failing", "quickstart", ("--param", "paths=[]", "--param", f"config={json.dumps(FAILING)}")),
+        ("refused", "quickstart", ("--param", 'agents=["nope"]')),
     ):
         started = run_prefect(
             "deployment", "run", f"toka-orchestrate/{name}", *form, api=prefect_api, cwd=tmp_path
@@ -78,7 +79,7 @@ def test_prefect_yaml_deploys_and_a_worker_runs_it(prefect_api, tmp_path):
     # The worker starts in another directory: the deployments' pull step brings it here. (With
     # a --limit, a --run-once worker waits for the runs it started before it exits.)
     worker = run_prefect(
-        "worker", "start", "--pool", "toka", "--run-once", "--limit", "3", api=prefect_api, cwd=tmp_path
+        "worker", "start", "--pool", "toka", "--run-once", "--limit", "4", api=prefect_api, cwd=tmp_path
     )
     assert worker.returncode == 0, worker.stdout + worker.stderr
 
@@ -96,21 +97,28 @@ def test_prefect_yaml_deploys_and_a_worker_runs_it(prefect_api, tmp_path):
     )
     assert nightly_run.state.message == "2 agents, 2 of 2 tasks done"
 
-    # A failed run's log says its reason, in one line. Its engine, in the worker's process,
-    # raises the run's own reason, as Prefect does for any failed flow (not a TypeError about
-    # the run's summary), and toka-agents keeps the traceback it would log out of the run's log.
-    failing_run = wait_final(flow_run_ids["failing"], 60)
-    assert failing_run.state is not None and failing_run.state.is_failed(), failing_run.state
-    assert failing_run.state.message == "1 task(s) failed: bad/boom: exit code 3: the disk is full"
-    with get_client(sync_client=True) as client:
-        logs = read_all(
-            client.read_logs,
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_ids["failing"]])),
-        )
-    messages = [log.message for log in logs]
-    assert (
-        "Finished in state Failed('1 task(s) failed: bad/boom: exit code 3: the disk is full')"
-        in messages
-    ), messages
-    said = "\n".join(messages) + worker.stdout + worker.stderr
+    # A failed run's log says its reason, in one line: a task's failure, or a form whose agent
+    # the config lacks. Its engine, in the worker's process, raises the run's own reason, as
+    # Prefect does for any failed flow (not a TypeError about the run's summary, nor FailedRun),
+    # and toka-agents keeps the traceback it would log out of the run's log.
+    said = worker.stdout + worker.stderr
+    for key, reason in [
+        ("failing", "1 task(s) failed: bad/boom: exit code 3: the disk is full"),
+        (
+            "refused",
+            "1 config problem(s): <run parameters>: agents: 'nope' is not an agent of quickstart "
+            "(its agents: generate, describe, outliers, report, review)",
+        ),
+    ]:
+        failed_run = wait_final(flow_run_ids[key], 60)
+        assert failed_run.state is not None and failed_run.state.is_failed(), failed_run.state
+        assert failed_run.state.message == reason
+        with get_client(sync_client=True) as client:
+            logs = read_all(
+                client.read_logs,
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_ids[key]])),
+            )
+        messages = [log.message for log in logs]
+        assert f"Finished in state Failed({reason!r})" in messages, messages
+        said += "\n".join(messages)
     assert "Traceback" not in said and "RunSummary(" not in said, said

@@ -43,7 +43,12 @@ def validate(
     """Check configs: print every problem as `FILE: key.path: message`; exit 1 if there are any.
 
     Warnings (Toka schema departures, capabilities the model does not know) never fail.
-    Required inputs need no value here; `toka plan --input ...` checks values."""
+    Required inputs need no value here; `toka plan --input ...` checks values. For example:
+
+        toka validate flows/examples/quickstart.yaml
+
+        toka validate tests/data/toka-specs/v0.3
+    """
     checked = planning.validate(
         paths,
         conditions=conditions,
@@ -79,7 +84,14 @@ def plan(
     allow_unsandboxed: AllowUnsandboxed = False,
 ) -> int:
     """Show the plan: agents in waves, their tasks and settings, the dependency edges, and
-    the config's inputs with the values used (instructions filled with them)."""
+    the config's inputs with the values used (instructions filled with them).
+
+    For example:
+
+        toka plan flows/examples/inputs.yaml --input topic="solar power"
+
+        toka plan flows/examples/quickstart.yaml --json
+    """
     checked = planning.validate(
         paths,
         conditions=conditions,
@@ -125,7 +137,14 @@ def graph(
     conditions: Conditions = (),
     optional_dependencies: OptionalDependencies = None,
 ) -> int:
-    """Draw the DAG: Mermaid or Graphviz DOT text, or an SVG/PNG image rendered by Graphviz."""
+    """Draw the DAG: Mermaid or Graphviz DOT text, or an SVG/PNG image rendered by Graphviz.
+
+    For example:
+
+        toka graph flows/examples/quickstart.yaml
+
+        toka graph flows/examples/quickstart.yaml --format svg --output dag.svg
+    """
     planned = plan_to_show(paths, conditions, optional_dependencies)
     if planned is None:
         return 1
@@ -149,6 +168,11 @@ def graph(
 
 @app.command
 def schema() -> int:
-    """Print the JSON Schema of the native config format, for editors."""
+    """Print the JSON Schema of the native config format, for editors.
+
+    For example:
+
+        toka schema > toka-agents.schema.json
+    """
     print(json.dumps(OrchestrationFile.model_json_schema(mode="validation"), indent=2))
     return 0

@@ -64,7 +64,12 @@ def workspace_get(flow_run_id: UUID, destination: Path, /) -> int:
 
 @workspace_app.command(name="rm")
 def workspace_rm(flow_run_id: UUID, /) -> int:
-    """Remove a run's workspace volume from the engine DOCKER_HOST names."""
+    """Remove a run's workspace volume from the engine DOCKER_HOST names.
+
+    For example:
+
+        toka workspace rm 0b8e5c3e-6a43-4c1e-9f7a-2d5d1f0c9a11
+    """
     from toka_agents.sandbox.workspace import remove_volume
 
     out.print(f"removed volume {remove_volume(connect(), str(flow_run_id))}", markup=False)
@@ -98,7 +103,9 @@ def build(
     ] = (),
 ) -> int:
     """Build the sandbox images (Python and shell): from a registry when one answers, otherwise
-    offline from Debian. With --mcp, an image for an MCP server. For example:
+    offline from Debian. With --mcp, an image for an MCP server.
+
+    For example:
 
         toka sandbox build --mcp mcp-server-time==2026.10.19
 
@@ -119,7 +126,13 @@ def build(
 
 @sandbox_app.command
 def check() -> int:
-    """Say whether the Docker engine answers and the sandbox image is current."""
+    """Say whether the Docker engine answers and the sandbox image is current; exit 1 when it
+    is not (`toka sandbox build` makes it so).
+
+    For example:
+
+        toka sandbox check
+    """
     client = connect()
     version = client.version().get("Version", "?")
     status = image_status(client)
@@ -142,7 +155,12 @@ def clean(
 
     A run removes its own containers whatever happens to it, and the next run on this host
     removes those of killed processes; this does it now. `--run` removes one run's containers
-    only, `--all` every toka-agents container on the engine."""
+    only, `--all` every toka-agents container on the engine. For example:
+
+        toka sandbox clean
+
+        toka sandbox clean --run 0b8e5c3e-6a43-4c1e-9f7a-2d5d1f0c9a11
+    """
     if run is not None and all:
         err.print("give --run or --all, not both", markup=False)
         return 1

@@ -35,7 +35,7 @@ from toka_agents.config.inputs import inputs_schema
 from toka_agents.config.limits import at_most_timeout, parse_duration
 from toka_agents.config.models import LlmOverrides
 from toka_agents.errors import ConfigError, ConfigIssue, TokaError, one_line
-from toka_agents.orchestration import reporting
+from toka_agents.orchestration import reporting, task_logs
 from toka_agents.orchestration.flow import RunOptions, execute_plan
 from toka_agents.orchestration.scheduler import schedule_of
 from toka_agents.planning import plan, select_agents, validate
@@ -155,6 +155,7 @@ def orchestrate(
 
     Its parameters are the Prefect UI's run form.
     """
+    task_logs.tidy_failure_lines()  # before any refusal: a worker's engine raises its reason too
     try:
         form = RunForm.from_parameters(locals())
     except ConfigError as exc:

@@ -387,14 +387,20 @@ def recovered_state(what: str, data: Any) -> State[Any]:
     return Completed(message=message, data=data)
 
 
-def refused_state(reason: str) -> State[None]:
+def refused_state(reason: str) -> State[RunNotCompleted]:
     """The state of a flow run that refused to start any task."""
-    return Failed(message=text.one_line(f"refused before starting any task: {reason}"))
+    return _not_started(f"refused before starting any task: {reason}")
 
 
-def config_failed_state(issues: Iterable[object]) -> State[None]:
+def config_failed_state(issues: Iterable[object]) -> State[RunNotCompleted]:
     """The state of a flow run whose config did not load: its problems on one line, `; ` between
     them, as many as fit."""
     problems = [str(issue) for issue in issues]
-    message = f"{len(problems)} config problem(s): " + "; ".join(problems)
-    return Failed(message=text.one_line(message))
+    return _not_started(f"{len(problems)} config problem(s): " + "; ".join(problems))
+
+
+def _not_started(reason: str) -> State[RunNotCompleted]:
+    """Failed with `reason`, and no task's outcome (a worker's engine raises it, named)."""
+    message = text.one_line(reason)
+    nothing_ran = RunSummary(workspace=None, outcomes=[])
+    return Failed(message=message, data=RunNotCompleted(message, nothing_ran))
