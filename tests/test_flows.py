@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -15,7 +17,7 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
-from conftest import EXAMPLES, QUICKSTART_TASKS, run_toka, write_config
+from conftest import EXAMPLES, QUICKSTART_TASKS, REPO, run_toka, write_config
 from own_runs import (
     flow_run_id_of,
     remove_run_containers,
@@ -468,6 +470,28 @@ def test_cli_orchestrate_runs_on_the_embedded_server_by_default(tmp_path):
     )
     assert (tmp_path / "prefect" / "prefect.db").is_file()
     assert len(list((tmp_path / "runs").glob("quickstart-*/workspace/report.md"))) == 1
+
+
+def test_the_embedded_server_records_every_task_run_before_it_stops(tmp_path):
+    # It stops with the process, and records task runs' states from events after the run has
+    # ended: a run of Toka's 78 tasks had it stopped mid-record, printing its services'
+    # tracebacks (`Error flushing 1 events`) and leaving task runs unfinished in its database.
+    home = tmp_path / "prefect"
+    result = run_toka(
+        "orchestrate",
+        str(REPO / "tests" / "data" / "toka-specs" / "v0.3"),
+        "--dry-run",
+        env={"PREFECT_SERVER_EPHEMERAL_ENABLED": "true", "PREFECT_HOME": str(home)},
+    )
+    said = result.stdout + result.stderr
+    assert result.returncode == 0, said
+    assert "Run: Completed: 9 agents, 78 of 78 tasks done" in result.stdout
+    assert "Traceback" not in said and "Error flushing" not in said, said
+    with contextlib.closing(sqlite3.connect(home / "prefect.db")) as database:
+        recorded = database.execute(
+            "SELECT state_type, count(*) FROM task_run GROUP BY state_type"
+        ).fetchall()
+    assert recorded == [("COMPLETED", 78)]
 
 
 @pytest.mark.parametrize("told", [None, "true"])

@@ -17,6 +17,7 @@ from toka_agents.executor import TaskOutcome
 from toka_agents.orchestration.flow import RunOptions, compile_flow
 from toka_agents.orchestration.reporting import RunNotCompleted, RunSummary
 from toka_agents.orchestration.resuming import resume_flow_run
+from toka_agents.orchestration.runs import wait_until_recorded
 from toka_agents.planning import OptionalMode, Plan, plan
 from toka_agents.readiness import llm_refusal
 
@@ -75,6 +76,8 @@ def run_plan(planned: Plan, options: RunOptions | None = None) -> RunResult:
         raise ExecutionError(refusal)
     flow = compile_flow(planned, chosen)
     state = flow(return_state=True) if chosen.resume is None else resume_flow_run(flow, chosen.resume)
+    if state.state_details.flow_run_id is not None:
+        wait_until_recorded(state.state_details.flow_run_id)
     summary = state.result(raise_on_failure=False) if state.data is not None else None
     if isinstance(summary, RunNotCompleted):
         summary = summary.summary

@@ -1,4 +1,5 @@
-"""Acting on runs through Prefect's API: start a run on a deployment, stop a run.
+"""Acting on runs through Prefect's API: start a run on a deployment, stop a run, wait for
+the embedded server to record a run.
 
 What `toka agent spawn --deployment` and `toka agent stop` do. Stopping is Prefect's
 cancellation: the flow run goes to Cancelling, and whoever runs it (a `toka` process's
@@ -17,6 +18,7 @@ from prefect import get_client
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelling
 
 from toka_agents.errors import TokaError
@@ -88,3 +90,29 @@ def remove_local_containers(flow_run_id: UUID) -> int | None:
 
 def is_cancelled(flow_run: FlowRun) -> bool:
     return flow_run.state is not None and flow_run.state.type == StateType.CANCELLED
+
+
+FINAL_TYPES = [StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED]
+RECORD_WAIT = 15.0
+"""Seconds the end of a run waits, at most, for the embedded server to record its task runs."""
+
+
+def wait_until_recorded(flow_run_id: UUID, limit: float = RECORD_WAIT) -> None:
+    """On Prefect's embedded server (no PREFECT_API_URL), which stops with this process, wait
+    until it has recorded the run's task runs: every one final, their number unchanged for a
+    moment. Their states reach it as events, recorded after the run has ended; stopped before,
+    it lost them and printed its services' tracebacks. A server of its own records them later."""
+    if PREFECT_API_URL.value():
+        return
+    runs = {"flow_runs": {"id": {"any_": [str(flow_run_id)]}}}
+    final = {**runs, "task_runs": {"state": {"type": {"any_": [t.value for t in FINAL_TYPES]}}}}
+    deadline, seen = time.monotonic() + limit, None
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            counted = tuple(
+                client.request("POST", "/task_runs/count", json=body).json() for body in (runs, final)
+            )
+            if counted[0] == counted[1] and counted == seen:
+                return
+            seen = counted
+            time.sleep(0.2)
