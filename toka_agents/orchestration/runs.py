@@ -95,9 +95,12 @@ def is_cancelled(flow_run: FlowRun) -> bool:
 FINAL_TYPES = [StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED]
 RECORD_WAIT = 15.0
 """Seconds the end of a run waits, at most, for the embedded server to record its task runs."""
+RECORD_STILL = 2.0
+"""Seconds with nothing new recorded after which the wait ends though some task run is not
+final (one left so by a cancel or a crash)."""
 
 
-def wait_until_recorded(flow_run_id: UUID, limit: float = RECORD_WAIT) -> None:
+def wait_until_recorded(flow_run_id: UUID) -> None:
     """On Prefect's embedded server (no PREFECT_API_URL), which stops with this process, wait
     until it has recorded the run's task runs: every one final, their number unchanged for a
     moment. Their states reach it as events, recorded after the run has ended; stopped before,
@@ -106,13 +109,14 @@ def wait_until_recorded(flow_run_id: UUID, limit: float = RECORD_WAIT) -> None:
         return
     runs = {"flow_runs": {"id": {"any_": [str(flow_run_id)]}}}
     final = {**runs, "task_runs": {"state": {"type": {"any_": [t.value for t in FINAL_TYPES]}}}}
-    deadline, seen = time.monotonic() + limit, None
+    deadline, seen, changed = time.monotonic() + RECORD_WAIT, None, time.monotonic()
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
             counted = tuple(
                 client.request("POST", "/task_runs/count", json=body).json() for body in (runs, final)
             )
-            if counted[0] == counted[1] and counted == seen:
+            if counted != seen:
+                seen, changed = counted, time.monotonic()
+            elif counted[0] == counted[1] or time.monotonic() - changed > RECORD_STILL:
                 return
-            seen = counted
             time.sleep(0.2)
