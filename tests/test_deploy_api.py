@@ -209,6 +209,7 @@ def test_toka_deploy_makes_a_scheduled_deployment_and_refuses_bad_flags(prefect_
         assert refused.returncode == 1, refused.stdout + refused.stderr
         assert refused.stderr.strip().splitlines() == [refused.stderr.strip()], refused.stderr
         assert message in refused.stderr and "Traceback" not in refused.stderr
+        assert refused.stderr.startswith("error: "), refused.stderr
 
     with socket.socket() as probe:  # a port nothing listens on: the API is away
         probe.bind(("127.0.0.1", 0))

@@ -112,7 +112,7 @@ def test_sandbox_clean_run_removes_that_runs_containers_whoever_owns_them(docker
         assert networks[other].name in names
 
         both = run_toka("sandbox", "clean", "--run", other, "--all")
-        assert (both.returncode, both.stderr.strip()) == (1, "give --run or --all, not both")
+        assert (both.returncode, both.stderr.strip()) == (1, "error: give --run or --all, not both")
         not_an_id = run_toka("sandbox", "clean", "--run", "yesterday")
         assert not_an_id.returncode != 0
         assert 'Invalid value for --run: unable to convert "yesterday" into UUID' in not_an_id.stderr

@@ -492,7 +492,7 @@ def test_llm_timeout_bounds_each_model_request_of_one_run(tmp_path, prefect_api,
     assert "no answer within 1s (llm.timeout)" in result.stdout, result.stdout
     refused = run_toka("orchestrate", str(config), "--llm-timeout", "soon")
     assert refused.returncode == 1 and refused.stdout == ""
-    assert refused.stderr.startswith("--llm-timeout: invalid duration 'soon'"), refused.stderr
+    assert refused.stderr.startswith("error: --llm-timeout: invalid duration 'soon'"), refused.stderr
 
 
 def test_bad_llm_flags_get_one_line_answers(tmp_path, prefect_api):
@@ -503,7 +503,7 @@ def test_bad_llm_flags_get_one_line_answers(tmp_path, prefect_api):
     result = run_toka("orchestrate", str(config), "--llm-model", "")
     assert (
         result.returncode == 1
-        and result.stderr.strip() == "--llm-model and --llm-base-url cannot be empty"
+        and result.stderr.strip() == "error: --llm-model and --llm-base-url cannot be empty"
     )
 
 

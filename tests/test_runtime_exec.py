@@ -151,6 +151,7 @@ def test_a_bad_argument_is_one_clear_line(docker_client, args, status, message):
     done = toka_exec(docker_client, *args)
     assert done.returncode == status
     assert message in done.stderr
+    assert done.stderr.startswith("error: "), done.stderr  # as every error of toka's
     assert done.stdout == ""
 
 
@@ -159,4 +160,4 @@ def test_a_binary_file_is_refused(docker_client, tmp_path: Path):
     binary.write_bytes(os.urandom(64) + b"\xff\xfe")
     done = toka_exec(docker_client, "--language", "python", "--file", str(binary))
     assert done.returncode == 2
-    assert done.stderr == f"cannot read --file {binary}: it is not UTF-8 text\n"
+    assert done.stderr == f"error: cannot read --file {binary}: it is not UTF-8 text\n"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_toka, write_config
+from conftest import TOKA, run_toka, write_config
 
 from toka_agents import ConfigError, load, plan, validate
 from toka_agents.config import load_paths
@@ -148,6 +149,18 @@ def test_both_paths_make_one_plan_with_the_toml_settings_as_defaults():
     # The v0.3 spec's own limits win over the TOML defaults; a TOML agent has the defaults.
     assert planned.agent("build-system-stabilization").tasks[0].limits.cpu == 0.75
     assert planned.agent("toka-system-monitor").tasks[0].limits.timeout == 1800
+
+
+def test_a_reader_that_goes_away_costs_no_traceback():
+    # `toka plan --json ... | head -1`: the reader ends before the plan is written.
+    planning = subprocess.Popen(
+        [TOKA, "plan", str(V03), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert planning.stdout is not None and planning.stderr is not None
+    planning.stdout.close()
+    said = planning.stderr.read().decode()
+    assert planning.wait(60) == 1
+    assert "Traceback" not in said and "BrokenPipeError" not in said, said
 
 
 def test_toka_plan_and_graph_on_the_real_files(tmp_path):

@@ -110,7 +110,7 @@ def orchestrate(
     """
     inputs = given_inputs(input_, inputs_file)
     if llm_model == "" or llm_base_url == "":
-        err.print("--llm-model and --llm-base-url cannot be empty", markup=False)
+        err.print("error: --llm-model and --llm-base-url cannot be empty", markup=False)
         return 1
     try:
         overrides = LlmOverrides(
@@ -118,7 +118,7 @@ def orchestrate(
         )
     except ValidationError as exc:
         for issue in issues_from_validation(exc, "<command line>"):
-            err.print(f"--llm-{issue.path}: {text.visible(issue.message)}", markup=False)
+            err.print(f"error: --llm-{issue.path}: {text.visible(issue.message)}", markup=False)
         return 1
     settings: planning.PlanSettings = dict(
         conditions=conditions,
@@ -232,15 +232,15 @@ def deploy(
     from toka_agents.orchestration.deployments import deploy as deploy_configs
 
     if not name:
-        err.print("give the deployment a name: --name NAME", markup=False)
+        err.print("error: give the deployment a name: --name NAME", markup=False)
         return 1
     if not paths:
-        err.print("give at least one config path", markup=False)
+        err.print("error: give at least one config path", markup=False)
         return 1
     try:
         seconds = None if interval is None else float(interval)
     except ValueError:
-        err.print(f"--interval {interval!r} is not a number of seconds", markup=False)
+        err.print(f"error: --interval {interval!r} is not a number of seconds", markup=False)
         return 1
     inputs = given_inputs(input_, inputs_file)
     deployment_id = deploy_configs(

@@ -162,7 +162,7 @@ def clean(
         toka sandbox clean --run 0b8e5c3e-6a43-4c1e-9f7a-2d5d1f0c9a11
     """
     if run is not None and all:
-        err.print("give --run or --all, not both", markup=False)
+        err.print("error: give --run or --all, not both", markup=False)
         return 1
     client = connect()
     if run is not None or all:
@@ -210,16 +210,16 @@ def runtime_exec(
     from toka_agents.sandbox import Sandbox
 
     if (code is None) == (file is None):
-        err.print("give the code with --code SRC or --file PATH, one of them", markup=False)
+        err.print("error: give the code with --code SRC or --file PATH, one of them", markup=False)
         return EXEC_USAGE_ERROR
     if file is not None:
         try:
             code = file.read_text()
         except OSError as exc:
-            err.print(f"cannot read --file {file}: {exc.strerror or exc}", markup=False)
+            err.print(f"error: cannot read --file {file}: {exc.strerror or exc}", markup=False)
             return EXEC_USAGE_ERROR
         except UnicodeDecodeError:
-            err.print(f"cannot read --file {file}: it is not UTF-8 text", markup=False)
+            err.print(f"error: cannot read --file {file}: it is not UTF-8 text", markup=False)
             return EXEC_USAGE_ERROR
     assert code is not None
     try:
@@ -236,7 +236,7 @@ def runtime_exec(
     except ConfigError as exc:
         for issue in exc.issues:  # `limits.memory: ...` is the --memory given
             flag = issue.path.removeprefix("limits.")
-            err.print(f"--{flag}: {text.visible(issue.message)}", markup=False)
+            err.print(f"error: --{flag}: {text.visible(issue.message)}", markup=False)
         return EXEC_USAGE_ERROR
 
     def pass_on(stream: str, data: bytes) -> None:
