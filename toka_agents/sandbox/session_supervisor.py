@@ -292,8 +292,9 @@ def reap_group(process):
 
 
 def reap_orphans(session):
-    """Reap every process of the container that ended (orphans become this process's
-    children), so none holds a pid; the kernel's end is recorded, not lost."""
+    """Reap every child of this process that ended (orphans become its children), so none
+    holds a pid; the kernel's end is recorded, not lost. The kernel's own children are its
+    to reap (its code's `wait()`): until it does, or ends, they hold theirs."""
     kernel = session["kernel"]
     while True:
         try:
