@@ -54,6 +54,9 @@ WITHOUT_PREFECT = frozenset(
 
 def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The embedded server's first start makes its database: on a busy machine that took more
+    # than Prefect's 20 s, and the run failed before it began. Read when Prefect loads.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     if sys.argv[1:2] and sys.argv[1] not in WITHOUT_PREFECT:
         show_log_lines_literally()  # loads Prefect, whose console handler it wraps
     try:

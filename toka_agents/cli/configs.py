@@ -151,7 +151,9 @@ def graph(
     if format in ("svg", "png"):
         data = graphs.render(planned, format)
         if output is None and format == "png" and sys.stdout.isatty():
-            err.print("error: refusing to write PNG bytes to a terminal: use --output FILE", markup=False)
+            err.print(
+                "error: refusing to write PNG bytes to a terminal: use --output FILE", markup=False
+            )
             return 1
     else:
         data = (graphs.mermaid if format == "mermaid" else graphs.dot)(planned).encode()
