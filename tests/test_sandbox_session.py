@@ -295,20 +295,25 @@ def test_a_call_the_kernel_never_took_goes_to_a_new_kernel(spec, sandbox):
     )
 
 
+def then_print(sandbox: Sandbox, template: SandboxSpec, source: str) -> tuple[SandboxResult, ...]:
+    """A session's call of `source`, which must succeed, and a `print('ran')` after it."""
+    with sandbox.session(template) as session:
+        first = call(session, template, source)
+        after = call(session, template, "print('ran')")
+    assert first.ok, first
+    return first, after
+
+
 def test_a_kernel_that_closes_its_end_of_the_calls_pipe_is_replaced_for_the_next_call(spec, sandbox):
     # The code closes the pipe the kernel reads calls from, and leaves a thread that keeps the
     # kernel alive: the next call finds no reader, and the supervisor kills that kernel and
     # starts another rather than wait for it to end (a hostile probe's: the call then timed out).
-    template = spec("", timeout=5)
     closing = (
         "import os, sys, threading, time\n"
         "os.close(int(sys.orig_argv[-2]))\n"
         "threading.Thread(target=time.sleep, args=(10**6,)).start()"
     )
-    with sandbox.session(template) as session:
-        first = call(session, template, closing)
-        after = call(session, template, "print('ran')")
-    assert first.ok, first
+    first, after = then_print(sandbox, spec("", timeout=5), closing)
     assert after.ok and after.stdout == "ran\n" and after.container_id == first.container_id, after
     assert after.note == (
         "the Python session was restarted: its kernel closed its end of the calls' pipe; its "
@@ -320,17 +325,13 @@ def test_a_call_a_busy_kernel_never_took_is_not_run_again_past_its_time_limit(sp
     # The code says its call ended, then keeps the kernel busy, deaf to the interrupt: the next
     # call waits in the pipe until its time limit kills the kernel. It timed out; it is not run
     # again in a new kernel with a time limit of its own.
-    template = spec("", timeout=2)
     lying = (
         "import os, signal, sys\n"
         "os.write(int(sys.orig_argv[-1]), sys.argv[0].strip('<cell>').encode() + b' 0 0\\n')\n"
         "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
         "while True:\n    pass"
     )
-    with sandbox.session(template) as session:
-        first = call(session, template, lying)
-        after = call(session, template, "print('ran')")
-    assert first.ok, first
+    _, after = then_print(sandbox, spec("", timeout=2), lying)
     assert after.timed_out and after.stdout == "", after
 
 
